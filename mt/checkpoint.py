@@ -1,0 +1,85 @@
+"""Checkpoints and atomic file writes.
+
+Every file we write goes to a temporary file in the same directory, is fsynced and then
+renamed over the target, so a crash (even SIGKILL) leaves either the old or the new
+file, never a torn one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mt.errors import MTError
+
+STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise MTError(f"checkpoint '{path}' not found") from None
+    except Exception as e:  # torch raises several types for a damaged file
+        raise MTError(f"checkpoint '{path}': cannot load ({type(e).__name__}: {e})") from None
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """Numbered checkpoints in ``run_dir/checkpoints``, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_FILE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    steps = step_checkpoints(run_dir)
+    return steps[-1] if steps else None
+
+
+def best_or_latest(run_dir: Path) -> Path:
+    """The checkpoint to translate with: best by validation BLEU, else the latest."""
+    best = Path(run_dir) / "checkpoints" / "best.pt"
+    if best.exists():
+        return best
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise MTError(f"run directory '{run_dir}' has no checkpoint (checkpoints/best.pt or step_*.pt); "
+                      "train first with 'mt train'")
+    return latest
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    for path in step_checkpoints(run_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,107 @@
+"""The ``mt`` command: argument parsing for each verb; the work is done by the library."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from mt.errors import MTError
+
+EXIT_USER_ERROR = 2
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from mt.config import load_config
+    from mt.train import train
+
+    config = load_config(args.config, args.overrides)
+    train(config, overwrite=args.overwrite)
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    from mt.checkpoint import atomic_write_text
+    from mt.data import decode_lines, read_lines
+    from mt.translate import Translator
+
+    # the model first: a wrong run directory should not wait for stdin to be typed
+    translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
+                                           threads=args.threads)
+    if args.input in (None, "-"):
+        lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
+    else:
+        lines = read_lines(args.input, "input file")
+    out = translator.translate(lines, beam_size=args.beam, length_penalty=args.length_penalty,
+                               batch_tokens=args.batch_tokens, progress=args.output is not None)
+    text = "".join(line + "\n" for line in out)
+    if args.output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as e:
+            raise MTError(f"output file '{args.output}': cannot write: {e}") from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mt.evaluate import format_scores, read_pair, score
+
+    hyps, refs = read_pair(args.input, args.reference)
+    format_scores(score(hyps, refs, args.metrics), as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
+                                     parents=[common])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate}")
+
+    p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
+                         description="Train a model. Resumes from the run directory's latest checkpoint if any.")
+    p.add_argument("config", help="YAML config file, e.g. configs/multi30k_de_en.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted config overrides, e.g. train.max_steps=2000 run_dir=runs/x")
+    p.add_argument("--overwrite", action="store_true", help="delete the run directory's checkpoints and start over")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("translate", parents=[common], help="translate a file or stdin",
+                         description="Translate one sentence per line. Output line i translates input line i.")
+    p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
+    p.add_argument("-i", "--input", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
+    p.add_argument("--beam", type=int, default=None, help="beam size; 1 = greedy (default: the run's decode.beam_size)")
+    p.add_argument("--length-penalty", type=float, default=None, help="GNMT length penalty alpha")
+    p.add_argument("--batch-tokens", type=int, default=None, help="source tokens x beam per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
+    p.set_defaults(func=cmd_translate)
+
+    p = verbs.add_parser("evaluate", parents=[common], help="score translations with sacreBLEU",
+                         description="BLEU, chrF and TER with sacreBLEU signatures; prints what "
+                                     "'sacrebleu REF -i HYP -m bleu chrf ter -f text' prints (--json: without -f text).")
+    p.add_argument("-r", "--reference", required=True, help="reference file, one sentence per line")
+    p.add_argument("-i", "--input", required=True, help="hypothesis file, one sentence per line")
+    p.add_argument("-m", "--metrics", nargs="+", default=["bleu", "chrf", "ter"], choices=["bleu", "chrf", "ter"])
+    p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        args.func(args)
+    except MTError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

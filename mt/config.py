@@ -1,0 +1,341 @@
+"""One typed config: YAML file + dotted command-line overrides -> validated dataclasses.
+
+Everything is checked here, once, so the rest of the code can trust the values.
+Errors name the file and the dotted key, and suggest the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from mt.errors import MTError
+
+DATA_ROOT_ENV = "MT_DATA_ROOT"
+
+
+@dataclass
+class Corpus:
+    """A parallel corpus: two line-aligned plain-text files (``.gz`` allowed)."""
+
+    src: str = ""
+    tgt: str = ""
+
+
+@dataclass
+class DataConfig:
+    root: str = "."  # relative corpus paths start here; relative to the config file; $MT_DATA_ROOT overrides
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    train: Corpus = field(default_factory=Corpus)
+    valid: Corpus = field(default_factory=Corpus)
+    test: Optional[Corpus] = None  # used by scripts/demo.sh and docs, not by training
+    max_len: int = 128  # drop training pairs longer than this (subword tokens, either side)
+    max_len_ratio: float = 3.0  # drop training pairs whose token lengths differ more than this factor
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    joint: bool = True  # one SentencePiece model (and vocabulary) for both languages
+    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
+    character_coverage: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    d_model: int = 256
+    heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1  # on embeddings and every residual branch
+    attention_dropout: float = 0.1  # on attention weights
+    activation_dropout: float = 0.0  # inside the feed-forward block
+    norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably with a short warmup
+    activation: Literal["relu", "gelu"] = "relu"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 1024  # learned positions only
+    # auto: "all" with a joint vocabulary (source emb = target emb = output), else "decoder"
+    tie_embeddings: Literal["auto", "all", "decoder", "none"] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads; 0 = every core
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_tokens: int = 4096  # per batch: sentences x longest side, padding included
+    max_steps: int = 0  # 0 = no limit
+    max_epochs: int = 0  # 0 = no limit
+    max_time: str = ""  # wall-clock budget like "25m", "2h", "1h30m"; "" = no limit
+    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
+    warmup_steps: int = 800
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # 0 = no clipping
+    label_smoothing: float = 0.1
+    valid_every: int = 500  # steps between validations (and checkpoints)
+    valid_bleu: bool = True  # greedy-decode the validation set and report BLEU
+    keep_last: int = 5  # numbered checkpoints kept besides best.pt
+    log_every: int = 10  # steps between progress-bar / metrics-log updates
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 5
+    length_penalty: float = 1.0  # GNMT alpha: score / ((5 + len) / 6) ** alpha
+    max_len_a: float = 1.5  # hypotheses stop at max_len_a * source_length + max_len_b tokens
+    max_len_b: int = 10
+    batch_tokens: int = 6000  # source tokens x beam per decoding batch
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (YAML), apply ``key=value`` overrides, validate, resolve data paths."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise MTError(f"config file '{path}' not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MTError(f"config file '{path}': cannot read: {e}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise MTError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise MTError(f"{path}: expected a mapping of keys at the top level")
+    cli_keys = _apply_overrides(raw, overrides)
+    config = _build(Config, raw, "", source, cli_keys)
+    _check_values(config, source)
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    _resolve_paths(config, base, cli_keys)
+    return config
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Rebuild a saved (already resolved) config, e.g. from a run directory or checkpoint."""
+    config = _build(Config, raw, "", source)
+    _check_values(config, source)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    from mt.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def parse_duration(text: str, key: str = "train.max_time") -> float:
+    """'90s', '25m', '2h', '1h30m', or a bare number of seconds -> seconds."""
+    text = str(text).strip()
+    if not text:
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", text).strip():
+        raise MTError(f"{key}: '{text}' is not a duration; use e.g. '90s', '25m', '2h', '1h30m'")
+    unit = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def _apply_overrides(raw: dict, overrides: list[str]) -> set[str]:
+    """Set dotted keys in the raw dict; returns the keys given on the command line."""
+    given = set()
+    for item in overrides:
+        if "=" not in item:
+            raise MTError(f"override '{item}' must look like key=value (e.g. train.max_steps=100)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = parsed
+        given.add(key)
+    return given
+
+
+def _build(cls, raw: Any, prefix: str, source: str, cli_keys: set[str] = frozenset()):
+    """Turn a raw mapping into dataclass ``cls``, checking keys and types.
+
+    Errors about keys given on the command line say so instead of naming the file.
+    """
+    where = prefix.rstrip(".") or "top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        source = "command line" if prefix.rstrip(".") in cli_keys else source
+        raise MTError(f"{source}: {where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            full = prefix + str(key)
+            valid = [prefix + n for n in names]
+            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
+            where = "command line" if any(k == full or k.startswith(full + ".") for k in cli_keys) else source
+            raise MTError(f"{where}: unknown key '{full}'{hint}")
+    values = {}
+    for name in names:
+        if name in raw:
+            key = prefix + name
+            values[name] = _convert(raw[name], hints[name], key, "command line" if key in cli_keys else source,
+                                    cli_keys)
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, key: str, source: str, cli_keys: set[str] = frozenset()):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _convert(value, hint, key, source, cli_keys)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".", source, cli_keys)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(str(a) for a in args)
+            raise MTError(f"{source}: {key}: {value!r} is not allowed; choose one of: {allowed}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise MTError(f"{source}: {key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MTError(f"{source}: {key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MTError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise MTError(f"{source}: {key}: expected a string, got {value!r}")
+        return str(value)
+    if hint is list:
+        if not isinstance(value, list):
+            raise MTError(f"{source}: {key}: expected a list, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _check_values(c: Config, source: str) -> None:
+    """Checks that involve a value's range or several keys."""
+
+    def need(ok: bool, key: str, what: str, value: Any) -> None:
+        if not ok:
+            raise MTError(f"{source}: {key}: {what}, got {value!r}")
+
+    m, t, d, tok = c.model, c.train, c.decode, c.tokenizer
+    for key, value in [("model.encoder_layers", m.encoder_layers), ("model.decoder_layers", m.decoder_layers),
+                       ("model.d_model", m.d_model), ("model.heads", m.heads), ("model.d_ff", m.d_ff),
+                       ("model.max_positions", m.max_positions), ("train.batch_tokens", t.batch_tokens),
+                       ("train.valid_every", t.valid_every), ("train.log_every", t.log_every),
+                       ("decode.beam_size", d.beam_size), ("decode.batch_tokens", d.batch_tokens),
+                       ("data.max_len", c.data.max_len)]:
+        need(value > 0, key, "must be a positive integer", value)
+    need(m.d_model % m.heads == 0, "model.heads", f"must divide model.d_model ({m.d_model})", m.heads)
+    for key, value in [("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
+                       ("model.activation_dropout", m.activation_dropout),
+                       ("train.label_smoothing", t.label_smoothing)]:
+        need(0.0 <= value < 1.0, key, "must be in [0, 1)", value)
+    need(tok.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16", tok.vocab_size)
+    need(0.9 <= tok.character_coverage <= 1.0, "tokenizer.character_coverage", "must be in [0.9, 1]",
+         tok.character_coverage)
+    need(m.tie_embeddings != "all" or tok.joint, "model.tie_embeddings",
+         "'all' needs a shared vocabulary (tokenizer.joint: true)", m.tie_embeddings)
+    need(t.lr > 0, "train.lr", "must be positive", t.lr)
+    need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+    need(t.max_steps >= 0, "train.max_steps", "must be >= 0", t.max_steps)
+    need(t.max_epochs >= 0, "train.max_epochs", "must be >= 0", t.max_epochs)
+    need(t.keep_last >= 1, "train.keep_last", "must be >= 1", t.keep_last)
+    need(t.clip_norm >= 0, "train.clip_norm", "must be >= 0", t.clip_norm)
+    need(len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),
+         "train.adam_betas", "must be two numbers in [0, 1)", t.adam_betas)
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device) is not None, "train.device",
+         "must be auto, cpu, cuda, cuda:N or mps", t.device)
+    need(t.threads >= 0, "train.threads", "must be >= 0 (0 = every core)", t.threads)
+    need(d.max_len_a >= 0 and d.max_len_b >= 0, "decode.max_len_a", "max_len_a and max_len_b must be >= 0",
+         (d.max_len_a, d.max_len_b))
+    try:
+        parse_duration(t.max_time)
+    except MTError as e:
+        raise MTError(f"{source}: {e}") from None
+    need(bool(c.data.train.src and c.data.train.tgt), "data.train", "needs both 'src' and 'tgt' file paths",
+         dataclasses.asdict(c.data.train))
+
+
+def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:
+    """Make corpus paths absolute.
+
+    Paths from the YAML file are relative to ``data.root``; a relative ``data.root`` is
+    relative to the config file, and ``$MT_DATA_ROOT`` replaces it. Paths typed on the
+    command line are relative to the current directory, as a shell user expects.
+    """
+    if "data.root" in cli_keys:
+        root = Path(c.data.root).expanduser()
+    elif os.environ.get(DATA_ROOT_ENV):
+        root = Path(os.environ[DATA_ROOT_ENV]).expanduser()
+    else:
+        root = Path(c.data.root).expanduser()
+        if not root.is_absolute():
+            root = config_dir / root
+    root = root.resolve()
+    c.data.root = str(root)
+    for split in ("train", "valid", "test"):
+        corpus = getattr(c.data, split)
+        if corpus is None:
+            continue
+        for side in ("src", "tgt"):
+            value = getattr(corpus, side)
+            if not value:
+                continue
+            from_cli = any(k in cli_keys for k in (f"data.{split}.{side}", f"data.{split}"))
+            base = Path.cwd() if from_cli else root
+            p = Path(value).expanduser()
+            setattr(corpus, side, str(p if p.is_absolute() else (base / p).resolve()))

@@ -1,0 +1,289 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), as plain nn.Modules.
+
+Read it beside the paper: section 3.2 is ``attention`` and ``MultiHeadAttention``,
+3.3 ``FeedForward``, 3.4 ``Embeddings``, 3.5 ``SinusoidalPositions``, 3.1 the
+``EncoderLayer``/``DecoderLayer`` stacks and ``Transformer.encode``/``decode``.
+
+Shapes: B batch, S source length, T target length, d = d_model, h heads, d_k = d / h.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mt.batching import padding_mask
+from mt.config import ModelConfig
+
+Cache = list  # one {"self": {...}, "cross": {...}} dict of keys/values per decoder layer
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Scaled dot-product attention spelled out: softmax(Q K^T / sqrt(d_k)) V.
+
+    ``MultiHeadAttention`` calls the fused ``F.scaled_dot_product_attention``, which
+    computes exactly this (the tests compare the two); this is the version to read.
+    q (B, h, Lq, d_k), k and v (B, h, Lk, d_k), mask broadcastable to (B, h, Lq, Lk),
+    True where attending is allowed.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, h, Lq, d_k)
+
+
+class MultiHeadAttention(nn.Module):
+    """h attention heads in parallel over d_k-dimensional projections, then W_O.
+
+    Self-attention projects Q, K and V with one fused (d, 3d) matrix; cross-attention
+    projects Q from the decoder and K, V from the encoder output with a fused (d, 2d)
+    matrix. During incremental decoding ``cache`` keeps keys and values, so each new
+    target position costs one projection, not a re-run of the prefix.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False):
+        super().__init__()
+        self.d_model, self.heads, self.d_k = d_model, heads, d_model // heads
+        self.cross = cross
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.heads, self.d_k).transpose(1, 2)  # (B, h, L, d_k)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, memory: Optional[torch.Tensor] = None,
+                cache: Optional[dict] = None, is_causal: bool = False) -> torch.Tensor:
+        B, L, _ = x.shape  # x: (B, L, d) queries' input
+        if not self.cross:
+            q, k, v = map(self.split_heads, self.qkv_proj(x).split(self.d_model, dim=-1))
+            if cache is not None:  # append this step's keys/values to the prefix's
+                if "k" in cache:
+                    k = torch.cat([cache["k"], k], dim=2)  # (B, h, t+1, d_k)
+                    v = torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
+        else:
+            q = self.split_heads(self.q_proj(x))
+            if cache is not None and "k" in cache:  # encoder keys/values were computed at step 0
+                k, v = cache["k"], cache["v"]
+            else:
+                k, v = map(self.split_heads, self.kv_proj(memory).split(self.d_model, dim=-1))  # (B, h, S, d_k)
+                if cache is not None:
+                    cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(  # = attention(q, k, v, mask), fused
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, self.d_model))  # concat heads, W_O
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = W_2 act(W_1 x + b_1) + b_2, applied to each position separately."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+        self.activation = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_2(self.dropout(self.activation(self.w_1(x))))
+
+
+class Residual(nn.Module):
+    """A residual connection around a sub-layer, with LayerNorm and dropout.
+
+    post-norm (the paper): LayerNorm(x + Dropout(sublayer(x)));
+    pre-norm: x + Dropout(sublayer(LayerNorm(x))), which trains stably with a short warmup.
+    """
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: torch.Tensor, sublayer) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Multi-head self-attention, then the feed-forward network, each in a residual block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout)
+        self.attn_block = Residual(cfg.d_model, cfg.dropout, pre)
+        self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        x = self.attn_block(x, lambda y: self.self_attn(y, mask=src_mask))  # (B, S, d)
+        return self.ff_block(x, self.feed_forward)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, feed-forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cross=True)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout)
+        self.self_block = Residual(cfg.d_model, cfg.dropout, pre)
+        self.cross_block = Residual(cfg.d_model, cfg.dropout, pre)
+        self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, y: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+                cache: Optional[dict] = None) -> torch.Tensor:
+        # Whole prefix (training): the causal mask, applied inside the fused kernel.
+        # Incremental decoding: one new query that may see every cached position, so no mask.
+        y = self.self_block(y, lambda z: self.self_attn(
+            z, cache=None if cache is None else cache["self"], is_causal=cache is None))
+        y = self.cross_block(y, lambda z: self.cross_attn(
+            z, mask=src_mask, memory=memory, cache=None if cache is None else cache["cross"]))
+        return self.ff_block(y, self.feed_forward)  # (B, T, d)
+
+
+class Embeddings(nn.Module):
+    """Token embeddings multiplied by sqrt(d_model) (section 3.4)."""
+
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.table.weight, std=d_model ** -0.5)  # so that scaled embeddings have unit variance
+        self.scale = math.sqrt(d_model)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids) * self.scale
+
+
+class SinusoidalPositions(nn.Module):
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+
+    def __init__(self, d_model: int, length: int = 1024):
+        super().__init__()
+        self.d_model = d_model
+        self.register_buffer("table", self._table(length), persistent=False)
+
+    def _table(self, length: int) -> torch.Tensor:
+        pos = torch.arange(length, dtype=torch.float32)[:, None]  # (L, 1)
+        inv_freq = torch.exp(torch.arange(0, self.d_model, 2, dtype=torch.float32)
+                             * (-math.log(10000.0) / self.d_model))  # (d/2,)
+        table = torch.zeros(length, self.d_model)
+        table[:, 0::2] = torch.sin(pos * inv_freq)
+        table[:, 1::2] = torch.cos(pos * inv_freq)
+        return table
+
+    def forward(self, length: int, start: int = 0) -> torch.Tensor:
+        if start + length > self.table.size(0):  # sinusoids extend to any length
+            self.table = self._table(2 * (start + length)).to(self.table.device)
+        return self.table[start:start + length]  # (L, d)
+
+
+class LearnedPositions(nn.Module):
+    """A learned embedding per position, up to ``max_positions``."""
+
+    def __init__(self, d_model: int, max_positions: int):
+        super().__init__()
+        self.table = nn.Embedding(max_positions, d_model)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, length: int, start: int = 0) -> torch.Tensor:
+        if start + length > self.table.num_embeddings:
+            raise ValueError(f"sequence of {start + length} tokens is longer than model.max_positions "
+                             f"({self.table.num_embeddings})")
+        return self.table.weight[start:start + length]
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer: ``encode`` the source once, ``decode`` target prefixes."""
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
+        super().__init__()
+        self.cfg = cfg
+        tie = cfg.tie_embeddings
+        if tie == "auto":
+            tie = "all" if src_vocab == tgt_vocab else "decoder"
+        if tie == "all" and src_vocab != tgt_vocab:
+            raise ValueError("tie_embeddings 'all' needs one shared vocabulary")
+        self.src_embed = Embeddings(src_vocab, cfg.d_model)
+        self.tgt_embed = self.src_embed if tie == "all" else Embeddings(tgt_vocab, cfg.d_model)
+        if cfg.positions == "sinusoidal":
+            self.positions = SinusoidalPositions(cfg.d_model)
+        else:
+            self.positions = LearnedPositions(cfg.d_model, cfg.max_positions)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.output = nn.Linear(cfg.d_model, tgt_vocab, bias=False)
+        self._init_weights()
+        if tie in ("all", "decoder"):
+            self.output.weight = self.tgt_embed.table.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if "table" in name or "norm" in name:
+                continue
+            if p.dim() == 2:
+                nn.init.xavier_uniform_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def embed(self, embedding: Embeddings, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        x = embedding(ids) + self.positions(ids.size(1), start)  # (B, L, d)
+        return self.embed_dropout(x)
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) -> memory (B, S, d) and src_mask (B, 1, 1, S) hiding padding."""
+        src_mask = padding_mask(src)
+        x = self.embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x), src_mask
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+               cache: Optional[Cache] = None) -> torch.Tensor:
+        """tgt_in (B, T) -> logits (B, T, V).
+
+        Without ``cache`` the whole prefix is decoded at once under the causal mask (training).
+        With ``cache`` (from ``new_cache``) tgt_in holds only the newest token, (B, 1).
+        Right padding needs no extra self-attention mask: under the causal mask a real
+        target position only ever sees earlier, real positions.
+        """
+        start = 0 if cache is None or "k" not in cache[0]["self"] else cache[0]["self"]["k"].size(2)
+        y = self.embed(self.tgt_embed, tgt_in, start)
+        for i, layer in enumerate(self.decoder_layers):
+            y = layer(y, memory, src_mask, cache=None if cache is None else cache[i])
+        return self.output(self.decoder_norm(y))
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt_in, memory, src_mask)
+
+    def new_cache(self) -> Cache:
+        return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
+
+
+def reorder_cache(cache: Cache, index: torch.Tensor) -> None:
+    """Keep/reorder the batch rows of every cached tensor (beam reordering, dropping finished rows)."""
+    for layer in cache:
+        for part in layer.values():
+            for name in part:
+                part[name] = part[name].index_select(0, index)
+

@@ -1,0 +1,135 @@
+"""Greedy and beam search over the model's incremental (key/value-cached) decoder.
+
+Both are batched: each step runs the decoder on one new token per hypothesis, and
+sentences that have finished leave the batch, so the work per step keeps shrinking.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mt.batching import pad
+from mt.model import Transformer, reorder_cache
+from mt.tokenizer import BOS, EOS, PAD
+
+
+def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int) -> torch.Tensor:
+    """Per sentence, the most target tokens (EOS excluded) a hypothesis may have."""
+    src_len = (src != PAD).sum(1) - 1  # without the source EOS
+    return (max_len_a * src_len.float() + max_len_b).long()
+
+
+@torch.no_grad()
+def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
+                  max_len_b: int = 10) -> list[list[int]]:
+    """Most probable next token at every step. src (B, S) -> B token lists (no BOS/EOS)."""
+    memory, src_mask = model.encode(src)
+    limits = max_lengths(src, max_len_a, max_len_b)
+    cache = model.new_cache()
+    alive = torch.arange(src.size(0), device=src.device)  # original row of each active sentence
+    tokens = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
+    results: list[list[int]] = [[] for _ in range(src.size(0))]
+    for step in range(int(limits.max()) + 1):
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (b, V)
+        next_token = logits.argmax(-1)
+        next_token[step >= limits[alive]] = EOS
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        done = next_token == EOS
+        if done.any():
+            alive_list = alive.tolist()
+            for row in done.nonzero().flatten().tolist():
+                results[alive_list[row]] = tokens[row, 1:-1].tolist()
+            keep = (~done).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            alive, tokens, memory, src_mask = alive[keep], tokens[keep], memory[keep], src_mask[keep]
+            reorder_cache(cache, keep)
+    return results
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length normalisation (Wu et al., 2016): ((5 + length) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
+                max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
+    """Keep the ``beam_size`` best prefixes per sentence; return the best finished one.
+
+    Each step scores all k x V extensions and takes the top 2k: those ending in EOS
+    among the first k become finished hypotheses (score normalised by the length
+    penalty), the best k others continue. A sentence is done when it has k finished
+    hypotheses (as in fairseq); with k = 1 this is exactly greedy search.
+    """
+    k, B = beam_size, src.size(0)
+    memory, src_mask = model.encode(src)
+    limits = max_lengths(src, max_len_a, max_len_b)
+    memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)  # (B*k, ...)
+    cache = model.new_cache()
+    alive = torch.arange(B, device=src.device)  # original sentence of each active group of k rows
+    tokens = torch.full((B * k, 1), BOS, dtype=torch.long, device=src.device)
+    scores = torch.zeros(B, k, device=src.device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: let only the first one expand
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    for step in range(int(limits.max()) + 1):
+        n = alive.numel()
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]
+        logp = F.log_softmax(logits.float(), dim=-1)  # (n*k, V)
+        V = logp.size(-1)
+        at_limit = (step >= limits[alive]).repeat_interleave(k)  # (n*k,)
+        if at_limit.any():  # out of length: the only way on is EOS
+            logp[at_limit] = float("-inf")
+            logp[at_limit, EOS] = 0.0
+        candidates = (scores.view(-1, 1) + logp).view(n, k * V)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
+        top_beam, top_token = top_index // V, top_index % V
+        is_eos = top_token == EOS
+        alive_list = alive.tolist()
+        for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
+            sentence = finished[alive_list[i]]
+            if len(sentence) < k:
+                hyp = tokens[i * k + top_beam[i, j], 1:].tolist()
+                sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
+        next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, k)
+        next_beam, next_token = top_beam.gather(1, pick), top_token.gather(1, pick)
+        done = torch.tensor([len(finished[s]) >= k for s in alive_list], device=src.device)
+        keep = (~done).nonzero().flatten()
+        if keep.numel() == 0:
+            break
+        rows = (keep[:, None] * k + next_beam[keep]).flatten()  # (kept*k,) rows to continue from
+        tokens = torch.cat([tokens[rows], next_token[keep].view(-1, 1)], dim=1)
+        scores, alive = next_scores[keep], alive[keep]
+        memory, src_mask = memory[rows], src_mask[rows]
+        reorder_cache(cache, rows)
+    return [max(hyps)[1] if hyps else [] for hyps in finished]
+
+
+def decode_corpus(model: Transformer, sources: list[list[int]], device: torch.device, beam_size: int = 1,
+                  alpha: float = 1.0, max_len_a: float = 1.5, max_len_b: int = 10, batch_tokens: int = 6000,
+                  autocast_dtype: torch.dtype | None = None, progress=None) -> list[list[int]]:
+    """Translate encoded sources (each ending in EOS) in length-sorted batches, results in input order.
+
+    ``progress`` is an optional callable given the number of sentences done after each batch.
+    """
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    results: list[list[int]] = [[] for _ in sources]
+    model.eval()
+    start = 0
+    while start < len(order):
+        end = start + 1  # grow the batch while it fits in batch_tokens (beam copies count)
+        while end < len(order) and (end - start + 1) * len(sources[order[end]]) * beam_size <= batch_tokens:
+            end += 1
+        batch_ids = order[start:end]
+        src = pad([sources[i] for i in batch_ids]).to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            if beam_size == 1:
+                hyps = greedy_search(model, src, max_len_a, max_len_b)
+            else:
+                hyps = beam_search(model, src, beam_size, alpha, max_len_a, max_len_b)
+        for i, hyp in zip(batch_ids, hyps):
+            results[i] = hyp
+        if progress is not None:
+            progress(end - start)
+        start = end
+    return results

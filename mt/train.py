@@ -1,0 +1,366 @@
+"""The training loop: data -> model -> label-smoothed cross-entropy -> Adam with warmup.
+
+``train(config)`` does everything ``mt train`` does: prepares the tokenizer and data,
+builds the model, resumes from the run directory's latest checkpoint if there is one,
+trains with validation (loss and greedy BLEU) every ``train.valid_every`` steps, and
+keeps the last and the best checkpoints. Stops at max_steps / max_epochs / max_time
+or on SIGINT/SIGTERM, saving first.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mt import checkpoint as ckpt
+from mt.batching import Batch, bucket_batches, make_batch
+from mt.config import Config, parse_duration, save_config
+from mt.data import EncodedCorpus, encode_parallel, filter_pairs, read_parallel
+from mt.errors import MTError
+from mt.evaluate import bleu
+from mt.model import Transformer
+from mt.search import decode_corpus
+from mt.tokenizer import PAD, TokenizerPair, train_or_load
+
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
+
+
+def log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- devices and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MTError(f"train.device: '{name}' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). Master weights always stay fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise MTError("train.precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- pieces of a step
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then peak * sqrt(warmup / step)."""
+    step = max(step, 1)
+    if warmup == 0:
+        return peak / math.sqrt(step)
+    return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Summed cross-entropy against (1 - eps) one-hot + eps uniform; padding ignored."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1),
+                           ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
+
+
+def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
+    return Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+
+
+# ---------------------------------------------------------------- data
+
+
+def prepare_data(config: Config, run_dir: Path, tokenizers: TokenizerPair | None = None):
+    """Read, tokenize (training the tokenizer on first use), encode and filter."""
+    train_src, train_tgt = read_parallel(config.data.train, "data.train")
+    if tokenizers is None:
+        log(f"tokenizer: preparing SentencePiece (vocab {config.tokenizer.vocab_size}, "
+            f"{'joint' if config.tokenizer.joint else 'separate'}) in {run_dir}")
+        tokenizers = train_or_load(run_dir, config.tokenizer, train_src, train_tgt,
+                                   threads=config.train.threads or os.cpu_count() or 1)
+    train_data, dropped = filter_pairs(encode_parallel(train_src, train_tgt, tokenizers), config.data)
+    report = ", ".join(f"{n} {why}" for why, n in dropped.items() if n) or "none"
+    log(f"data: {len(train_data)} of {len(train_src)} training pairs kept (dropped: {report})")
+    if len(train_data) == 0:
+        raise MTError(f"data.train: no training pairs left after filtering (dropped: {report}); "
+                      "check data.max_len and data.max_len_ratio")
+    valid = None
+    if config.data.valid.src and config.data.valid.tgt:
+        valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid")
+        encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
+        valid = (encoded, valid_tgt)
+    return tokenizers, train_data, valid
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Holds the training state; ``run()`` trains until a stopping condition."""
+
+    def __init__(self, config: Config, overwrite: bool = False):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        t = config.train
+        set_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.amp_dtype = resolve_precision(t.precision, self.device)
+        resume_from = ckpt.latest_checkpoint(self.run_dir)
+        if resume_from is not None and overwrite:
+            log(f"--overwrite: removing the previous run in {self.run_dir}")
+            shutil.rmtree(self.run_dir)
+            resume_from = None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            # a tokenizer from a run that never reached a checkpoint may not match this config
+            for stale in self.run_dir.glob("spm*.model"):
+                stale.unlink()
+        state = ckpt.load_checkpoint(resume_from) if resume_from else None
+        if state is not None:
+            self._check_compatible(state, resume_from)
+        self.tokenizers, self.train_data, self.valid = prepare_data(config, self.run_dir)
+        save_config(config, self.run_dir / "config.yaml")
+
+        torch.manual_seed(t.seed)
+        self.model = build_model(config, self.tokenizers).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
+                                          eps=t.adam_eps, weight_decay=t.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.elapsed = 0.0  # training wall time over all sessions of this run
+        self.best_score = -math.inf
+        self.stop_signal: str | None = None
+        self.saved_step = -1
+        if state is not None:
+            self._restore(state)
+            log(f"resuming from {resume_from} (step {self.step}, epoch {self.epoch + 1}); "
+                "pass --overwrite to start over")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log(f"model: {n_params / 1e6:.1f}M parameters on {self.device}, "
+            f"{'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')} compute, "
+            f"{torch.get_num_threads()} threads")
+
+    def _check_compatible(self, state: dict, path: Path) -> None:
+        saved = state["config"]
+        for section in ("model", "tokenizer"):
+            if saved[section] != asdict(getattr(self.config, section)):
+                raise MTError(f"{path}: the run's '{section}' settings differ from the config given; "
+                              "use the same config to resume, or pass --overwrite to start over")
+
+    def _restore(self, state: dict) -> None:
+        if state.get("vocab") != self.tokenizers.fingerprint():
+            raise MTError(f"{self.run_dir}: checkpoint was trained with another vocabulary than "
+                          f"{self.tokenizers.src.path}; pass --overwrite to start over")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.elapsed, self.best_score = state["elapsed"], state["best_score"]
+        self.saved_step = self.step
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed, "best_score": self.best_score,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.config.to_dict(), "vocab": self.tokenizers.fingerprint(),
+            "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size],
+        }
+
+    def set_lr(self) -> float:
+        lr = inverse_sqrt_lr(self.step + 1, self.config.train.lr, self.config.train.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self, batch: Batch) -> float | None:
+        """One update on ``batch``; returns the loss per target token, or None if it was skipped."""
+        self.model.train()
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(batch.src, batch.tgt_in)
+        loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / batch.n_tgt_tokens
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.scale(loss).backward()
+        if self.config.train.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        encoded, references = self.valid
+        self.model.eval()
+        total, tokens = 0.0, 0
+        lens = [len(s) for s in encoded.src]
+        for ids in bucket_batches(lens, [len(t) - 1 for t in encoded.tgt], self.config.train.batch_tokens,
+                                  0, 0, shuffle=False):
+            batch = make_batch([encoded.src[i] for i in ids], [encoded.tgt[i] for i in ids]).to(self.device)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(batch.src, batch.tgt_in)
+            total += label_smoothed_loss(logits, batch.tgt_out, 0.0).item()
+            tokens += batch.n_tgt_tokens
+        result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}
+        if self.config.train.valid_bleu:
+            d = self.config.decode
+            hyps = decode_corpus(self.model, encoded.src, self.device, beam_size=1, max_len_a=d.max_len_a,
+                                 max_len_b=d.max_len_b, batch_tokens=d.batch_tokens, autocast_dtype=self.amp_dtype)
+            result["valid_bleu"] = bleu(self.tokenizers.tgt.decode(hyps), references)
+        return result
+
+    def save(self, metrics: dict | None) -> None:
+        folder = self.run_dir / "checkpoints"
+        state = self.state_dict()
+        ckpt.save_checkpoint(state, folder / f"step_{self.step:07d}.pt")
+        ckpt.prune(self.run_dir, self.config.train.keep_last)
+        if metrics is not None:
+            score = metrics.get("valid_bleu", -metrics["valid_nll"])
+            if score > self.best_score:
+                self.best_score = score
+                state["best_score"] = score
+                ckpt.save_checkpoint({k: state[k] for k in ("model", "step", "config", "vocab", "vocab_sizes")},
+                                     folder / "best.pt")
+
+    def log_metrics(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict:
+        t = self.config.train
+        max_time = parse_duration(t.max_time)
+        data = self.train_data
+        src_lens = [len(s) for s in data.src]
+        tgt_lens = [len(s) - 1 for s in data.tgt]
+        previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
+                   desc="train", file=sys.stderr, disable=None)
+        session_start = time.monotonic() - self.elapsed
+        window_tokens, window_start, bad_steps = 0, time.monotonic(), 0
+        last_metrics: dict = {}
+        reason = None
+        try:
+            while reason is None:
+                if t.max_epochs and self.epoch >= t.max_epochs:
+                    reason = f"max_epochs={t.max_epochs} reached"
+                    if self.saved_step != self.step:
+                        last_metrics = self.checkpoint()
+                    break
+                batches = bucket_batches(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch)
+                while self.batch_in_epoch < len(batches):
+                    ids = batches[self.batch_in_epoch]
+                    batch = make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(self.device)
+                    lr = self.set_lr()
+                    loss = self.train_step(batch)
+                    self.batch_in_epoch += 1
+                    if loss is None:
+                        bad_steps += 1
+                        log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
+                        if bad_steps >= MAX_BAD_STEPS:
+                            raise MTError(f"training diverged: {bad_steps} non-finite losses in a row at step "
+                                          f"{self.step + 1}; lower train.lr or use train.precision=fp32")
+                        continue
+                    bad_steps = 0
+                    self.step += 1
+                    window_tokens += batch.n_tgt_tokens
+                    self.elapsed = time.monotonic() - session_start
+                    bar.update(1)
+                    if self.step % t.log_every == 0:
+                        now = time.monotonic()
+                        tok_s = window_tokens / max(now - window_start, 1e-9)
+                        window_tokens, window_start = 0, now
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
+                        self.log_metrics({"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
+                                          "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
+                    reason = self._stop_reason(max_time)
+                    if self.step % t.valid_every == 0 or reason is not None:
+                        last_metrics = self.checkpoint()
+                        window_start = time.monotonic()
+                    if reason is not None:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        finally:
+            bar.close()
+            for s, handler in previous_handlers.items():
+                signal.signal(s, handler)
+        log(f"stopped at step {self.step} ({reason}); checkpoints in {self.run_dir / 'checkpoints'}")
+        if self.stop_signal is not None:
+            log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
+        return last_metrics
+
+    def checkpoint(self) -> dict | None:
+        """Validate (if there is a validation set), log, and save."""
+        metrics = self.validate() if self.valid is not None else None
+        if metrics is not None:
+            record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
+                      **{k: round(v, 4) for k, v in metrics.items()}}
+            self.log_metrics(record)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+            log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
+        self.save(metrics)
+        self.saved_step = self.step
+        return metrics
+
+    def _stop_reason(self, max_time: float) -> str | None:
+        t = self.config.train
+        if self.stop_signal is not None:
+            return f"{self.stop_signal} received"
+        if t.max_steps and self.step >= t.max_steps:
+            return f"max_steps={t.max_steps} reached"
+        if max_time and self.elapsed >= max_time:
+            return f"max_time={t.max_time} reached"
+        return None
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+        log(f"{self.stop_signal}: finishing this step and saving a checkpoint...")
+
+
+def train(config: Config, overwrite: bool = False) -> dict:
+    return Trainer(config, overwrite=overwrite).run()

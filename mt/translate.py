@@ -1,0 +1,78 @@
+"""Translator: a trained run directory (or checkpoint) -> translations of plain text.
+
+Output line i is always the translation of input line i; empty input lines give
+empty output lines without touching the model.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mt import checkpoint as ckpt
+from mt.config import Config, config_from_dict
+from mt.errors import MTError
+from mt.model import Transformer
+from mt.search import decode_corpus
+from mt.tokenizer import EOS, TokenizerPair, load_tokenizers
+from mt.train import resolve_device, resolve_precision, set_threads
+
+
+class Translator:
+    """A trained model with its tokenizers, ready to translate lists of sentences."""
+
+    def __init__(self, model: Transformer, tokenizers: TokenizerPair, config: Config, device: torch.device,
+                 amp_dtype: torch.dtype | None = None):
+        self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
+        self.device, self.amp_dtype = device, amp_dtype
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "fp32",
+                        threads: int = 0) -> "Translator":
+        """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one."""
+        path = Path(path)
+        if not path.exists():
+            raise MTError(f"run directory or checkpoint '{path}' not found")
+        if path.is_dir():
+            run_dir, checkpoint_file = path, ckpt.best_or_latest(path)
+        else:
+            checkpoint_file = path
+            run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        state = ckpt.load_checkpoint(checkpoint_file)
+        if "model" not in state or "config" not in state:
+            raise MTError(f"'{checkpoint_file}' is not an mt checkpoint")
+        config = config_from_dict(state["config"], str(checkpoint_file))
+        tokenizers = load_tokenizers(run_dir, config.tokenizer.joint)
+        if state.get("vocab") != tokenizers.fingerprint():
+            raise MTError(f"checkpoint '{checkpoint_file}' was trained with another vocabulary than "
+                          f"the tokenizer in '{run_dir}'")
+        set_threads(threads)
+        torch_device = resolve_device(device)
+        model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+        model.load_state_dict(state["model"])
+        return cls(model.to(torch_device), tokenizers, config, torch_device,
+                   resolve_precision(precision, torch_device))
+
+    def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
+                  max_len_a: float | None = None, max_len_b: int | None = None, batch_tokens: int | None = None,
+                  progress: bool = False) -> list[str]:
+        """Translate ``lines``; decoding settings default to the run's ``decode`` config."""
+        d = self.config.decode
+        beam_size = beam_size or d.beam_size
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
+        bar = tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr, disable=not progress)
+        with bar:
+            hyps = decode_corpus(
+                self.model, sources, self.device, beam_size=beam_size,
+                alpha=d.length_penalty if length_penalty is None else length_penalty,
+                max_len_a=d.max_len_a if max_len_a is None else max_len_a,
+                max_len_b=d.max_len_b if max_len_b is None else max_len_b,
+                batch_tokens=batch_tokens or d.batch_tokens, autocast_dtype=self.amp_dtype, progress=bar.update)
+        out = [""] * len(lines)
+        for i, text in zip(todo, self.tokenizers.tgt.decode(hyps)):
+            out[i] = text
+        return out
+

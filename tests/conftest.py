@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny parallel corpus written to disk, a tiny config, a trained tiny run."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from mt.config import load_config
+
+torch.set_num_threads(1)  # tests are small; one thread keeps them deterministic and polite
+
+SUBJECTS = [("der hund", "the dog"), ("die katze", "the cat"), ("ein mann", "a man"),
+            ("eine frau", "a woman"), ("das kind", "the child")]
+VERBS = [("läuft", "runs"), ("schläft", "sleeps"), ("springt", "jumps"), ("singt", "sings")]
+PLACES = [("im park", "in the park"), ("am strand", "on the beach")]
+
+
+def tiny_pairs(n: int = 20) -> list[tuple[str, str]]:
+    """``n`` German-English pairs built from a small grammar, all different."""
+    pairs = [(f"{s} {v} {p} .", f"{se} {ve} {pe} .")
+             for (s, se), (v, ve), (p, pe) in itertools.product(SUBJECTS, VERBS, PLACES)]
+    return pairs[:n]
+
+
+def write_corpus(folder: Path, name: str, pairs: list[tuple[str, str]]) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    src, tgt = folder / f"{name}.de", folder / f"{name}.en"
+    src.write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
+    tgt.write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
+    return src, tgt
+
+
+TINY_OVERRIDES = [
+    "tokenizer.vocab_size=60", "tokenizer.model_type=word",
+    "model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=64", "model.heads=4",
+    "model.d_ff=128", "model.dropout=0.0", "model.attention_dropout=0.0",
+    "train.precision=fp32", "train.threads=1", "train.batch_tokens=120", "train.lr=0.003",
+    "train.warmup_steps=20", "train.label_smoothing=0.0", "train.log_every=5", "train.valid_every=100",
+    "decode.beam_size=3",
+]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A config training a tiny model on 20 pairs in tmp_path; returns a factory taking overrides."""
+    pairs = tiny_pairs(20)
+    write_corpus(tmp_path / "data", "train", pairs)
+    write_corpus(tmp_path / "data", "valid", pairs[:6])
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(
+        "run_dir: RUN\n"
+        "data:\n  root: data\n  train: {src: train.de, tgt: train.en}\n  valid: {src: valid.de, tgt: valid.en}\n"
+        .replace("RUN", str(tmp_path / "run")), encoding="utf-8")
+
+    def make(*overrides: str):
+        return load_config(cfg_file, TINY_OVERRIDES + list(overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A run directory holding a tiny model trained until it reproduces its 20 training pairs."""
+    from mt.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    pairs = tiny_pairs(20)
+    write_corpus(tmp / "data", "train", pairs)
+    cfg_file = tmp / "tiny.yaml"
+    cfg_file.write_text(f"run_dir: {tmp / 'run'}\ndata:\n  root: data\n"
+                        "  train: {src: train.de, tgt: train.en}\n  valid: {src: train.de, tgt: train.en}\n",
+                        encoding="utf-8")
+    config = load_config(cfg_file, TINY_OVERRIDES + ["train.max_steps=300"])
+    metrics = train(config)
+    return tmp / "run", pairs, metrics, cfg_file

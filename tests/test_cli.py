@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+import pytest
+
+from mt.cli import main
+
+
+def test_config_error_is_one_line_exit_2_without_traceback(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train: {src: a.de, tgt: a.en}\nmodel: {layers: 3}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(cfg)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith(f"error: {cfg}: unknown key 'model.layers'") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_missing_training_file_names_key_and_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  train: {{src: a.de, tgt: a.en}}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(cfg)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: data.train.src '{tmp_path / 'a.de'}' not found\n"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("trian: {}\n")
+    result = subprocess.run([sys.executable, "-m", "mt", "train", str(cfg), "--debug"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")

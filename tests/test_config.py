@@ -1,0 +1,118 @@
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mt.config import DATA_ROOT_ENV, config_from_dict, load_config, parse_duration, save_config
+from mt.errors import MTError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL = "data:\n  train: {src: a.de, tgt: a.en}\n"
+
+
+def test_unknown_key_names_key_file_and_closest_match(tmp_path):
+    path = write(tmp_path, MINIMAL + "model:\n  d_modle: 128\n")
+    with pytest.raises(MTError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: unknown key 'model.d_modle' (did you mean 'model.d_model'?)"
+
+
+def test_unknown_top_level_section(tmp_path):
+    with pytest.raises(MTError, match=r"unknown key 'trian' \(did you mean 'train'\?\)"):
+        load_config(write(tmp_path, MINIMAL + "trian: {}\n"))
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    with pytest.raises(MTError, match=r"c.yaml: train.max_steps: expected an integer, got 'many'"):
+        load_config(write(tmp_path, MINIMAL + "train: {max_steps: many}\n"))
+    with pytest.raises(MTError, match=r"^command line: tokenizer.joint: expected true or false, got 'yes please'$"):
+        load_config(write(tmp_path, MINIMAL), ["tokenizer.joint=yes please"])
+
+
+def test_choice_lists_allowed_values(tmp_path):
+    with pytest.raises(MTError, match=r"model.norm: 'middle' is not allowed; choose one of: pre, post"):
+        load_config(write(tmp_path, MINIMAL + "model: {norm: middle}\n"))
+
+
+def test_value_checks_name_the_key(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(MTError, match=r"model.heads: must divide model.d_model \(256\), got 3"):
+        load_config(path, ["model.heads=3"])
+    with pytest.raises(MTError, match=r"model.dropout: must be in \[0, 1\), got 1.5"):
+        load_config(path, ["model.dropout=1.5"])
+    with pytest.raises(MTError, match=r"train.max_time: '10 minutes' is not a duration"):
+        load_config(path, ["train.max_time=10 minutes"])
+    with pytest.raises(MTError, match=r"model.tie_embeddings: 'all' needs a shared vocabulary"):
+        load_config(path, ["tokenizer.joint=false", "model.tie_embeddings=all"])
+    with pytest.raises(MTError, match=r"data.train: needs both 'src' and 'tgt'"):
+        load_config(write(tmp_path, "model: {}\n"))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), ["train.max_steps=123", "train.lr=5e-4", "model.norm=post"])
+    assert (config.train.max_steps, config.train.lr, config.model.norm) == (123, 5e-4, "post")
+    with pytest.raises(MTError, match=r"^command line: unknown key 'train.max_stpes' \(did you mean 'train.max_steps'\?\)$"):
+        load_config(write(tmp_path, MINIMAL), ["train.max_stpes=1"])
+    with pytest.raises(MTError, match=r"override 'train.max_steps' must look like key=value"):
+        load_config(write(tmp_path, MINIMAL), ["train.max_steps"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(MTError, match=r"config file '.*nope.yaml' not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(MTError, match=r"c.yaml: invalid YAML"):
+        load_config(write(tmp_path, "data: [unclosed\n"))
+
+
+def test_yaml_paths_resolve_against_data_root_relative_to_config_file(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "c.yaml"
+    path.write_text("data:\n  root: ../corpora\n  train: {src: t.de, tgt: t.en}\n")
+    monkeypatch.chdir(tmp_path / "cfg")
+    config = load_config(path)
+    assert config.data.root == str(tmp_path / "corpora")
+    assert config.data.train.src == str(tmp_path / "corpora" / "t.de")
+
+
+def test_environment_variable_replaces_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "elsewhere"))
+    config = load_config(write(tmp_path, "data:\n  root: ../corpora\n  train: {src: t.de, tgt: t.en}\n"))
+    assert config.data.train.tgt == str(tmp_path / "elsewhere" / "t.en")
+
+
+def test_command_line_paths_are_relative_to_current_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write(tmp_path, "data:\n  root: /somewhere\n  train: {src: t.de, tgt: t.en}\n"),
+                         ["data.train.src=my.de"])
+    assert config.data.train.src == str(tmp_path / "my.de")
+    assert config.data.train.tgt == "/somewhere/t.en"
+
+
+def test_shipped_config_finds_shared_data(monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    config = load_config(REPO / "configs" / "multi30k_de_en.yaml")
+    assert Path(config.data.train.src) == (REPO.parent / "shared" / "data" / "multi30k" / "train.de").resolve()
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), ["train.max_steps=7", "model.activation=gelu"])
+    save_config(config, tmp_path / "run" / "config.yaml")
+    again = config_from_dict(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()))
+    assert again == config
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("25m", 1500), ("2h", 7200), ("1h30m", 5400),
+                                          ("45", 45), ("", 0)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds

@@ -1,0 +1,112 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mt.batching import causal_mask, padding_mask
+from mt.config import ModelConfig
+from mt.model import SinusoidalPositions, Transformer, attention, reorder_cache
+from mt.tokenizer import BOS, EOS, PAD
+
+V = 50
+
+
+def model(**overrides) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder_layers=2, decoder_layers=2, d_model=32, heads=4, d_ff=64, **overrides)
+    return Transformer(cfg, V, V).eval()
+
+
+def rand_ids(*shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, V, shape, generator=g)
+
+
+def test_fused_attention_equals_the_formula():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 8, generator=g) for _ in range(3))
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, PAD, PAD]])
+    mask = padding_mask(ids)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), attention(q, k, v, mask))
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               attention(q, k, v, causal_mask(5, q.device)))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_future_target_tokens_do_not_change_earlier_outputs(norm):
+    m = model(norm=norm)
+    src = rand_ids(2, 7)
+    tgt = rand_ids(2, 6, seed=2)
+    changed = tgt.clone()
+    changed[:, 4:] = rand_ids(2, 2, seed=3)
+    a, b = m(src, tgt), m(src, changed)
+    torch.testing.assert_close(a[:, :4], b[:, :4])
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_padding_inside_a_batch_leaves_a_sentence_unchanged(norm):
+    m = model(norm=norm)
+    src_short, tgt_short = rand_ids(1, 4), rand_ids(1, 3, seed=2)
+    src_long, tgt_long = rand_ids(1, 9, seed=4), rand_ids(1, 8, seed=5)
+    alone = m(src_short, tgt_short)
+    src = torch.full((2, 9), PAD)
+    tgt = torch.full((2, 8), PAD)
+    src[0, :4], tgt[0, :3] = src_short[0], tgt_short[0]
+    src[1], tgt[1] = src_long[0], tgt_long[0]
+    batched = m(src, tgt)
+    torch.testing.assert_close(batched[0, :3], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_cached_incremental_decoding_equals_full_recomputation():
+    m = model()
+    src = rand_ids(3, 6)
+    src[1, 4:] = PAD
+    tgt = torch.cat([torch.full((3, 1), BOS), rand_ids(3, 5, seed=2)], dim=1)
+    memory, src_mask = m.encode(src)
+    full = m.decode(tgt, memory, src_mask)
+    cache = m.new_cache()
+    steps = [m.decode(tgt[:, t:t + 1], memory, src_mask, cache) for t in range(tgt.size(1))]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_reordering_the_cache_follows_the_rows():
+    m = model()
+    src, tgt = rand_ids(3, 6), torch.full((3, 1), BOS)
+    memory, src_mask = m.encode(src)
+    cache = m.new_cache()
+    m.decode(tgt, memory, src_mask, cache)
+    order = torch.tensor([2, 0])
+    reorder_cache(cache, order)
+    step2 = m.decode(rand_ids(2, 1, seed=9), memory[order], src_mask[order], cache)
+    full = m.decode(torch.cat([tgt[order], rand_ids(2, 1, seed=9)], 1), memory[order], src_mask[order])
+    torch.testing.assert_close(step2[:, 0], full[:, 1], atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_tied_with_shared_vocabulary_and_scaled():
+    m = model()
+    assert m.src_embed is m.tgt_embed
+    assert m.output.weight is m.tgt_embed.table.weight
+    ids = torch.tensor([[7]])
+    torch.testing.assert_close(m.src_embed(ids)[0, 0], m.src_embed.table.weight[7] * 32 ** 0.5)
+    separate = Transformer(ModelConfig(d_model=32, heads=4, d_ff=64), V, V + 10)
+    assert separate.src_embed is not separate.tgt_embed
+    assert separate.output.weight is separate.tgt_embed.table.weight
+    untied = Transformer(ModelConfig(d_model=32, heads=4, d_ff=64, tie_embeddings="none"), V, V)
+    assert untied.output.weight is not untied.tgt_embed.table.weight
+
+
+def test_sinusoidal_positions_match_the_paper_and_extend():
+    pe = SinusoidalPositions(8, length=4)
+    pos, i = 3, 1
+    assert pe(4)[pos, 2 * i].item() == pytest.approx(torch.sin(torch.tensor(pos / 10000 ** (2 * i / 8))).item(), abs=1e-6)
+    assert pe(4)[pos, 2 * i + 1].item() == pytest.approx(torch.cos(torch.tensor(pos / 10000 ** (2 * i / 8))).item(), abs=1e-6)
+    assert pe(3, start=10).shape == (3, 8)  # beyond the initial table
+
+
+@pytest.mark.parametrize("options", [dict(positions="learned"), dict(activation="gelu"), dict(norm="post")])
+def test_model_options_run_and_keep_the_causal_invariant(options):
+    m = model(**options)
+    src, tgt = rand_ids(2, 5), rand_ids(2, 4, seed=2)
+    changed = tgt.clone()
+    changed[:, 3] = EOS
+    torch.testing.assert_close(m(src, tgt)[:, :3], m(src, changed)[:, :3])

@@ -1,0 +1,90 @@
+import io
+import shutil
+import sys
+
+import pytest
+import torch
+
+from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.cli import main
+from mt.errors import MTError
+from mt.translate import Translator
+
+
+def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
+    if stdin_bytes is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin_bytes), encoding="utf-8"))
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_empty_lines_give_empty_lines_and_line_count_is_kept(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir, threads=1)
+    lines = ["", pairs[0][0], "   ", pairs[3][0], ""]
+    assert translator.translate(lines) == ["", pairs[0][1], "", pairs[3][1], ""]
+
+
+def test_cli_translates_file_to_file(trained_run, tmp_path, capsys):
+    run_dir, pairs, _, _ = trained_run
+    src = tmp_path / "in.de"
+    src.write_text(f"{pairs[1][0]}\n\n{pairs[2][0]}\n", encoding="utf-8")
+    code, out, err = run_cli(["translate", str(run_dir), "-i", str(src), "-o", str(tmp_path / "out.en"), "--beam", "2"],
+                             capsys)
+    assert code == 0 and out == ""
+    assert (tmp_path / "out.en").read_text(encoding="utf-8") == f"{pairs[1][1]}\n\n{pairs[2][1]}\n"
+
+
+def test_cli_translates_stdin_to_stdout(trained_run, capsys, monkeypatch):
+    run_dir, pairs, _, _ = trained_run
+    code, out, _ = run_cli(["translate", str(run_dir), "--beam", "1"], capsys,
+                           stdin_bytes=f"{pairs[5][0]}\n".encode(), monkeypatch=monkeypatch)
+    assert (code, out) == (0, f"{pairs[5][1]}\n")
+
+
+def test_checkpoint_file_can_be_given_directly(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir / "checkpoints" / "best.pt", threads=1)
+    assert translator.translate([pairs[0][0]], beam_size=1) == [pairs[0][1]]
+
+
+def test_invalid_utf8_input_is_an_error_and_output_is_untouched(trained_run, tmp_path, capsys):
+    run_dir, _, _, _ = trained_run
+    (tmp_path / "in.de").write_bytes(b"gut\n\xc3\x28\n")
+    (tmp_path / "out.en").write_text("previous results\n")
+    code, _, err = run_cli(["translate", str(run_dir), "-i", str(tmp_path / "in.de"), "-o", str(tmp_path / "out.en")],
+                           capsys)
+    assert code == 2
+    assert err == f"error: input file '{tmp_path / 'in.de'}', line 2: invalid UTF-8 (byte 0xc3)\n"
+    assert (tmp_path / "out.en").read_text() == "previous results\n"
+
+
+def test_run_directory_without_checkpoint(tmp_path, capsys):
+    code, _, err = run_cli(["translate", str(tmp_path), "-i", "x"], capsys)
+    assert code == 2
+    assert err.startswith(f"error: ") and "has no checkpoint" in err and str(tmp_path) in err
+    code, _, err = run_cli(["translate", str(tmp_path / "nothing")], capsys)
+    assert (code, err) == (2, f"error: run directory or checkpoint '{tmp_path / 'nothing'}' not found\n")
+
+
+def test_checkpoint_from_another_vocabulary_is_refused(trained_run, tmp_path):
+    run_dir, _, _, _ = trained_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    state = load_checkpoint(other / "checkpoints" / "best.pt")
+    state["vocab"] = "0123456789abcdef"
+    save_checkpoint(state, other / "checkpoints" / "best.pt")
+    with pytest.raises(MTError, match=r"was trained with another vocabulary than the tokenizer in"):
+        Translator.from_pretrained(other)
+
+
+def test_damaged_checkpoint_is_a_clear_error(trained_run, tmp_path):
+    run_dir, _, _, _ = trained_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    (other / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MTError, match=r"best.pt': cannot load"):
+        Translator.from_pretrained(other)
