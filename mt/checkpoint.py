@@ -83,3 +83,28 @@ def best_or_latest(run_dir: Path) -> Path:
 def prune(run_dir: Path, keep_last: int) -> None:
     for path in step_checkpoints(run_dir)[:-keep_last]:
         path.unlink(missing_ok=True)
+
+
+def average_checkpoints(paths: list[Path]) -> dict:
+    """Element-wise mean of the model weights of ``paths`` (Vaswani et al. average the last few).
+
+    The result keeps the newest checkpoint's config and vocabulary, so it translates like any checkpoint.
+    """
+    if not paths:
+        raise MTError("no checkpoints to average")
+    states = [load_checkpoint(p) for p in paths]
+    vocabs = {s.get("vocab") for s in states}
+    if len(vocabs) != 1:
+        raise MTError(f"cannot average checkpoints trained with different vocabularies: {', '.join(map(str, paths))}")
+    total = {k: v.double().clone() if v.is_floating_point() else v for k, v in states[0]["model"].items()}
+    for state in states[1:]:
+        if state["model"].keys() != total.keys():
+            raise MTError("cannot average checkpoints of different model shapes")
+        for k, v in state["model"].items():
+            if v.is_floating_point():
+                total[k] += v.double()
+    model = {k: (v / len(states)).to(states[0]["model"][k].dtype) if v.is_floating_point() else v
+             for k, v in total.items()}
+    newest = states[-1]
+    return {"model": model, "step": newest["step"], "config": newest["config"], "vocab": newest["vocab"],
+            "vocab_sizes": newest.get("vocab_sizes"), "averaged": [str(p) for p in paths]}

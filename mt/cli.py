@@ -50,13 +50,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     format_scores(score(hyps, refs, args.metrics), as_json=args.json)
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mt.checkpoint import average_checkpoints, save_checkpoint, step_checkpoints
+
+    paths = step_checkpoints(Path(args.run_dir))[-args.last:]
+    if len(paths) < args.last:
+        raise MTError(f"run directory '{args.run_dir}' has {len(paths)} numbered checkpoints, "
+                      f"--last {args.last} asks for more")
+    save_checkpoint(average_checkpoints(paths), Path(args.output))
+    print(f"averaged {', '.join(p.name for p in paths)} -> {args.output}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate,average}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -87,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--metrics", nargs="+", default=["bleu", "chrf", "ter"], choices=["bleu", "chrf", "ter"])
     p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("average", parents=[common], help="average the last N checkpoints of a run",
+                         description="Average the weights of the last N numbered checkpoints; "
+                                     "translate with: mt translate OUTPUT")
+    p.add_argument("run_dir")
+    p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints (default 5)")
+    p.add_argument("-o", "--output", required=True, help="output checkpoint, e.g. RUN_DIR/checkpoints/avg.pt")
+    p.set_defaults(func=cmd_average)
     return parser
 
 

@@ -23,10 +23,41 @@ DATA_ROOT_ENV = "MT_DATA_ROOT"
 
 @dataclass
 class Corpus:
-    """A parallel corpus: two line-aligned plain-text files (``.gz`` allowed)."""
+    """Where a parallel corpus comes from; one of (``.gz`` allowed for files):
+
+    - two line-aligned text files: ``src`` and ``tgt``;
+    - one TSV file: ``path`` (``*.tsv`` or format: tsv), columns ``src_field``/``tgt_field`` (default 0, 1);
+    - one JSONL file: ``path`` (``*.jsonl`` or format: jsonl), fields ``src_field``/``tgt_field``
+      (default data.src_lang/data.tgt_lang, also found inside a ``"translation"`` object);
+    - a Hugging Face ``datasets`` corpus: ``dataset`` is a hub name (with ``name`` and ``split``),
+      or json/csv/parquet with ``path`` a local data file, or ``disk`` with ``path`` a saved dataset.
+    """
 
     src: str = ""
     tgt: str = ""
+    path: str = ""
+    format: Literal["auto", "text", "tsv", "jsonl", "datasets"] = "auto"
+    src_field: str = ""
+    tgt_field: str = ""
+    dataset: str = ""
+    name: str = ""  # the dataset's configuration, e.g. 'de-en' for wmt14
+    split: str = "train"
+
+    def kind(self) -> str:
+        """The source type, with 'auto' decided from what is set."""
+        if self.format != "auto":
+            return self.format
+        if self.dataset:
+            return "datasets"
+        name = self.path.removesuffix(".gz")
+        if name.endswith(".tsv"):
+            return "tsv"
+        if name.endswith((".jsonl", ".json")):
+            return "jsonl"
+        return "text"
+
+    def is_set(self) -> bool:
+        return bool(self.src or self.tgt or self.path or self.dataset)
 
 
 @dataclass
@@ -306,8 +337,24 @@ def _check_values(c: Config, source: str) -> None:
         parse_duration(t.max_time)
     except MTError as e:
         raise MTError(f"{source}: {e}") from None
-    need(bool(c.data.train.src and c.data.train.tgt), "data.train", "needs both 'src' and 'tgt' file paths",
-         dataclasses.asdict(c.data.train))
+    for split in ("train", "valid", "test"):
+        corpus = getattr(c.data, split)
+        if corpus is None or (split != "train" and not corpus.is_set()):
+            continue
+        kind = corpus.kind()
+        if kind == "text":
+            ok, what = bool(corpus.src and corpus.tgt), "needs both 'src' and 'tgt' file paths (or 'path' or 'dataset')"
+        elif kind == "datasets":
+            ok, what = bool(corpus.dataset), "needs 'dataset' (a hub name, json/csv/parquet, or disk)"
+            if corpus.dataset in ("json", "csv", "parquet", "disk"):
+                ok, what = bool(corpus.path), f"dataset '{corpus.dataset}' needs 'path'"
+        else:
+            ok, what = bool(corpus.path), f"format '{kind}' needs 'path'"
+        if kind == "tsv":
+            ok = ok and all(f.isdigit() for f in (corpus.src_field, corpus.tgt_field) if f)
+            what += "; src_field/tgt_field of a TSV file are column numbers (0-based)"
+        shown = {k: v for k, v in dataclasses.asdict(corpus).items() if v and k != "split"}
+        need(ok, f"data.{split}", what, shown)
 
 
 def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:
@@ -331,7 +378,7 @@ def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:
         corpus = getattr(c.data, split)
         if corpus is None:
             continue
-        for side in ("src", "tgt"):
+        for side in ("src", "tgt", "path"):
             value = getattr(corpus, side)
             if not value:
                 continue

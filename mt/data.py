@@ -6,6 +6,7 @@ corpus is an error that names the file and line, never a silent skip.
 from __future__ import annotations
 
 import gzip
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +46,104 @@ def decode_lines(data: bytes, name: str) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
-def read_parallel(corpus: Corpus, key: str) -> tuple[list[str], list[str]]:
-    """Both sides of a corpus; ``key`` (e.g. 'data.train') is used in error messages."""
-    src = read_lines(corpus.src, f"{key}.src")
-    tgt = read_lines(corpus.tgt, f"{key}.tgt")
-    if len(src) != len(tgt):
-        raise MTError(f"{key}: '{corpus.src}' has {len(src)} lines but '{corpus.tgt}' has {len(tgt)}; "
-                      "the two sides must be line-aligned")
+def read_parallel(corpus: Corpus, key: str, src_lang: str = "src", tgt_lang: str = "tgt") -> tuple[list[str], list[str]]:
+    """Both sides of a corpus as lists of strings; ``key`` (e.g. 'data.train') names it in errors."""
+    kind = corpus.kind()
+    if kind == "text":
+        src = read_lines(corpus.src, f"{key}.src")
+        tgt = read_lines(corpus.tgt, f"{key}.tgt")
+        if len(src) != len(tgt):
+            raise MTError(f"{key}: '{corpus.src}' has {len(src)} lines but '{corpus.tgt}' has {len(tgt)}; "
+                          "the two sides must be line-aligned")
+        name = corpus.src
+    elif kind == "tsv":
+        src, tgt = _read_tsv(corpus, key)
+        name = corpus.path
+    elif kind == "jsonl":
+        src, tgt = _read_jsonl(corpus, key, corpus.src_field or src_lang, corpus.tgt_field or tgt_lang)
+        name = corpus.path
+    else:
+        src, tgt = _read_datasets(corpus, key, corpus.src_field or src_lang, corpus.tgt_field or tgt_lang)
+        name = corpus.path or corpus.dataset
     if not any(line.strip() for line in src):
-        raise MTError(f"{key}: '{corpus.src}' is empty")
+        raise MTError(f"{key}: '{name}' is empty")
     return src, tgt
+
+
+def _read_tsv(corpus: Corpus, key: str) -> tuple[list[str], list[str]]:
+    s_col, t_col = int(corpus.src_field or 0), int(corpus.tgt_field or 1)
+    src, tgt = [], []
+    for number, line in enumerate(read_lines(corpus.path, f"{key}.path"), 1):
+        columns = line.split("\t")
+        if len(columns) <= max(s_col, t_col):
+            raise MTError(f"{key}.path '{corpus.path}', line {number}: expected at least {max(s_col, t_col) + 1} "
+                          f"tab-separated columns, found {len(columns)}")
+        src.append(columns[s_col])
+        tgt.append(columns[t_col])
+    return src, tgt
+
+
+def _field(record: dict, field: str):
+    """record[field], or record['translation'][field] (the Hugging Face translation layout)."""
+    if field in record:
+        return record[field]
+    translation = record.get("translation")
+    if isinstance(translation, dict) and field in translation:
+        return translation[field]
+    raise KeyError(field)
+
+
+def _read_jsonl(corpus: Corpus, key: str, src_field: str, tgt_field: str) -> tuple[list[str], list[str]]:
+    src, tgt = [], []
+    for number, line in enumerate(read_lines(corpus.path, f"{key}.path"), 1):
+        if not line.strip():
+            continue
+        where = f"{key}.path '{corpus.path}', line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MTError(f"{where}: invalid JSON ({e.msg})") from None
+        try:
+            s, t = _field(record, src_field), _field(record, tgt_field)
+        except (KeyError, TypeError) as e:
+            raise MTError(f"{where}: no field {e} (set {key}.src_field / {key}.tgt_field)") from None
+        src.append(str(s or "").replace("\n", " "))
+        tgt.append(str(t or "").replace("\n", " "))
+    return src, tgt
+
+
+def _read_datasets(corpus: Corpus, key: str, src_field: str, tgt_field: str) -> tuple[list[str], list[str]]:
+    """A Hugging Face ``datasets`` corpus: from the hub, local json/csv/parquet files, or save_to_disk."""
+    import datasets
+
+    described = f"'{corpus.dataset}'" + (f" ({corpus.name})" if corpus.name else "") + f" split '{corpus.split}'"
+    try:
+        if corpus.dataset == "disk":
+            ds = datasets.load_from_disk(corpus.path)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[corpus.split]
+        elif corpus.dataset in ("json", "csv", "parquet"):
+            ds = datasets.load_dataset(corpus.dataset, data_files=corpus.path, split=corpus.split)
+        else:
+            ds = datasets.load_dataset(corpus.dataset, corpus.name or None, split=corpus.split)
+    except Exception as e:  # datasets raises many types: connection, missing file, bad config, missing split
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        local = corpus.dataset in ("json", "csv", "parquet", "disk")
+        hint = ("" if local else "; if the hub is unreachable, download the corpus elsewhere and point "
+                f"{key} at local files ({key}.dataset: json/csv/parquet with {key}.path: FILE, "
+                f"or {key}.dataset: disk with {key}.path: a save_to_disk directory)")
+        raise MTError(f"{key}: could not load the Hugging Face dataset {described}"
+                      f"{' from ' + repr(corpus.path) if local else ''}: {reason}{hint}") from None
+    try:
+        if "translation" in ds.column_names and src_field not in ds.column_names:
+            pairs = ds["translation"]
+            src, tgt = [p[src_field] for p in pairs], [p[tgt_field] for p in pairs]
+        else:
+            src, tgt = ds[src_field], ds[tgt_field]
+    except KeyError as e:
+        raise MTError(f"{key}: dataset {described} has no field {e}; its columns are {ds.column_names} "
+                      f"(set {key}.src_field / {key}.tgt_field)") from None
+    return [str(s or "") for s in src], [str(t or "") for t in tgt]
 
 
 @dataclass

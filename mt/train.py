@@ -106,7 +106,8 @@ def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
 
 def prepare_data(config: Config, run_dir: Path, tokenizers: TokenizerPair | None = None):
     """Read, tokenize (training the tokenizer on first use), encode and filter."""
-    train_src, train_tgt = read_parallel(config.data.train, "data.train")
+    langs = (config.data.src_lang, config.data.tgt_lang)
+    train_src, train_tgt = read_parallel(config.data.train, "data.train", *langs)
     if tokenizers is None:
         log(f"tokenizer: preparing SentencePiece (vocab {config.tokenizer.vocab_size}, "
             f"{'joint' if config.tokenizer.joint else 'separate'}) in {run_dir}")
@@ -119,8 +120,8 @@ def prepare_data(config: Config, run_dir: Path, tokenizers: TokenizerPair | None
         raise MTError(f"data.train: no training pairs left after filtering (dropped: {report}); "
                       "check data.max_len and data.max_len_ratio")
     valid = None
-    if config.data.valid.src and config.data.valid.tgt:
-        valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid")
+    if config.data.valid.is_set():
+        valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
         encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
         valid = (encoded, valid_tgt)
     return tokenizers, train_data, valid

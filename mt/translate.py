@@ -16,7 +16,8 @@ from mt.config import Config, config_from_dict
 from mt.errors import MTError
 from mt.model import Transformer
 from mt.search import decode_corpus
-from mt.tokenizer import EOS, TokenizerPair, load_tokenizers
+from mt.batching import make_batch
+from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 from mt.train import resolve_device, resolve_precision, set_threads
 
 
@@ -44,6 +45,8 @@ class Translator:
         if "model" not in state or "config" not in state:
             raise MTError(f"'{checkpoint_file}' is not an mt checkpoint")
         config = config_from_dict(state["config"], str(checkpoint_file))
+        if not path.is_dir() and not (run_dir / "config.yaml").exists():
+            run_dir = Path(config.run_dir)  # a checkpoint copied out of its run: find the run's tokenizer
         tokenizers = load_tokenizers(run_dir, config.tokenizer.joint)
         if state.get("vocab") != tokenizers.fingerprint():
             raise MTError(f"checkpoint '{checkpoint_file}' was trained with another vocabulary than "
@@ -76,3 +79,18 @@ class Translator:
             out[i] = text
         return out
 
+
+    @torch.no_grad()
+    def score(self, sources: list[str], targets: list[str]) -> list[float]:
+        """Log-probability of each target sentence (with its EOS) given its source, under the model."""
+        if len(sources) != len(targets):
+            raise MTError(f"score: {len(sources)} sources but {len(targets)} targets")
+        src = [ids + [EOS] for ids in self.tokenizers.src.encode(sources)]
+        tgt = [[BOS] + ids + [EOS] for ids in self.tokenizers.tgt.encode(targets)]
+        scores = []
+        for start in range(0, len(src), 64):
+            batch = make_batch(src[start:start + 64], tgt[start:start + 64]).to(self.device)
+            logp = self.model(batch.src, batch.tgt_in).float().log_softmax(-1)  # (B, T, V)
+            token_logp = logp.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (B, T)
+            scores += token_logp.masked_fill(batch.tgt_out == PAD, 0.0).sum(1).tolist()
+        return scores

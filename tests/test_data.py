@@ -60,3 +60,76 @@ def test_filter_counts_each_reason():
     assert dropped == {"empty": 1, "too_long": 1, "length_ratio": 1}
     assert kept.kept == [0, 4]  # pair 3 (1 vs 4 tokens) exceeds the ratio, pair 4 (2 vs 3) does not
     assert kept.src == [[5, 3], [5, 5, 3]]
+
+
+# ---------------------------------------------------------------- other corpus sources
+
+PAIRS = [("ein Hund", "a dog"), ("zwei Katzen", "two cats"), ("ein Haus", "a house")]
+
+
+def test_tsv_with_column_choice(tmp_path):
+    (tmp_path / "c.tsv").write_text("".join(f"{i}\t{en}\t{de}\n" for i, (de, en) in enumerate(PAIRS)))
+    src, tgt = read_parallel(Corpus(path=str(tmp_path / "c.tsv"), src_field="2", tgt_field="1"), "data.train")
+    assert list(zip(src, tgt)) == PAIRS
+
+
+def test_tsv_with_missing_column_names_line(tmp_path):
+    (tmp_path / "c.tsv").write_text("a\tb\nonly one column\n")
+    with pytest.raises(MTError, match=r"^data.train.path '.*c.tsv', line 2: expected at least 2 tab-separated columns, found 1$"):
+        read_parallel(Corpus(path=str(tmp_path / "c.tsv")), "data.train")
+
+
+def test_jsonl_flat_fields_and_translation_object(tmp_path):
+    import json
+
+    (tmp_path / "flat.jsonl").write_text("".join(json.dumps({"de": d, "en": e}) + "\n" for d, e in PAIRS))
+    (tmp_path / "hf.jsonl").write_text("".join(json.dumps({"translation": {"de": d, "en": e}}) + "\n" for d, e in PAIRS))
+    for name in ("flat.jsonl", "hf.jsonl"):
+        src, tgt = read_parallel(Corpus(path=str(tmp_path / name)), "data.train", "de", "en")
+        assert list(zip(src, tgt)) == PAIRS
+
+
+def test_jsonl_errors_name_line_and_field(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"de": "a", "en": "b"}\n{"de": "a"\n')
+    with pytest.raises(MTError, match=r"^data.train.path '.*bad.jsonl', line 2: invalid JSON"):
+        read_parallel(Corpus(path=str(tmp_path / "bad.jsonl")), "data.train", "de", "en")
+    (tmp_path / "nofield.jsonl").write_text('{"de": "a", "fr": "b"}\n')
+    with pytest.raises(MTError, match=r"line 1: no field 'en' \(set data.train.src_field / data.train.tgt_field\)"):
+        read_parallel(Corpus(path=str(tmp_path / "nofield.jsonl")), "data.train", "de", "en")
+
+
+def test_datasets_local_json_csv_parquet_and_saved_dataset(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"translation": [{"de": d, "en": e} for d, e in PAIRS]})
+    flat = datasets.Dataset.from_dict({"de": [d for d, _ in PAIRS], "en": [e for _, e in PAIRS]})
+    flat.to_json(str(tmp_path / "c.json"))
+    flat.to_csv(str(tmp_path / "c.csv"))
+    flat.to_parquet(str(tmp_path / "c.parquet"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved"))
+    corpora = [Corpus(dataset="json", path=str(tmp_path / "c.json")),
+               Corpus(dataset="csv", path=str(tmp_path / "c.csv")),
+               Corpus(dataset="parquet", path=str(tmp_path / "c.parquet")),
+               Corpus(dataset="disk", path=str(tmp_path / "saved"), split="train")]
+    for corpus in corpora:
+        src, tgt = read_parallel(corpus, "data.train", "de", "en")
+        assert list(zip(src, tgt)) == PAIRS, corpus.dataset
+
+
+def test_unreachable_hub_dataset_says_how_to_use_local_files(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    with pytest.raises(MTError) as e:
+        read_parallel(Corpus(dataset="wmt14", name="de-en", split="train"), "data.train", "de", "en")
+    message = str(e.value)
+    assert message.startswith("data.train: could not load the Hugging Face dataset 'wmt14' (de-en) split 'train': ")
+    assert "data.train.dataset: json/csv/parquet with data.train.path: FILE" in message
+
+
+def test_corpus_kind_from_config():
+    assert Corpus(src="a.de", tgt="a.en").kind() == "text"
+    assert Corpus(path="a.tsv.gz").kind() == "tsv"
+    assert Corpus(path="a.jsonl").kind() == "jsonl"
+    assert Corpus(dataset="wmt14").kind() == "datasets"

@@ -72,3 +72,18 @@ def test_max_epochs_stops_and_saves(tiny_config, tmp_path):
     train(tiny_config("train.max_epochs=2"))
     state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert state["epoch"] == 2 and state["batch_in_epoch"] == 0
+
+
+def test_trains_from_a_jsonl_corpus(tiny_config, tmp_path):
+    import json
+
+    from conftest import tiny_pairs
+
+    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as f:
+        for de, en in tiny_pairs(20):
+            f.write(json.dumps({"translation": {"de": de, "en": en}}) + "\n")
+    config = tiny_config("train.max_steps=3", f"data.train={{path: {tmp_path / 'train.jsonl'}}}",
+                         f"data.valid={{path: {tmp_path / 'train.jsonl'}}}")
+    assert config.data.train.kind() == "jsonl"
+    train(config)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"] == 3

@@ -88,3 +88,26 @@ def test_damaged_checkpoint_is_a_clear_error(trained_run, tmp_path):
     (other / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(MTError, match=r"best.pt': cannot load"):
         Translator.from_pretrained(other)
+
+
+def test_score_prefers_the_learned_translation(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir, threads=1)
+    good, bad = translator.score([pairs[0][0]] * 2, [pairs[0][1], pairs[7][1]])
+    assert good > -0.5 > bad  # log-probabilities: the memorised target is near-certain
+
+
+def test_averaged_checkpoint_is_the_mean_and_translates(trained_run, tmp_path, capsys):
+    from mt.checkpoint import step_checkpoints
+
+    run_dir, pairs, _, _ = trained_run
+    last_two = step_checkpoints(run_dir)[-2:]
+    code, _, err = run_cli(["average", str(run_dir), "--last", "2", "-o", str(tmp_path / "avg.pt")], capsys)
+    assert code == 0 and "avg.pt" in err
+    avg, a, b = (load_checkpoint(p)["model"] for p in [tmp_path / "avg.pt", *last_two])
+    for name in avg:
+        torch.testing.assert_close(avg[name], (a[name] + b[name]) / 2)
+    translator = Translator.from_pretrained(tmp_path / "avg.pt", threads=1)
+    assert translator.translate([pairs[0][0]], beam_size=1) == [pairs[0][1]]
+    code, _, err = run_cli(["average", str(run_dir), "--last", "99", "-o", str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and "--last 99 asks for more" in err
