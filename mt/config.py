@@ -108,8 +108,13 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
     max_time: str = ""  # wall-clock budget like "25m", "2h", "1h30m"; "" = no limit
+    accum_steps: int = 1  # batches whose gradients are summed into one update
     lr: float = 1e-3  # peak learning rate, reached at the end of warmup
     warmup_steps: int = 800
+    # inverse_sqrt: peak * sqrt(warmup / step) after warmup; budget: linear decay to zero
+    # exactly when max_time (else max_steps) runs out
+    lr_schedule: Literal["inverse_sqrt", "budget"] = "inverse_sqrt"
+    patience: int = 0  # stop after this many validations without a better BLEU; 0 = never
     adam_betas: list = field(default_factory=lambda: [0.9, 0.98])
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
@@ -325,6 +330,10 @@ def _check_values(c: Config, source: str) -> None:
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0", t.max_steps)
     need(t.max_epochs >= 0, "train.max_epochs", "must be >= 0", t.max_epochs)
     need(t.keep_last >= 1, "train.keep_last", "must be >= 1", t.keep_last)
+    need(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", t.accum_steps)
+    need(t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)", t.patience)
+    need(t.lr_schedule != "budget" or bool(t.max_time or t.max_steps), "train.lr_schedule",
+         "'budget' needs train.max_time or train.max_steps to decay towards", t.lr_schedule)
     need(t.clip_norm >= 0, "train.clip_norm", "must be >= 0", t.clip_norm)
     need(len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),
          "train.adam_betas", "must be two numbers in [0, 1)", t.adam_betas)

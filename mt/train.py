@@ -91,6 +91,11 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
+def budget_lr(step: int, peak: float, warmup: int, progress: float) -> float:
+    """Linear warmup, then linear decay reaching zero when ``progress`` (fraction of the budget) hits 1."""
+    return peak * min(max(step, 1) / max(warmup, 1), 1.0) * max(0.0, 1.0 - progress)
+
+
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Summed cross-entropy against (1 - eps) one-hot + eps uniform; padding ignored."""
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1),
@@ -166,6 +171,7 @@ class Trainer:
         self.best_score = -math.inf
         self.stop_signal: str | None = None
         self.saved_step = -1
+        self.validations_without_gain = 0  # for early stopping (train.patience)
         if state is not None:
             self._restore(state)
             log(f"resuming from {resume_from} (step {self.step}, epoch {self.epoch + 1}); "
@@ -192,6 +198,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.elapsed, self.best_score = state["elapsed"], state["best_score"]
         self.saved_step = self.step
+        self.validations_without_gain = state.get("validations_without_gain", 0)
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -201,35 +208,52 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed, "best_score": self.best_score,
+            "validations_without_gain": self.validations_without_gain,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.config.to_dict(), "vocab": self.tokenizers.fingerprint(),
             "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size],
         }
 
-    def set_lr(self) -> float:
-        lr = inverse_sqrt_lr(self.step + 1, self.config.train.lr, self.config.train.warmup_steps)
+    def set_lr(self, max_time: float) -> float:
+        t = self.config.train
+        if t.lr_schedule == "budget":
+            progress = self.elapsed / max_time if max_time else self.step / t.max_steps
+            if max_time and t.max_steps:
+                progress = max(progress, self.step / t.max_steps)
+            lr = budget_lr(self.step + 1, t.lr, t.warmup_steps, progress)
+        else:
+            lr = inverse_sqrt_lr(self.step + 1, t.lr, t.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
-    def train_step(self, batch: Batch) -> float | None:
-        """One update on ``batch``; returns the loss per target token, or None if it was skipped."""
+    def train_step(self, batches: list[Batch]) -> float | None:
+        """One update from the summed gradients of ``batches`` (gradient accumulation).
+
+        The loss is normalised by the target tokens of all of them, so k accumulated
+        batches give the update of one batch k times larger. Returns the loss per target
+        token, or None if it was not finite and the update was skipped.
+        """
         self.model.train()
-        with autocast(self.device, self.amp_dtype):
-            logits = self.model(batch.src, batch.tgt_in)
-        loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / batch.n_tgt_tokens
-        if not torch.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.scaler.scale(loss).backward()
+        n_tokens = sum(b.n_tgt_tokens for b in batches)
+        total = 0.0
+        for batch in batches:
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(batch.src, batch.tgt_in)
+            loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            self.scaler.scale(loss).backward()
+            total += loss.item()
         if self.config.train.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return total
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -259,8 +283,9 @@ class Trainer:
         ckpt.prune(self.run_dir, self.config.train.keep_last)
         if metrics is not None:
             score = metrics.get("valid_bleu", -metrics["valid_nll"])
+            self.validations_without_gain += 1
             if score > self.best_score:
-                self.best_score = score
+                self.best_score, self.validations_without_gain = score, 0
                 state["best_score"] = score
                 ckpt.save_checkpoint({k: state[k] for k in ("model", "step", "config", "vocab", "vocab_sizes")},
                                      folder / "best.pt")
@@ -291,11 +316,12 @@ class Trainer:
                     break
                 batches = bucket_batches(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch)
                 while self.batch_in_epoch < len(batches):
-                    ids = batches[self.batch_in_epoch]
-                    batch = make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(self.device)
-                    lr = self.set_lr()
-                    loss = self.train_step(batch)
-                    self.batch_in_epoch += 1
+                    group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accum_steps]
+                    parts = [make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(self.device)
+                             for ids in group]
+                    lr = self.set_lr(max_time)
+                    loss = self.train_step(parts)
+                    self.batch_in_epoch += len(group)
                     if loss is None:
                         bad_steps += 1
                         log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
@@ -305,7 +331,7 @@ class Trainer:
                         continue
                     bad_steps = 0
                     self.step += 1
-                    window_tokens += batch.n_tgt_tokens
+                    window_tokens += sum(b.n_tgt_tokens for b in parts)
                     self.elapsed = time.monotonic() - session_start
                     bar.update(1)
                     if self.step % t.log_every == 0:
@@ -319,6 +345,8 @@ class Trainer:
                     if self.step % t.valid_every == 0 or reason is not None:
                         last_metrics = self.checkpoint()
                         window_start = time.monotonic()
+                        if reason is None and t.patience and self.validations_without_gain >= t.patience:
+                            reason = f"no better validation score in {t.patience} validations (train.patience)"
                     if reason is not None:
                         break
                 else:

@@ -24,7 +24,7 @@ def test_label_smoothed_loss_exact_value_and_ignores_padding():
     assert label_smoothed_loss(logits, target, eps).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_tiny_model_overfits_twenty_pairs_and_reproduces_them(trained_run):
+def test_tiny_model_overfits_twenty_trainer_and_reproduces_them(trained_run):
     run_dir, pairs, metrics, _ = trained_run
     assert metrics["valid_bleu"] == pytest.approx(100.0)
     translator = Translator.from_pretrained(run_dir, threads=1)
@@ -87,3 +87,88 @@ def test_trains_from_a_jsonl_corpus(tiny_config, tmp_path):
     assert config.data.train.kind() == "jsonl"
     train(config)
     assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"] == 3
+
+
+def test_accumulated_batches_give_the_update_of_one_big_batch(tiny_config, tmp_path):
+    from mt.batching import make_batch
+
+    trainer_a = Trainer(tiny_config(f"run_dir={tmp_path / 'a'}"))
+    trainer_b = Trainer(tiny_config(f"run_dir={tmp_path / 'b'}"))
+    data = trainer_a.train_data
+    first, second = list(range(0, 6)), list(range(6, 15))
+    part = lambda ids: make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids])  # noqa: E731
+    for trainer in (trainer_a, trainer_b):
+        # plain SGD: the update is the gradient itself (Adam's first step is sign-like and would
+        # amplify float noise in gradients that are zero in exact arithmetic, e.g. key biases)
+        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
+    before = {name: p.detach().clone() for name, p in trainer_a.model.named_parameters()}
+    loss_a = trainer_a.train_step([part(first), part(second)])
+    loss_b = trainer_b.train_step([part(first + second)])
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for (name, p), q in zip(trainer_a.model.named_parameters(), trainer_b.model.parameters()):
+        assert not torch.equal(p, before[name]) or name.endswith("norm.bias"), name  # every weight moved
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_budget_schedule_reaches_zero_at_the_end_of_the_budget():
+    from mt.train import budget_lr
+
+    assert budget_lr(50, 1e-3, 100, progress=0.0) == pytest.approx(5e-4)
+    assert budget_lr(200, 1e-3, 100, progress=0.5) == pytest.approx(5e-4)
+    assert budget_lr(300, 1e-3, 100, progress=1.0) == 0.0
+
+
+def test_budget_schedule_by_steps_ends_at_zero(tiny_config, tmp_path):
+    train(tiny_config("train.max_steps=20", "train.lr_schedule=budget", "train.warmup_steps=5"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[-1] == pytest.approx(0.003 * (1 - 19 / 20))  # step 20 runs with 1/20 of the budget left
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_early_stopping_after_patience_validations(tiny_config, tmp_path):
+    # a learning rate of ~0 cannot improve BLEU after the first validation
+    metrics = train(tiny_config("train.lr=1e-12", "train.valid_every=2", "train.patience=2", "train.max_steps=50"))
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert state["step"] == 6  # validations at 2 (best), 4 and 6 (no gain twice)
+    assert "valid_bleu" in metrics
+
+
+def test_non_finite_losses_are_skipped_then_stop_training(tiny_config, monkeypatch):
+    import mt.train as train_module
+
+    real = train_module.label_smoothed_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, target, smoothing):
+        calls["n"] += 1
+        return real(logits, target, smoothing) * (float("nan") if calls["n"] == 2 or calls["n"] >= 4 else 1.0)
+
+    monkeypatch.setattr(train_module, "label_smoothed_loss", sometimes_nan)
+    trainer = Trainer(tiny_config("train.max_steps=100", "train.valid_every=1000"))
+    with pytest.raises(MTError, match=r"training diverged: 5 non-finite losses in a row"):
+        trainer.run()
+    assert trainer.step == 2  # calls 1 and 3 were updates; 2 was skipped, then 4.. diverged
+
+
+def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tiny_config()
+    cfg_file = tmp_path / "tiny.yaml"
+    args = [sys.executable, "-m", "mt", "train", str(cfg_file), *__import__("conftest").TINY_OVERRIDES,
+            "train.max_steps=100000", "train.valid_every=100000", "train.log_every=1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "SIGTERM received" in err and "run the same 'mt train' command again to resume" in err
+    state = load_checkpoint(latest_checkpoint(config.run_dir))
+    assert state["step"] >= 3
