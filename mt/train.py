@@ -37,7 +37,43 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
 
 
 def log(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:  # in a torchrun job only rank 0 speaks
+        tqdm.write(message, file=sys.stderr)
+
+
+class Distributed:
+    """This process's place in a ``torchrun`` job; a plain run is rank 0 of 1.
+
+    Every rank builds the same batches and trains on its own slice of each (the loss is
+    normalised by the whole batch's target tokens, so the update equals one process
+    training on the whole batch); rank 0 alone validates and writes files.
+    """
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def from_main(self, value):
+        """Rank 0's ``value`` on every rank (e.g. the decision to stop)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(total)
+        return total.item()
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -142,27 +178,41 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.run_dir)
         t = config.train
-        set_threads(t.threads)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        set_threads(t.threads or max(1, (os.cpu_count() or 1) // world))  # ranks on one machine share its cores
         self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = Distributed(self.device)
         self.amp_dtype = resolve_precision(t.precision, self.device)
         resume_from = ckpt.latest_checkpoint(self.run_dir)
-        if resume_from is not None and overwrite:
-            log(f"--overwrite: removing the previous run in {self.run_dir}")
-            shutil.rmtree(self.run_dir)
+        if self.dist.main:
+            if resume_from is not None and overwrite:
+                log(f"--overwrite: removing the previous run in {self.run_dir}")
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resume_from is None or overwrite:
+                # a tokenizer from a run that never reached a checkpoint may not match this config
+                for stale in self.run_dir.glob("spm*.model"):
+                    stale.unlink()
+        if overwrite:
             resume_from = None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
-            # a tokenizer from a run that never reached a checkpoint may not match this config
-            for stale in self.run_dir.glob("spm*.model"):
-                stale.unlink()
         state = ckpt.load_checkpoint(resume_from) if resume_from else None
         if state is not None:
             self._check_compatible(state, resume_from)
-        self.tokenizers, self.train_data, self.valid = prepare_data(config, self.run_dir)
-        save_config(config, self.run_dir / "config.yaml")
+        if self.dist.main:  # rank 0 trains the tokenizer; the others then load it
+            self.tokenizers, self.train_data, self.valid = prepare_data(config, self.run_dir)
+            save_config(config, self.run_dir / "config.yaml")
+        self.dist.barrier()
+        if not self.dist.main:
+            self.tokenizers, self.train_data, self.valid = prepare_data(config, self.run_dir)
 
         torch.manual_seed(t.seed)
         self.model = build_model(config, self.tokenizers).to(self.device)
+        self.ddp_model = self.model  # what the training step runs: the model, or DDP around it
+        if self.dist.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                           eps=t.adam_eps, weight_decay=t.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -179,7 +229,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         log(f"model: {n_params / 1e6:.1f}M parameters on {self.device}, "
             f"{'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')} compute, "
-            f"{torch.get_num_threads()} threads")
+            f"{torch.get_num_threads()} threads" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
 
     def _check_compatible(self, state: dict, path: Path) -> None:
         saved = state["config"]
@@ -228,25 +278,30 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def train_step(self, batches: list[Batch]) -> float | None:
+    def train_step(self, batches: list[Batch], n_tokens: int | None = None) -> float | None:
         """One update from the summed gradients of ``batches`` (gradient accumulation).
 
-        The loss is normalised by the target tokens of all of them, so k accumulated
-        batches give the update of one batch k times larger. Returns the loss per target
-        token, or None if it was not finite and the update was skipped.
+        The loss is normalised by ``n_tokens``, the target tokens of all the batches (of
+        every rank's slice, in a torchrun job), so k accumulated batches give the update of
+        one batch k times larger. Returns the loss per target token, or None if it was not
+        finite and the update was skipped.
         """
-        self.model.train()
-        n_tokens = sum(b.n_tgt_tokens for b in batches)
+        self.ddp_model.train()
+        n_tokens = n_tokens or sum(b.n_tgt_tokens for b in batches)
         total = 0.0
-        for batch in batches:
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(batch.src, batch.tgt_in)
+        for i, batch in enumerate(batches):
+            # DDP averages gradients over ranks at the last backward; the world-size factor undoes the mean
+            sync = self.ddp_model.no_sync() if self.dist.world > 1 and i < len(batches) - 1 else nullcontext()
+            with sync, autocast(self.device, self.amp_dtype):
+                logits = self.ddp_model(batch.src, batch.tgt_in)
             loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            self.scaler.scale(loss).backward()
+            with sync:
+                self.scaler.scale(loss * self.dist.world).backward()
             total += loss.item()
+        total = self.dist.all_sum(total)
+        if not math.isfinite(total):  # every rank sees the same total, so all skip together
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         if self.config.train.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
@@ -277,6 +332,8 @@ class Trainer:
         return result
 
     def save(self, metrics: dict | None) -> None:
+        if not self.dist.main:
+            return
         folder = self.run_dir / "checkpoints"
         state = self.state_dict()
         ckpt.save_checkpoint(state, folder / f"step_{self.step:07d}.pt")
@@ -291,6 +348,8 @@ class Trainer:
                                      folder / "best.pt")
 
     def log_metrics(self, record: dict) -> None:
+        if not self.dist.main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -302,7 +361,7 @@ class Trainer:
         tgt_lens = [len(s) - 1 for s in data.tgt]
         previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
-                   desc="train", file=sys.stderr, disable=None)
+                   desc="train", file=sys.stderr, disable=None if self.dist.main else True)
         session_start = time.monotonic() - self.elapsed
         window_tokens, window_start, bad_steps = 0, time.monotonic(), 0
         last_metrics: dict = {}
@@ -317,11 +376,16 @@ class Trainer:
                 batches = bucket_batches(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch)
                 while self.batch_in_epoch < len(batches):
                     group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accum_steps]
-                    parts = [make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(self.device)
-                             for ids in group]
-                    lr = self.set_lr(max_time)
-                    loss = self.train_step(parts)
                     self.batch_in_epoch += len(group)
+                    # each rank takes every world-th sentence; batches smaller than the world are skipped
+                    shards = [ids[self.dist.rank::self.dist.world] for ids in group if len(ids) >= self.dist.world]
+                    if not shards:
+                        continue
+                    parts = [make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(self.device)
+                             for ids in shards]
+                    n_tokens = sum(tgt_lens[i] for ids in group if len(ids) >= self.dist.world for i in ids)
+                    lr = self.set_lr(max_time)
+                    loss = self.train_step(parts, n_tokens)
                     if loss is None:
                         bad_steps += 1
                         log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
@@ -331,7 +395,7 @@ class Trainer:
                         continue
                     bad_steps = 0
                     self.step += 1
-                    window_tokens += sum(b.n_tgt_tokens for b in parts)
+                    window_tokens += n_tokens
                     self.elapsed = time.monotonic() - session_start
                     bar.update(1)
                     if self.step % t.log_every == 0:
@@ -341,12 +405,13 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
                         self.log_metrics({"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                                           "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
-                    reason = self._stop_reason(max_time)
+                    reason = self.dist.from_main(self._stop_reason(max_time))
                     if self.step % t.valid_every == 0 or reason is not None:
                         last_metrics = self.checkpoint()
                         window_start = time.monotonic()
                         if reason is None and t.patience and self.validations_without_gain >= t.patience:
                             reason = f"no better validation score in {t.patience} validations (train.patience)"
+                        reason = self.dist.from_main(reason)
                     if reason is not None:
                         break
                 else:
@@ -356,14 +421,16 @@ class Trainer:
             bar.close()
             for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
+        if self.dist.world > 1:
+            self._check_ranks_agree()
         log(f"stopped at step {self.step} ({reason}); checkpoints in {self.run_dir / 'checkpoints'}")
         if self.stop_signal is not None:
             log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
         return last_metrics
 
     def checkpoint(self) -> dict | None:
-        """Validate (if there is a validation set), log, and save."""
-        metrics = self.validate() if self.valid is not None else None
+        """Validate (if there is a validation set), log, and save; rank 0 only, the others wait."""
+        metrics = self.validate() if self.valid is not None and self.dist.main else None
         if metrics is not None:
             record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                       **{k: round(v, 4) for k, v in metrics.items()}}
@@ -372,7 +439,18 @@ class Trainer:
             log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
         self.save(metrics)
         self.saved_step = self.step
-        return metrics
+        return self.dist.from_main(metrics)
+
+    def _check_ranks_agree(self) -> None:
+        """DDP keeps replicas identical; say so (or warn) from a checksum of every rank's parameters."""
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().reshape(1).cpu()
+        sums = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
+        torch.distributed.all_gather(sums, checksum)
+        if all(torch.equal(x, sums[0]) for x in sums):
+            log(f"all {self.dist.world} ranks hold identical parameters (checksum {sums[0].item():.10g})")
+        else:
+            log(f"warning: ranks hold different parameters: checksums {[x.item() for x in sums]}")
 
     def _stop_reason(self, max_time: float) -> str | None:
         t = self.config.train

@@ -172,3 +172,40 @@ def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
     assert "SIGTERM received" in err and "run the same 'mt train' command again to resume" in err
     state = load_checkpoint(latest_checkpoint(config.run_dir))
     assert state["step"] >= 3
+
+
+def test_separate_vocabularies_train_two_tokenizers_and_translate(tiny_config, tmp_path):
+    train(tiny_config("tokenizer.joint=false", "train.max_steps=2"))
+    run = tmp_path / "run"
+    assert (run / "spm.src.model").exists() and (run / "spm.tgt.model").exists() and not (run / "spm.model").exists()
+    translator = Translator.from_pretrained(run, threads=1)
+    assert translator.model.src_embed is not translator.model.tgt_embed
+    assert translator.model.output.weight is translator.model.tgt_embed.table.weight  # decoder tying
+    assert len(translator.translate(["der hund läuft .", ""], beam_size=2)) == 2
+
+
+def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config, tmp_path):
+    """torchrun, gloo on CPU: both ranks end identical, and equal to a single process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import TINY_OVERRIDES
+
+    # A large Adam epsilon makes the update proportional to the gradient (plain Adam is blind to
+    # its scale, so a wrongly scaled DDP gradient would go unnoticed) and keeps float noise in
+    # gradients that are zero in exact arithmetic (key biases) from turning into visible steps.
+    common = ["train.max_steps=4", "train.adam_eps=0.01", "train.lr=0.3"]
+    train(tiny_config(*common, f"run_dir={tmp_path / 'single'}"))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mt", "train",
+                             str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, *common, f"run_dir={tmp_path / 'ddp'}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "all 2 ranks hold identical parameters" in result.stderr
+    assert "x 2 processes" in result.stderr
+    single = load_checkpoint(latest_checkpoint(tmp_path / "single"))
+    ddp = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
+    assert single["step"] == ddp["step"] == 4
+    for name, tensor in single["model"].items():
+        torch.testing.assert_close(ddp["model"][name], tensor, atol=2e-5, rtol=1e-4, msg=name)
