@@ -30,9 +30,20 @@ def cmd_translate(args: argparse.Namespace) -> None:
         lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
     else:
         lines = read_lines(args.input, "input file")
-    out = translator.translate(lines, beam_size=args.beam, length_penalty=args.length_penalty,
-                               batch_tokens=args.batch_tokens, progress=args.output is not None)
-    text = "".join(line + "\n" for line in out)
+    settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
+    progress = args.output is not None
+    if args.nbest > 1:
+        nbest = translator.translate_nbest(lines, args.nbest, beam_size=args.beam, progress=progress, **settings)
+        text = "".join(f"{i}\t{score:.4f}\t{hyp}\n" for i, hyps in enumerate(nbest) for score, hyp in hyps)
+    elif args.sample:
+        del settings["length_penalty"]
+        out = translator.sample(lines, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                seed=args.seed, progress=progress, **settings)
+        text = "".join(line + "\n" for line in out)
+    else:
+        out = translator.translate(lines, beam_size=args.beam, batch_tokens=args.batch_tokens, progress=progress,
+                                   **settings)
+        text = "".join(line + "\n" for line in out)
     if args.output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -87,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=None, help="beam size; 1 = greedy (default: the run's decode.beam_size)")
     p.add_argument("--length-penalty", type=float, default=None, help="GNMT length penalty alpha")
     p.add_argument("--batch-tokens", type=int, default=None, help="source tokens x beam per batch")
+    p.add_argument("--min-len", type=int, default=None, help="no end of sentence before this many tokens")
+    p.add_argument("--no-repeat-ngram", type=int, default=None, help="forbid repeating n-grams of this size")
+    p.add_argument("--nbest", type=int, default=1,
+                   help="write the N best hypotheses of each line as 'line<TAB>score<TAB>translation'")
+    p.add_argument("--sample", action="store_true", help="sample translations instead of searching (back-translation)")
+    p.add_argument("--temperature", type=float, default=1.0, help="with --sample")
+    p.add_argument("--top-k", type=int, default=0, help="with --sample: only the k most probable tokens")
+    p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=None, help="with --sample: random seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")

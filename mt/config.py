@@ -132,6 +132,8 @@ class DecodeConfig:
     length_penalty: float = 1.0  # GNMT alpha: score / ((5 + len) / 6) ** alpha
     max_len_a: float = 1.5  # hypotheses stop at max_len_a * source_length + max_len_b tokens
     max_len_b: int = 10
+    min_len: int = 0  # no EOS before this many tokens
+    no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size (0 = off)
     batch_tokens: int = 6000  # source tokens x beam per decoding batch
 
 
@@ -340,6 +342,8 @@ def _check_values(c: Config, source: str) -> None:
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device) is not None, "train.device",
          "must be auto, cpu, cuda, cuda:N or mps", t.device)
     need(t.threads >= 0, "train.threads", "must be >= 0 (0 = every core)", t.threads)
+    need(d.min_len >= 0 and d.no_repeat_ngram >= 0, "decode.min_len", "min_len and no_repeat_ngram must be >= 0",
+         (d.min_len, d.no_repeat_ngram))
     need(d.max_len_a >= 0 and d.max_len_b >= 0, "decode.max_len_a", "max_len_a and max_len_b must be >= 0",
          (d.max_len_a, d.max_len_b))
     try:

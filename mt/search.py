@@ -5,6 +5,9 @@ sentences that have finished leave the batch, so the work per step keeps shrinki
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -19,10 +22,60 @@ def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int) -> torch.Te
     return (max_len_a * src_len.float() + max_len_b).long()
 
 
+def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: torch.Tensor, min_len: int = 0,
+              no_repeat_ngram: int = 0) -> torch.Tensor:
+    """Apply the length limits and n-gram blocking to next-token scores (B, V), in place.
+
+    ``tokens`` (B, t) are the prefixes so far (BOS first); ``at_limit`` (B,) marks rows that
+    must end now. Forbidden tokens get -inf.
+    """
+    if step < min_len:
+        scores[:, EOS] = float("-inf")
+    if no_repeat_ngram and step + 1 >= no_repeat_ngram:
+        n = no_repeat_ngram
+        for row, prefix in enumerate(tokens[:, 1:].tolist()):
+            if len(prefix) < n - 1:
+                continue
+            tail = prefix[len(prefix) - n + 1:] if n > 1 else []
+            banned = [prefix[i + n - 1] for i in range(len(prefix) - n + 1) if prefix[i:i + n - 1] == tail]
+            if banned:
+                scores[row, banned] = float("-inf")
+    if at_limit.any():  # out of length: the only way on is EOS
+        scores[at_limit] = float("-inf")
+        scores[at_limit, EOS] = 0.0
+    return scores
+
+
+@dataclass
+class Sampler:
+    """Draw the next token from the model's distribution (for back-translation), not the argmax."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # keep only the k most probable tokens (0 = all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (nucleus)
+    generator: torch.Generator | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / max(self.temperature, 1e-6)
+        if self.top_k:
+            kth = logits.topk(min(self.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            outside = probs.cumsum(-1) - probs >= self.top_p  # the mass before this token already reaches p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(1).to(logits.device)
+
+
 @torch.no_grad()
-def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
-                  max_len_b: int = 10) -> list[list[int]]:
-    """Most probable next token at every step. src (B, S) -> B token lists (no BOS/EOS)."""
+def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
+                  min_len: int = 0, no_repeat_ngram: int = 0, sampler: Sampler | None = None) -> list[list[int]]:
+    """The most probable next token at every step (or, with ``sampler``, a drawn one).
+
+    src (B, S) -> B token lists without BOS/EOS.
+    """
     memory, src_mask = model.encode(src)
     limits = max_lengths(src, max_len_a, max_len_b)
     cache = model.new_cache()
@@ -31,8 +84,8 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
     results: list[list[int]] = [[] for _ in range(src.size(0))]
     for step in range(int(limits.max()) + 1):
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (b, V)
-        next_token = logits.argmax(-1)
-        next_token[step >= limits[alive]] = EOS
+        logits = constrain(logits.float(), tokens, step, step >= limits[alive], min_len, no_repeat_ngram)
+        next_token = logits.argmax(-1) if sampler is None else sampler(logits)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         done = next_token == EOS
         if done.any():
@@ -54,13 +107,24 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
-                max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
-    """Keep the ``beam_size`` best prefixes per sentence; return the best finished one.
+                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
+                no_repeat_ngram: int = 0) -> list[list[int]]:
+    """The best finished hypothesis of ``beam_nbest`` for each sentence."""
+    return [hyps[0][1] if hyps else [] for hyps in
+            beam_nbest(model, src, beam_size, alpha, max_len_a, max_len_b, min_len, no_repeat_ngram)]
+
+
+@torch.no_grad()
+def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
+               max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
+               no_repeat_ngram: int = 0) -> list[list[tuple[float, list[int]]]]:
+    """Keep the ``beam_size`` best prefixes per sentence; return its finished hypotheses, best first.
 
     Each step scores all k x V extensions and takes the top 2k: those ending in EOS
     among the first k become finished hypotheses (score normalised by the length
     penalty), the best k others continue. A sentence is done when it has k finished
     hypotheses (as in fairseq); with k = 1 this is exactly greedy search.
+    Scores are length-normalised log-probabilities.
     """
     k, B = beam_size, src.size(0)
     memory, src_mask = model.encode(src)
@@ -77,10 +141,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]
         logp = F.log_softmax(logits.float(), dim=-1)  # (n*k, V)
         V = logp.size(-1)
-        at_limit = (step >= limits[alive]).repeat_interleave(k)  # (n*k,)
-        if at_limit.any():  # out of length: the only way on is EOS
-            logp[at_limit] = float("-inf")
-            logp[at_limit, EOS] = 0.0
+        constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(k), min_len, no_repeat_ngram)
         candidates = (scores.view(-1, 1) + logp).view(n, k * V)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
         top_beam, top_token = top_index // V, top_index % V
@@ -102,31 +163,29 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha
         scores, alive = next_scores[keep], alive[keep]
         memory, src_mask = memory[rows], src_mask[rows]
         reorder_cache(cache, rows)
-    return [max(hyps)[1] if hyps else [] for hyps in finished]
+    return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
 
 
-def decode_corpus(model: Transformer, sources: list[list[int]], device: torch.device, beam_size: int = 1,
-                  alpha: float = 1.0, max_len_a: float = 1.5, max_len_b: int = 10, batch_tokens: int = 6000,
-                  autocast_dtype: torch.dtype | None = None, progress=None) -> list[list[int]]:
-    """Translate encoded sources (each ending in EOS) in length-sorted batches, results in input order.
+def decode_corpus(search: Callable[[torch.Tensor], list], sources: list[list[int]], device: torch.device,
+                  width: int = 1, batch_tokens: int = 6000, autocast_dtype: torch.dtype | None = None,
+                  progress=None) -> list:
+    """Run ``search`` (a batch of padded sources -> one result per sentence) over encoded sources.
 
-    ``progress`` is an optional callable given the number of sentences done after each batch.
+    Sources (each ending in EOS) are sorted by length and cut into batches of at most
+    ``batch_tokens`` (sentences x longest source x ``width``, the beam size); the results
+    come back in input order. ``progress`` is called with the sentences done after each batch.
     """
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    results: list[list[int]] = [[] for _ in sources]
-    model.eval()
+    results: list = [None] * len(sources)
     start = 0
     while start < len(order):
-        end = start + 1  # grow the batch while it fits in batch_tokens (beam copies count)
-        while end < len(order) and (end - start + 1) * len(sources[order[end]]) * beam_size <= batch_tokens:
+        end = start + 1  # grow the batch while it fits in batch_tokens
+        while end < len(order) and (end - start + 1) * len(sources[order[end]]) * width <= batch_tokens:
             end += 1
         batch_ids = order[start:end]
         src = pad([sources[i] for i in batch_ids]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            if beam_size == 1:
-                hyps = greedy_search(model, src, max_len_a, max_len_b)
-            else:
-                hyps = beam_search(model, src, beam_size, alpha, max_len_a, max_len_b)
+            hyps = search(src)
         for i, hyp in zip(batch_ids, hyps):
             results[i] = hyp
         if progress is not None:

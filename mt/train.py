@@ -17,6 +17,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from mt.data import EncodedCorpus, encode_parallel, filter_pairs, read_parallel
 from mt.errors import MTError
 from mt.evaluate import bleu
 from mt.model import Transformer
-from mt.search import decode_corpus
+from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import PAD, TokenizerPair, train_or_load
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
@@ -326,8 +327,9 @@ class Trainer:
         result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}
         if self.config.train.valid_bleu:
             d = self.config.decode
-            hyps = decode_corpus(self.model, encoded.src, self.device, beam_size=1, max_len_a=d.max_len_a,
-                                 max_len_b=d.max_len_b, batch_tokens=d.batch_tokens, autocast_dtype=self.amp_dtype)
+            greedy = partial(greedy_search, self.model, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
+            hyps = decode_corpus(greedy, encoded.src, self.device, batch_tokens=d.batch_tokens,
+                                 autocast_dtype=self.amp_dtype)
             result["valid_bleu"] = bleu(self.tokenizers.tgt.decode(hyps), references)
         return result
 

@@ -6,6 +6,7 @@ empty output lines without touching the model.
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from mt import checkpoint as ckpt
 from mt.config import Config, config_from_dict
 from mt.errors import MTError
 from mt.model import Transformer
-from mt.search import decode_corpus
+from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
 from mt.batching import make_batch
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 from mt.train import resolve_device, resolve_precision, set_threads
@@ -59,26 +60,73 @@ class Translator:
                    resolve_precision(precision, torch_device))
 
     def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
-                  max_len_a: float | None = None, max_len_b: int | None = None, batch_tokens: int | None = None,
+                  max_len_a: float | None = None, max_len_b: int | None = None, min_len: int | None = None,
+                  no_repeat_ngram: int | None = None, batch_tokens: int | None = None,
                   progress: bool = False) -> list[str]:
-        """Translate ``lines``; decoding settings default to the run's ``decode`` config."""
-        d = self.config.decode
-        beam_size = beam_size or d.beam_size
+        """Translate ``lines`` with beam search (greedy for beam size 1).
+
+        Settings left as None come from the run's ``decode`` config.
+        """
+        o = self._options(beam_size, length_penalty, max_len_a, max_len_b, min_len, no_repeat_ngram)
+        if o["beam_size"] == 1:
+            search = partial(greedy_search, self.model, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
+                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"])
+        else:
+            search = partial(beam_search, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"],
+                             max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+                             no_repeat_ngram=o["no_repeat_ngram"])
+        hyps = self._decode(lines, search, o["beam_size"], batch_tokens, progress)
+        return self._detokenize(hyps)
+
+    def translate_nbest(self, lines: list[str], nbest: int, beam_size: int | None = None,
+                        progress: bool = False, **settings) -> list[list[tuple[float, str]]]:
+        """The ``nbest`` best hypotheses of each line with their scores (length-normalised
+        log-probabilities), best first; the beam is widened to ``nbest`` if needed."""
+        o = self._options(max(beam_size or self.config.decode.beam_size, nbest), **settings)
+        hyps = self._decode(lines, partial(
+            beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"], max_len_a=o["max_len_a"],
+            max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"]),
+            o["beam_size"], None, progress)
+        return [[(score, text) for (score, _), text in zip(h[:nbest], self._detokenize([t for _, t in h[:nbest]]))]
+                if h else [] for h in hyps]
+
+    def sample(self, lines: list[str], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int | None = None, progress: bool = False, **settings) -> list[str]:
+        """One translation per line drawn from the model's distribution (for back-translation)."""
+        o = self._options(1, **settings)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        sampler = Sampler(temperature, top_k, top_p, generator)
+        hyps = self._decode(lines, partial(greedy_search, self.model, max_len_a=o["max_len_a"],
+                                           max_len_b=o["max_len_b"], min_len=o["min_len"],
+                                           no_repeat_ngram=o["no_repeat_ngram"], sampler=sampler),
+                            1, None, progress)
+        return self._detokenize(hyps)
+
+    def _options(self, beam_size=None, length_penalty=None, max_len_a=None, max_len_b=None, min_len=None,
+                 no_repeat_ngram=None) -> dict:
+        given = dict(beam_size=beam_size, length_penalty=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
+                     min_len=min_len, no_repeat_ngram=no_repeat_ngram)
+        return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()}
+
+    def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool) -> list:
+        """Run ``search`` over the non-empty lines; empty lines get None."""
         todo = [i for i, line in enumerate(lines) if line.strip()]
         sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
-        bar = tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr, disable=not progress)
-        with bar:
-            hyps = decode_corpus(
-                self.model, sources, self.device, beam_size=beam_size,
-                alpha=d.length_penalty if length_penalty is None else length_penalty,
-                max_len_a=d.max_len_a if max_len_a is None else max_len_a,
-                max_len_b=d.max_len_b if max_len_b is None else max_len_b,
-                batch_tokens=batch_tokens or d.batch_tokens, autocast_dtype=self.amp_dtype, progress=bar.update)
-        out = [""] * len(lines)
-        for i, text in zip(todo, self.tokenizers.tgt.decode(hyps)):
-            out[i] = text
+        out: list = [None] * len(lines)
+        with tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr, disable=not progress) as bar:
+            results = decode_corpus(search, sources, self.device, width=width,
+                                    batch_tokens=batch_tokens or self.config.decode.batch_tokens,
+                                    autocast_dtype=self.amp_dtype, progress=bar.update)
+        for i, result in zip(todo, results):
+            out[i] = result
         return out
 
+    def _detokenize(self, hyps: list) -> list[str]:
+        present = [i for i, h in enumerate(hyps) if h is not None]
+        out = [""] * len(hyps)
+        for i, text in zip(present, self.tokenizers.tgt.decode([hyps[i] for i in present])):
+            out[i] = text
+        return out
 
     @torch.no_grad()
     def score(self, sources: list[str], targets: list[str]) -> list[float]:

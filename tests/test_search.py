@@ -1,3 +1,5 @@
+from functools import partial
+
 import torch
 
 from mt.config import ModelConfig
@@ -56,8 +58,9 @@ def test_batched_decoding_equals_one_sentence_at_a_time_in_input_order():
     m = random_model()
     g = torch.Generator().manual_seed(3)
     srcs = [torch.randint(4, V, (n,), generator=g).tolist() + [EOS] for n in (5, 1, 8, 3, 6)]
-    together = decode_corpus(m, srcs, torch.device("cpu"), beam_size=3, batch_tokens=10_000)
-    alone = [decode_corpus(m, [s], torch.device("cpu"), beam_size=3)[0] for s in srcs]
+    search = partial(beam_search, m, beam_size=3)
+    together = decode_corpus(search, srcs, torch.device("cpu"), width=3, batch_tokens=10_000)
+    alone = [decode_corpus(search, [s], torch.device("cpu"), width=3)[0] for s in srcs]
     assert together == alone
 
 
@@ -65,3 +68,48 @@ def test_gnmt_length_penalty():
     assert length_penalty(1, 1.0) == 1.0
     assert length_penalty(7, 0.5) == (12 / 6) ** 0.5
     assert length_penalty(9, 0.0) == 1.0
+
+
+def test_min_len_delays_the_end():
+    m, src = random_model(), sources()
+    # without min_len, beam search ends sentence 1 at once (greedy: see test_translate)
+    assert min(map(len, beam_search(m, src, 3, 1.0, max_len_a=2.0, max_len_b=10))) == 0
+    for hyp in beam_search(m, src, 3, 1.0, max_len_a=2.0, max_len_b=10, min_len=8):
+        assert len(hyp) >= 8
+
+
+def test_no_repeat_ngram_blocks_repeats():
+    m, src = random_model(), sources()
+
+    def bigrams(h):
+        return [tuple(h[i:i + 2]) for i in range(len(h) - 1)]
+
+    plain = greedy_search(m, src, 2.0, 10)
+    assert any(len(set(bigrams(h))) < len(bigrams(h)) for h in plain)  # an untrained model repeats itself
+    for search in (lambda: greedy_search(m, src, 2.0, 10, no_repeat_ngram=2),
+                   lambda: beam_search(m, src, 3, 1.0, 2.0, 10, no_repeat_ngram=2)):
+        for h in search():
+            assert len(set(bigrams(h))) == len(bigrams(h))
+
+
+def test_nbest_is_sorted_and_starts_with_the_beam_result():
+    from mt.search import beam_nbest
+
+    m, src = random_model(), sources()
+    nbest = beam_nbest(m, src, beam_size=4, max_len_a=1.0, max_len_b=5)
+    best = beam_search(m, src, beam_size=4, max_len_a=1.0, max_len_b=5)
+    for hyps, top in zip(nbest, best):
+        assert len(hyps) == 4
+        assert [s for s, _ in hyps] == sorted((s for s, _ in hyps), reverse=True)
+        assert hyps[0][1] == top
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    from mt.search import Sampler
+
+    m, src = random_model(), sources()
+    draw = lambda seed, **kw: greedy_search(m, src, 1.0, 5, sampler=Sampler(generator=torch.Generator().manual_seed(seed), **kw))  # noqa: E731
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+    assert draw(3, top_k=1) == greedy_search(m, src, 1.0, 5)
+    assert draw(4, top_p=1e-6) == greedy_search(m, src, 1.0, 5)

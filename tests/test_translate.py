@@ -111,3 +111,33 @@ def test_averaged_checkpoint_is_the_mean_and_translates(trained_run, tmp_path, c
     assert translator.translate([pairs[0][0]], beam_size=1) == [pairs[0][1]]
     code, _, err = run_cli(["average", str(run_dir), "--last", "99", "-o", str(tmp_path / "x.pt")], capsys)
     assert code == 2 and "--last 99 asks for more" in err
+
+
+def test_cli_nbest_writes_tsv_with_scores(trained_run, tmp_path, capsys):
+    run_dir, pairs, _, _ = trained_run
+    src = tmp_path / "in.de"
+    src.write_text(f"{pairs[0][0]}\n\n{pairs[1][0]}\n", encoding="utf-8")
+    code, out, _ = run_cli(["translate", str(run_dir), "-i", str(src), "--nbest", "3"], capsys)
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0
+    assert [r[0] for r in rows] == ["0", "0", "0", "2", "2", "2"]  # the empty line has no hypotheses
+    assert rows[0][2] == pairs[0][1] and rows[3][2] == pairs[1][1]
+    assert float(rows[0][1]) >= float(rows[1][1]) >= float(rows[2][1])
+
+
+def test_cli_sampling_is_reproducible_with_a_seed(trained_run, tmp_path, capsys):
+    run_dir, pairs, _, _ = trained_run
+    src = tmp_path / "in.de"
+    src.write_text("".join(s + "\n" for s, _ in pairs[:5]), encoding="utf-8")
+    argv = ["translate", str(run_dir), "-i", str(src), "--sample", "--temperature", "3", "--seed", "7"]
+    first, second = run_cli(argv, capsys)[1], run_cli(argv, capsys)[1]
+    assert first == second and len(first.splitlines()) == 5
+
+
+def test_min_len_lengthens_a_trained_models_output(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir, threads=1)
+    for beam in (1, 3):
+        short = translator.translate([pairs[0][0]], beam_size=beam)[0]
+        longer = translator.translate([pairs[0][0]], beam_size=beam, min_len=12)[0]
+        assert len(translator.tokenizers.tgt.pieces(short)) < 12 <= len(translator.tokenizers.tgt.pieces(longer))
