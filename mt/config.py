@@ -61,6 +61,16 @@ class Corpus:
 
 
 @dataclass
+class CleanConfig:
+    """Cleaning of the training data (never of validation or test data, whose BLEU must stay comparable)."""
+
+    enabled: bool = True  # off: invalid UTF-8 is an error, and nothing below is applied
+    normalize: Literal["none", "nfkc"] = "none"  # Unicode normalisation
+    whitespace: bool = True  # collapse runs of whitespace, strip both ends
+    dedup: bool = False  # drop exact duplicate pairs
+
+
+@dataclass
 class DataConfig:
     root: str = "."  # relative corpus paths start here; relative to the config file; $MT_DATA_ROOT overrides
     src_lang: str = "de"
@@ -70,6 +80,7 @@ class DataConfig:
     test: Optional[Corpus] = None  # used by scripts/demo.sh and docs, not by training
     max_len: int = 128  # drop training pairs longer than this (subword tokens, either side)
     max_len_ratio: float = 3.0  # drop training pairs whose token lengths differ more than this factor
+    clean: CleanConfig = field(default_factory=CleanConfig)
 
 
 @dataclass

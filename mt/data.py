@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import gzip
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from mt.config import Corpus, DataConfig
+from mt.config import CleanConfig, Corpus, DataConfig
 from mt.errors import MTError
 from mt.tokenizer import BOS, EOS, TokenizerPair
 
 
-def read_lines(path: str | Path, what: str = "file") -> list[str]:
-    """All lines of a UTF-8 text file (``.gz`` decompressed), without line endings."""
+def read_lines(path: str | Path, what: str = "file", invalid: str = "error") -> list[str | None]:
+    """All lines of a UTF-8 text file (``.gz`` decompressed), without line endings.
+
+    A line that is not valid UTF-8 is an error naming the file and line, or, with
+    ``invalid="none"`` (training data being cleaned), None.
+    """
     path = Path(path)
     try:
         if path.suffix == ".gz":
@@ -30,50 +35,70 @@ def read_lines(path: str | Path, what: str = "file") -> list[str]:
         raise MTError(f"{what} '{path}' is a directory, expected a text file") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise MTError(f"{what} '{path}': cannot read: {e}") from None
-    return decode_lines(data, f"{what} '{path}'")
+    return decode_lines(data, f"{what} '{path}'", invalid)
 
 
-def decode_lines(data: bytes, name: str) -> list[str]:
+def decode_lines(data: bytes, name: str, invalid: str = "error") -> list[str | None]:
     """Split UTF-8 bytes into lines; ``name`` says where they came from in errors."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise MTError(f"{name}, line {line}: invalid UTF-8 (byte {data[e.start]:#04x})") from None
+        if invalid == "error":
+            line = data.count(b"\n", 0, e.start) + 1
+            raise MTError(f"{name}, line {line}: invalid UTF-8 (byte {data[e.start]:#04x})") from None
+        raw = data.split(b"\n")
+        if raw and raw[-1] == b"":
+            raw.pop()
+        return [_decode_or_none(line) for line in raw]
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]
 
 
-def read_parallel(corpus: Corpus, key: str, src_lang: str = "src", tgt_lang: str = "tgt") -> tuple[list[str], list[str]]:
-    """Both sides of a corpus as lists of strings; ``key`` (e.g. 'data.train') names it in errors."""
+def _decode_or_none(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        return None
+
+
+def read_parallel(corpus: Corpus, key: str, src_lang: str = "src", tgt_lang: str = "tgt",
+                  invalid: str = "error") -> tuple[list, list]:
+    """Both sides of a corpus as lists of strings; ``key`` (e.g. 'data.train') names it in errors.
+
+    With ``invalid="none"``, lines that are not UTF-8 come back as None instead of an error.
+    """
     kind = corpus.kind()
     if kind == "text":
-        src = read_lines(corpus.src, f"{key}.src")
-        tgt = read_lines(corpus.tgt, f"{key}.tgt")
+        src = read_lines(corpus.src, f"{key}.src", invalid)
+        tgt = read_lines(corpus.tgt, f"{key}.tgt", invalid)
         if len(src) != len(tgt):
             raise MTError(f"{key}: '{corpus.src}' has {len(src)} lines but '{corpus.tgt}' has {len(tgt)}; "
                           "the two sides must be line-aligned")
         name = corpus.src
     elif kind == "tsv":
-        src, tgt = _read_tsv(corpus, key)
+        src, tgt = _read_tsv(corpus, key, invalid)
         name = corpus.path
     elif kind == "jsonl":
-        src, tgt = _read_jsonl(corpus, key, corpus.src_field or src_lang, corpus.tgt_field or tgt_lang)
+        src, tgt = _read_jsonl(corpus, key, corpus.src_field or src_lang, corpus.tgt_field or tgt_lang, invalid)
         name = corpus.path
     else:
         src, tgt = _read_datasets(corpus, key, corpus.src_field or src_lang, corpus.tgt_field or tgt_lang)
         name = corpus.path or corpus.dataset
-    if not any(line.strip() for line in src):
+    if not any(line and line.strip() for line in src):
         raise MTError(f"{key}: '{name}' is empty")
     return src, tgt
 
 
-def _read_tsv(corpus: Corpus, key: str) -> tuple[list[str], list[str]]:
+def _read_tsv(corpus: Corpus, key: str, invalid: str = "error") -> tuple[list, list]:
     s_col, t_col = int(corpus.src_field or 0), int(corpus.tgt_field or 1)
     src, tgt = [], []
-    for number, line in enumerate(read_lines(corpus.path, f"{key}.path"), 1):
+    for number, line in enumerate(read_lines(corpus.path, f"{key}.path", invalid), 1):
+        if line is None:  # not UTF-8: both sides unusable
+            src.append(None)
+            tgt.append(None)
+            continue
         columns = line.split("\t")
         if len(columns) <= max(s_col, t_col):
             raise MTError(f"{key}.path '{corpus.path}', line {number}: expected at least {max(s_col, t_col) + 1} "
@@ -93,9 +118,13 @@ def _field(record: dict, field: str):
     raise KeyError(field)
 
 
-def _read_jsonl(corpus: Corpus, key: str, src_field: str, tgt_field: str) -> tuple[list[str], list[str]]:
+def _read_jsonl(corpus: Corpus, key: str, src_field: str, tgt_field: str, invalid: str = "error") -> tuple[list, list]:
     src, tgt = [], []
-    for number, line in enumerate(read_lines(corpus.path, f"{key}.path"), 1):
+    for number, line in enumerate(read_lines(corpus.path, f"{key}.path", invalid), 1):
+        if line is None:
+            src.append(None)
+            tgt.append(None)
+            continue
         if not line.strip():
             continue
         where = f"{key}.path '{corpus.path}', line {number}"
@@ -144,6 +173,37 @@ def _read_datasets(corpus: Corpus, key: str, src_field: str, tgt_field: str) -> 
         raise MTError(f"{key}: dataset {described} has no field {e}; its columns are {ds.column_names} "
                       f"(set {key}.src_field / {key}.tgt_field)") from None
     return [str(s or "") for s in src], [str(t or "") for t in tgt]
+
+
+def clean_pairs(src: list, tgt: list, cfg: CleanConfig) -> tuple[list[str], list[str], dict]:
+    """Training-data cleaning; returns the kept pairs and how many were dropped for which reason.
+
+    Lines that were not UTF-8 (None) go with their partner; then optional Unicode NFKC
+    normalisation and whitespace normalisation; pairs with an empty side; and, optionally,
+    exact duplicate pairs.
+    """
+    dropped = {"invalid_utf8": 0, "empty": 0, "duplicate": 0}
+    seen: set = set()
+    out_src, out_tgt = [], []
+    for s, t in zip(src, tgt):
+        if s is None or t is None:
+            dropped["invalid_utf8"] += 1
+            continue
+        if cfg.normalize == "nfkc":
+            s, t = unicodedata.normalize("NFKC", s), unicodedata.normalize("NFKC", t)
+        if cfg.whitespace:
+            s, t = " ".join(s.split()), " ".join(t.split())
+        if not s.strip() or not t.strip():
+            dropped["empty"] += 1
+            continue
+        if cfg.dedup:
+            if (s, t) in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add((s, t))
+        out_src.append(s)
+        out_tgt.append(t)
+    return out_src, out_tgt, dropped
 
 
 @dataclass

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mt import checkpoint as ckpt
 from mt.batching import Batch, bucket_batches, make_batch
 from mt.config import Config, parse_duration, save_config
-from mt.data import EncodedCorpus, encode_parallel, filter_pairs, read_parallel
+from mt.data import clean_pairs, encode_parallel, filter_pairs, read_parallel
 from mt.errors import MTError
 from mt.evaluate import bleu
 from mt.model import Transformer
@@ -146,27 +146,46 @@ def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
 # ---------------------------------------------------------------- data
 
 
-def prepare_data(config: Config, run_dir: Path, tokenizers: TokenizerPair | None = None):
-    """Read, tokenize (training the tokenizer on first use), encode and filter."""
+def prepare_data(config: Config, run_dir: Path):
+    """Read, clean, tokenize (training the tokenizer on first use), encode and filter.
+
+    Returns the tokenizers, the encoded training pairs, the validation set (encoded, plus
+    its raw references) and a report of how many training pairs were dropped and why.
+    """
     langs = (config.data.src_lang, config.data.tgt_lang)
-    train_src, train_tgt = read_parallel(config.data.train, "data.train", *langs)
-    if tokenizers is None:
-        log(f"tokenizer: preparing SentencePiece (vocab {config.tokenizer.vocab_size}, "
-            f"{'joint' if config.tokenizer.joint else 'separate'}) in {run_dir}")
-        tokenizers = train_or_load(run_dir, config.tokenizer, train_src, train_tgt,
-                                   threads=config.train.threads or os.cpu_count() or 1)
+    clean = config.data.clean
+    train_src, train_tgt = read_parallel(config.data.train, "data.train", *langs,
+                                         invalid="none" if clean.enabled else "error")
+    n_read = len(train_src)
+    report = {"read": n_read}
+    if clean.enabled:
+        train_src, train_tgt, dropped = clean_pairs(train_src, train_tgt, clean)
+        report.update(dropped)
+    if not train_src:
+        raise MTError(f"data.train: no training pairs left after cleaning ({_describe(report)})")
+    log(f"tokenizer: preparing SentencePiece (vocab {config.tokenizer.vocab_size}, "
+        f"{'joint' if config.tokenizer.joint else 'separate'}) in {run_dir}")
+    tokenizers = train_or_load(run_dir, config.tokenizer, train_src, train_tgt,
+                               threads=config.train.threads or os.cpu_count() or 1)
     train_data, dropped = filter_pairs(encode_parallel(train_src, train_tgt, tokenizers), config.data)
-    report = ", ".join(f"{n} {why}" for why, n in dropped.items() if n) or "none"
-    log(f"data: {len(train_data)} of {len(train_src)} training pairs kept (dropped: {report})")
+    for why, n in dropped.items():
+        report[why] = report.get(why, 0) + n
+    report["kept"] = len(train_data)
+    log(f"data: {len(train_data)} of {n_read} training pairs kept ({_describe(report)})")
     if len(train_data) == 0:
-        raise MTError(f"data.train: no training pairs left after filtering (dropped: {report}); "
+        raise MTError(f"data.train: no training pairs left after filtering ({_describe(report)}); "
                       "check data.max_len and data.max_len_ratio")
     valid = None
     if config.data.valid.is_set():
         valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
         encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
         valid = (encoded, valid_tgt)
-    return tokenizers, train_data, valid
+    return tokenizers, train_data, valid, report
+
+
+def _describe(report: dict) -> str:
+    dropped = [f"{n} {why.replace('_', ' ')}" for why, n in report.items() if why not in ("read", "kept") and n]
+    return "dropped: " + (", ".join(dropped) if dropped else "none")
 
 
 # ---------------------------------------------------------------- the loop
@@ -202,11 +221,12 @@ class Trainer:
         if state is not None:
             self._check_compatible(state, resume_from)
         if self.dist.main:  # rank 0 trains the tokenizer; the others then load it
-            self.tokenizers, self.train_data, self.valid = prepare_data(config, self.run_dir)
+            self.tokenizers, self.train_data, self.valid, report = prepare_data(config, self.run_dir)
             save_config(config, self.run_dir / "config.yaml")
+            ckpt.atomic_write_text(self.run_dir / "data_report.json", json.dumps(report, indent=1) + "\n")
         self.dist.barrier()
         if not self.dist.main:
-            self.tokenizers, self.train_data, self.valid = prepare_data(config, self.run_dir)
+            self.tokenizers, self.train_data, self.valid, _ = prepare_data(config, self.run_dir)
 
         torch.manual_seed(t.seed)
         self.model = build_model(config, self.tokenizers).to(self.device)

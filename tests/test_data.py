@@ -133,3 +133,24 @@ def test_corpus_kind_from_config():
     assert Corpus(path="a.tsv.gz").kind() == "tsv"
     assert Corpus(path="a.jsonl").kind() == "jsonl"
     assert Corpus(dataset="wmt14").kind() == "datasets"
+
+
+# ---------------------------------------------------------------- cleaning
+
+def test_invalid_lines_can_come_back_as_none(tmp_path):
+    (tmp_path / "a.de").write_bytes(b"gut\n\xff kaputt\nauch gut\n")
+    assert read_lines(tmp_path / "a.de", invalid="none") == ["gut", None, "auch gut"]
+
+
+def test_clean_pairs_counts_every_reason():
+    from mt.config import CleanConfig
+    from mt.data import clean_pairs
+
+    src = ["ein  Hund ", None, "zwei", "", "ein Hund", "Ｆｕｌｌ"]
+    tgt = ["a dog", "x", None, "empty source", "a  dog", "full"]
+    kept_src, kept_tgt, dropped = clean_pairs(src, tgt, CleanConfig(normalize="nfkc", dedup=True))
+    assert dropped == {"invalid_utf8": 2, "empty": 1, "duplicate": 1}
+    assert list(zip(kept_src, kept_tgt)) == [("ein Hund", "a dog"), ("Full", "full")]
+    kept_src, _, dropped = clean_pairs(src, tgt, CleanConfig())
+    assert dropped == {"invalid_utf8": 2, "empty": 1, "duplicate": 0}
+    assert kept_src == ["ein Hund", "ein Hund", "Ｆｕｌｌ"]

@@ -209,3 +209,15 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config
     assert single["step"] == ddp["step"] == 4
     for name, tensor in single["model"].items():
         torch.testing.assert_close(ddp["model"][name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_invalid_utf8_training_lines_are_dropped_and_reported_or_an_error(tiny_config, tmp_path):
+    with open(tmp_path / "data" / "train.de", "ab") as f:
+        f.write(b"kaputt \xff\n")
+    with open(tmp_path / "data" / "train.en", "a") as f:
+        f.write("broken\n")
+    train(tiny_config("train.max_steps=2"))
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["read"] == 21 and report["invalid_utf8"] == 1 and report["kept"] == 20
+    with pytest.raises(MTError, match=r"data.train.src '.*train.de', line 21: invalid UTF-8 \(byte 0xff\)"):
+        train(tiny_config("train.max_steps=2", "data.clean.enabled=false", f"run_dir={tmp_path / 'run2'}"))
