@@ -21,29 +21,37 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_translate(args: argparse.Namespace) -> None:
     from mt.checkpoint import atomic_write_text
     from mt.data import decode_lines, read_lines
-    from mt.translate import Translator
+    from mt.translate import Translator, stdin_batches
 
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
                                            threads=args.threads)
-    if args.input in (None, "-"):
-        lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    else:
-        lines = read_lines(args.input, "input file")
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
-    progress = args.output is not None
-    if args.nbest > 1:
-        nbest = translator.translate_nbest(lines, args.nbest, beam_size=args.beam, progress=progress, **settings)
-        text = "".join(f"{i}\t{score:.4f}\t{hyp}\n" for i, hyps in enumerate(nbest) for score, hyp in hyps)
-    elif args.sample:
-        del settings["length_penalty"]
-        out = translator.sample(lines, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                seed=args.seed, progress=progress, **settings)
-        text = "".join(line + "\n" for line in out)
-    else:
-        out = translator.translate(lines, beam_size=args.beam, batch_tokens=args.batch_tokens, progress=progress,
-                                   **settings)
-        text = "".join(line + "\n" for line in out)
+
+    def translate(lines: list[str], first_line: int, progress: bool) -> str:
+        if args.nbest > 1:
+            nbest = translator.translate_nbest(lines, args.nbest, beam_size=args.beam, progress=progress, **settings)
+            return "".join(f"{first_line + i}\t{score:.4f}\t{hyp}\n"
+                           for i, hyps in enumerate(nbest) for score, hyp in hyps)
+        if args.sample:
+            out = translator.sample(lines, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                    seed=args.seed, progress=progress, min_len=args.min_len,
+                                    no_repeat_ngram=args.no_repeat_ngram)
+        else:
+            out = translator.translate(lines, beam_size=args.beam, batch_tokens=args.batch_tokens,
+                                       progress=progress, **settings)
+        return "".join(line + "\n" for line in out)
+
+    from_stdin = args.input in (None, "-")
+    if from_stdin and args.output is None:  # a pipeline: answer batch by batch as input arrives
+        done = 0
+        for lines in stdin_batches(sys.stdin.fileno()):
+            sys.stdout.write(translate(lines, done, progress=False))
+            sys.stdout.flush()
+            done += len(lines)
+        return
+    lines = decode_lines(sys.stdin.buffer.read(), "<stdin>") if from_stdin else read_lines(args.input, "input file")
+    text = translate(lines, 0, progress=args.output is not None)
     if args.output is None:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -5,8 +5,11 @@ empty output lines without touching the model.
 """
 from __future__ import annotations
 
+import os
+import select
 import sys
 from functools import partial
+from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -142,3 +145,37 @@ class Translator:
             token_logp = logp.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (B, T)
             scores += token_logp.masked_fill(batch.tgt_out == PAD, 0.0).sum(1).tolist()
         return scores
+
+
+def stdin_batches(fd: int, max_lines: int = 256) -> Iterator[list[str]]:
+    """Lines from a file descriptor in batches, without waiting for more input than is there.
+
+    A batch ends when ``max_lines`` lines are complete or when no more input is ready, so
+    ``mt translate`` answers each line typed at a terminal and still batches a piped file.
+    """
+    pending, lines, number = b"", [], 0
+    while True:
+        ready = not lines or select.select([fd], [], [], 0)[0]
+        chunk = os.read(fd, 1 << 16) if ready else None
+        if chunk == b"":  # end of input
+            if pending:
+                lines.append(_decode_stdin_line(pending, number + 1))
+            if lines:
+                yield lines
+            return
+        if chunk:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                number += 1
+                lines.append(_decode_stdin_line(raw, number))
+        if lines and (len(lines) >= max_lines or chunk is None):
+            yield lines
+            lines = []
+
+
+def _decode_stdin_line(raw: bytes, number: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+        raise MTError(f"<stdin>, line {number}: invalid UTF-8 (byte {raw[e.start]:#04x})") from None

@@ -1,5 +1,6 @@
-import io
+import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -11,9 +12,17 @@ from mt.errors import MTError
 from mt.translate import Translator
 
 
+def pipe_with(data: bytes):
+    """A readable file whose descriptor is a real pipe holding ``data`` (then end of input)."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    os.close(write_fd)
+    return open(read_fd, "r", encoding="utf-8")
+
+
 def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
     if stdin_bytes is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin_bytes), encoding="utf-8"))
+        monkeypatch.setattr(sys, "stdin", pipe_with(stdin_bytes))
     with pytest.raises(SystemExit) as e:
         main(argv)
         raise SystemExit(0)
@@ -141,3 +150,35 @@ def test_min_len_lengthens_a_trained_models_output(trained_run):
         short = translator.translate([pairs[0][0]], beam_size=beam)[0]
         longer = translator.translate([pairs[0][0]], beam_size=beam, min_len=12)[0]
         assert len(translator.tokenizers.tgt.pieces(short)) < 12 <= len(translator.tokenizers.tgt.pieces(longer))
+
+
+def test_stdin_batches_keep_every_line_and_number_errors_across_chunks():
+    from mt.translate import stdin_batches
+
+    lines = [f"satz {i}" for i in range(1000)]
+    data = ("\n".join(lines) + "\nohne zeilenende").encode()
+    with pipe_with(data) as f:
+        batches = list(stdin_batches(f.fileno(), max_lines=64))
+    assert [line for b in batches for line in b] == lines + ["ohne zeilenende"]
+    with pipe_with(b"a\nb\n\xff\n") as f, pytest.raises(MTError, match=r"^<stdin>, line 3: invalid UTF-8"):
+        list(stdin_batches(f.fileno()))
+
+
+def test_translate_answers_each_line_before_stdin_ends(trained_run):
+    """A pipeline: the translation of line 1 arrives while the input is still open."""
+    run_dir, pairs, _, _ = trained_run
+    proc = subprocess.Popen([sys.executable, "-m", "mt", "translate", str(run_dir), "--beam", "2", "--threads", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write(pairs[0][0] + "\n")
+        proc.stdin.flush()
+        import select
+
+        assert select.select([proc.stdout], [], [], 60)[0], "no output within 60 s while stdin is open"
+        assert proc.stdout.readline() == pairs[0][1] + "\n"
+        proc.stdin.write(pairs[1][0] + "\n\n")
+        proc.stdin.close()
+        assert proc.stdout.read() == pairs[1][1] + "\n\n"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
