@@ -25,7 +25,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
-                                           threads=args.threads)
+                                           threads=args.threads, quantize=args.quantize)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
 
     def translate(lines: list[str], first_line: int, progress: bool) -> str:
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
     p.set_defaults(func=cmd_translate)
 
     p = verbs.add_parser("evaluate", parents=[common], help="score translations with sacreBLEU",

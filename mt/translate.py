@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+import warnings
 from functools import partial
 from typing import Iterator
 from pathlib import Path
@@ -35,8 +36,12 @@ class Translator:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "fp32",
-                        threads: int = 0) -> "Translator":
-        """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one."""
+                        threads: int = 0, quantize: str | None = None) -> "Translator":
+        """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one.
+
+        ``quantize="int8"``: dynamic int8 quantization of every linear layer (CPU only):
+        weights stored in int8, activations quantized on the fly.
+        """
         path = Path(path)
         if not path.exists():
             raise MTError(f"run directory or checkpoint '{path}' not found")
@@ -59,6 +64,14 @@ class Translator:
         torch_device = resolve_device(device)
         model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
         model.load_state_dict(state["model"])
+        if quantize == "int8":
+            if torch_device.type != "cpu":
+                raise MTError("--quantize int8 is for CPU decoding; use --device cpu")
+            with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
+                warnings.simplefilter("ignore")
+                model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+        elif quantize is not None:
+            raise MTError(f"quantize: '{quantize}' is not supported; use int8")
         return cls(model.to(torch_device), tokenizers, config, torch_device,
                    resolve_precision(precision, torch_device))
 

@@ -182,3 +182,10 @@ def test_translate_answers_each_line_before_stdin_ends(trained_run):
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+def test_int8_quantized_model_translates_the_same(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir, threads=1, quantize="int8", device="cpu")
+    assert type(translator.model.output).__module__.startswith("torch.ao.nn.quantized")
+    assert translator.translate([s for s, _ in pairs], beam_size=2) == [t for _, t in pairs]
