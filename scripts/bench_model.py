@@ -1,0 +1,133 @@
+"""Training-step speed of mt's Transformer against torch.nn.Transformer of the same shape.
+
+Both get the same random, unpadded batches, the same (tied) embeddings and output
+projection, label-smoothed loss and Adam; a step is forward + backward + optimizer step.
+Also measures the matrix-product peak of this machine in the same run and reports the
+model FLOPs per second as a fraction of it.
+
+    python scripts/bench_model.py [--shapes small base] [--precisions fp32 bf16] [--steps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mt.config import ModelConfig
+from mt.model import Transformer
+
+SHAPES = {  # layers, d_model, heads, d_ff, vocab, batch size x source length x target length
+    "small": dict(layers=3, d=256, heads=4, d_ff=1024, vocab=8000, batch=(128, 34, 32)),
+    "base": dict(layers=6, d=512, heads=8, d_ff=2048, vocab=32000, batch=(64, 34, 32)),
+}
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn.Transformer with the same embeddings, positions and tied output as mt's model."""
+
+    def __init__(self, s: dict):
+        super().__init__()
+        self.embed = nn.Embedding(s["vocab"], s["d"])
+        self.core = nn.Transformer(s["d"], s["heads"], s["layers"], s["layers"], s["d_ff"], dropout=0.1,
+                                   batch_first=True, norm_first=True, enable_nested_tensor=False)
+        self.output = nn.Linear(s["d"], s["vocab"], bias=False)
+        self.output.weight = self.embed.weight
+        self.scale = math.sqrt(s["d"])
+        pos = torch.arange(512)[:, None] * torch.exp(torch.arange(0, s["d"], 2) * (-math.log(10000.0) / s["d"]))
+        self.register_buffer("pe", torch.cat([pos.sin(), pos.cos()], dim=1))
+
+    def forward(self, src, tgt):
+        x = self.embed(src) * self.scale + self.pe[: src.size(1)]
+        y = self.embed(tgt) * self.scale + self.pe[: tgt.size(1)]
+        mask = self.core.generate_square_subsequent_mask(tgt.size(1))
+        return self.output(self.core(x, y, tgt_mask=mask, tgt_is_causal=True))
+
+
+def build(kind: str, s: dict) -> nn.Module:
+    if kind == "mt":
+        cfg = ModelConfig(encoder_layers=s["layers"], decoder_layers=s["layers"], d_model=s["d"], heads=s["heads"],
+                          d_ff=s["d_ff"], dropout=0.1, attention_dropout=0.1)
+        return Transformer(cfg, s["vocab"], s["vocab"])
+    return TorchTransformer(s)
+
+
+def model_flops(s: dict) -> float:
+    """Matrix-product FLOPs of one training step (3 x forward), attention included."""
+    B, S, T = s["batch"]
+    d, f, L, V = s["d"], s["d_ff"], s["layers"], s["vocab"]
+    enc = L * (B * S * (2 * 4 * d * d + 2 * 2 * d * f) + B * 2 * 2 * S * S * d)
+    dec = L * (B * T * (2 * 6 * d * d + 2 * 2 * d * f) + B * S * 2 * 2 * d * d
+               + B * 2 * 2 * (T * T + T * S) * d)
+    return 3 * (enc + dec + B * T * 2 * d * V)
+
+
+def matmul_peak(dtype: torch.dtype) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - start)
+
+
+def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int) -> float:
+    B, S, T = s["batch"]
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randint(4, s["vocab"], (B, S), generator=g), torch.randint(4, s["vocab"], (B, T + 1), generator=g)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(src, tgt[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, s["vocab"]), tgt[:, 1:].reshape(-1), label_smoothing=0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["small", "base"], choices=list(SHAPES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} threads, torch {torch.__version__}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print("| shape | precision | target tokens | mt step (s) | nn.Transformer step (s) | mt speed-up | "
+          "mt target tok/s | model GFLOP/s | of matmul peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for precision in args.precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        peak = matmul_peak(dtype or torch.float32)
+        for name in args.shapes:
+            s = SHAPES[name]
+            torch.manual_seed(0)
+            ours = time_steps(build("mt", s), s, dtype, args.steps)
+            torch.manual_seed(0)
+            theirs = time_steps(build("torch", s), s, dtype, args.steps)
+            B, S, T = s["batch"]
+            flops = model_flops(s) / ours
+            print(f"| {name} | {precision} | {B * T} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x | "
+                  f"{B * T / ours:.0f} | {flops / 1e9:.1f} | {flops / peak:.0%} (peak {peak / 1e9:.0f} GFLOP/s) |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
