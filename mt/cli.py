@@ -51,7 +51,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
             done += len(lines)
         return
     lines = decode_lines(sys.stdin.buffer.read(), "<stdin>") if from_stdin else read_lines(args.input, "input file")
-    text = translate(lines, 0, progress=args.output is not None)
+    text = translate(lines, 0, progress=True)  # the bar goes to stderr
     if args.output is None:
         sys.stdout.write(text)
         sys.stdout.flush()

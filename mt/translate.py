@@ -10,18 +10,18 @@ import select
 import sys
 import warnings
 from functools import partial
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
+from mt.batching import make_batch
 from mt.config import Config, config_from_dict
 from mt.errors import MTError
 from mt.model import Transformer
 from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
-from mt.batching import make_batch
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 from mt.train import resolve_device, resolve_precision, set_threads
 
