@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ class TorchTransformer(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(s["vocab"], s["d"])
         self.core = nn.Transformer(s["d"], s["heads"], s["layers"], s["layers"], s["d_ff"], dropout=0.1,
-                                   batch_first=True, norm_first=True, enable_nested_tensor=False)
+                                   batch_first=True, norm_first=True)
         self.output = nn.Linear(s["d"], s["vocab"], bias=False)
         self.output.weight = self.embed.weight
         self.scale = math.sqrt(s["d"])
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="enable_nested_tensor")  # nn.Transformer with norm_first
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} threads, torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
