@@ -1,6 +1,6 @@
 """mt: Transformer machine translation, from parallel text to a sacreBLEU score.
 
-Library entry points: ``load_config``, ``train``, ``Translator``.
+Library entry points: ``load_config``, ``Translator``, and ``mt.train.train``.
 """
 __version__ = "0.1.0"
 
@@ -13,10 +13,7 @@ def __getattr__(name):
     if name == "Translator":
         from mt.translate import Translator
         return Translator
-    if name == "train":
-        from mt.train import train
-        return train
     raise AttributeError(f"module 'mt' has no attribute {name!r}")
 
 
-__all__ = ["Config", "MTError", "Translator", "load_config", "train", "__version__"]
+__all__ = ["Config", "MTError", "Translator", "load_config", "__version__"]

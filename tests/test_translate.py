@@ -189,3 +189,12 @@ def test_int8_quantized_model_translates_the_same(trained_run):
     translator = Translator.from_pretrained(run_dir, threads=1, quantize="int8", device="cpu")
     assert type(translator.model.output).__module__.startswith("torch.ao.nn.quantized")
     assert translator.translate([s for s, _ in pairs], beam_size=2) == [t for _, t in pairs]
+
+
+def test_readme_python_api_names(trained_run):
+    import mt
+    from mt.train import train as train_function
+
+    run_dir, pairs, _, _ = trained_run
+    assert mt.Translator is Translator and callable(train_function) and callable(mt.load_config)
+    assert mt.Translator.from_pretrained(run_dir, threads=1).translate([pairs[0][0]], beam_size=5) == [pairs[0][1]]
