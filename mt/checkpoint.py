@@ -7,6 +7,7 @@ file, never a torn one.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import tempfile
@@ -16,7 +17,7 @@ import torch
 
 from mt.errors import MTError
 
-STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+STEP_FILE = re.compile(r"^step_(\d+)\.pt$")  # not best_step_N.pt
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -78,6 +79,46 @@ def best_or_latest(run_dir: Path) -> Path:
         raise MTError(f"run directory '{run_dir}' has no checkpoint (checkpoints/best.pt or step_*.pt); "
                       "train first with 'mt train'")
     return latest
+
+
+BEST_INDEX = "best.json"
+BEST_KEYS = ("model", "step", "config", "vocab", "vocab_sizes")  # what translating needs
+
+
+def best_checkpoints(run_dir: Path) -> list[dict]:
+    """The kept best checkpoints, best first: ``[{"step", "score", "file"}, ...]`` from best.json."""
+    index = Path(run_dir) / "checkpoints" / BEST_INDEX
+    if not index.exists():
+        return []
+    try:
+        return json.loads(index.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise MTError(f"'{index}': not valid JSON ({e}); delete it to reset the ranking of best checkpoints") from None
+
+
+def keep_if_best(run_dir: Path, state: dict, score: float, keep_best: int) -> bool:
+    """Rank ``state`` by validation ``score`` among the ``keep_best`` best; True if it is the new best.
+
+    best.pt always holds the best weights (what ``mt translate RUN_DIR`` uses). With
+    keep_best > 1 the top K also stay as best_step_NNNNNNN.pt, for ``mt average --best K``.
+    A step that is ranked again (a run resumed from before it) replaces its old entry.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    step = state["step"]
+    entry = {"step": step, "score": score, "file": f"best_step_{step:07d}.pt" if keep_best > 1 else "best.pt"}
+    before = [e for e in best_checkpoints(run_dir) if e["step"] != step]
+    ranking = sorted(before + [entry], key=lambda e: -e["score"])[:keep_best]  # stable: earlier wins ties
+    weights = {k: state[k] for k in BEST_KEYS}
+    is_best = ranking[0] is entry
+    if is_best:
+        save_checkpoint(weights, folder / "best.pt")
+    if keep_best > 1 and entry in ranking:
+        save_checkpoint(weights, folder / entry["file"])
+    atomic_write_text(folder / BEST_INDEX, json.dumps(ranking, indent=1) + "\n")
+    for dropped in before:
+        if dropped not in ranking and dropped["file"] != "best.pt":
+            (folder / dropped["file"]).unlink(missing_ok=True)
+    return is_best
 
 
 def prune(run_dir: Path, keep_last: int) -> None:

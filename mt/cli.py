@@ -72,14 +72,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_average(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from mt.checkpoint import average_checkpoints, save_checkpoint, step_checkpoints
+    from mt.checkpoint import average_checkpoints, best_checkpoints, save_checkpoint, step_checkpoints
 
-    paths = step_checkpoints(Path(args.run_dir))[-args.last:]
-    if len(paths) < args.last:
-        raise MTError(f"run directory '{args.run_dir}' has {len(paths)} numbered checkpoints, "
-                      f"--last {args.last} asks for more")
+    run_dir = Path(args.run_dir)
+    if args.best:
+        paths = [run_dir / "checkpoints" / e["file"] for e in best_checkpoints(run_dir)[:args.best]]
+        if len(paths) < args.best:
+            raise MTError(f"run directory '{run_dir}' keeps {len(paths)} best checkpoints, --best {args.best} "
+                          "asks for more (train with train.keep_best >= N)")
+    else:
+        paths = step_checkpoints(run_dir)[-args.last:]
+        if len(paths) < args.last:
+            raise MTError(f"run directory '{run_dir}' has {len(paths)} numbered checkpoints, "
+                          f"--last {args.last} asks for more")
     save_checkpoint(average_checkpoints(paths), Path(args.output))
     print(f"averaged {', '.join(p.name for p in paths)} -> {args.output}", file=sys.stderr)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mt.plot import plot_learning_curves
+
+    output = Path(args.output or Path(args.run_dir) / "learning_curves.png")
+    plot_learning_curves(Path(args.run_dir), output)
+    print(f"wrote {output}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the full traceback on errors")
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate,average}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate,average,plot}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -130,13 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
     p.set_defaults(func=cmd_evaluate)
 
-    p = verbs.add_parser("average", parents=[common], help="average the last N checkpoints of a run",
-                         description="Average the weights of the last N numbered checkpoints; "
-                                     "translate with: mt translate OUTPUT")
+    p = verbs.add_parser("average", parents=[common], help="average the last (or best) N checkpoints of a run",
+                         description="Average the weights of the last N numbered checkpoints (or of the N best "
+                                     "by validation BLEU); translate with: mt translate OUTPUT")
     p.add_argument("run_dir")
-    p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints (default 5)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints (default 5)")
+    which.add_argument("--best", type=int, default=0,
+                       help="average the N best checkpoints instead (needs train.keep_best >= N)")
     p.add_argument("-o", "--output", required=True, help="output checkpoint, e.g. RUN_DIR/checkpoints/avg.pt")
     p.set_defaults(func=cmd_average)
+
+    p = verbs.add_parser("plot", parents=[common], help="draw a run's learning curves (PNG)",
+                         description="Train/validation loss and validation BLEU against step and wall time, "
+                                     "from RUN_DIR/metrics.jsonl. Needs matplotlib (pip install 'mt[plot]').")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/learning_curves.png)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

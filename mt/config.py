@@ -115,6 +115,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads; 0 = every core
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False  # torch.compile the model for the training step (see docs/benchmarks.md for when it pays)
     batch_tokens: int = 4096  # per batch: sentences x longest side, padding included
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
@@ -133,7 +134,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     valid_every: int = 500  # steps between validations (and checkpoints)
     valid_bleu: bool = True  # greedy-decode the validation set and report BLEU
-    keep_last: int = 5  # numbered checkpoints kept besides best.pt
+    keep_last: int = 5  # numbered checkpoints kept besides the best ones
+    keep_best: int = 1  # checkpoints kept by validation BLEU: best.pt, plus best_step_N.pt for the top K if K > 1
     log_every: int = 10  # steps between progress-bar / metrics-log updates
 
 
@@ -343,6 +345,7 @@ def _check_values(c: Config, source: str) -> None:
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0", t.max_steps)
     need(t.max_epochs >= 0, "train.max_epochs", "must be >= 0", t.max_epochs)
     need(t.keep_last >= 1, "train.keep_last", "must be >= 1", t.keep_last)
+    need(t.keep_best >= 1, "train.keep_best", "must be >= 1", t.keep_best)
     need(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", t.accum_steps)
     need(t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)", t.patience)
     need(t.lr_schedule != "budget" or bool(t.max_time or t.max_steps), "train.lr_schedule",

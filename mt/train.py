@@ -47,7 +47,8 @@ class Distributed:
 
     Every rank builds the same batches and trains on its own slice of each (the loss is
     normalised by the whole batch's target tokens, so the update equals one process
-    training on the whole batch); rank 0 alone validates and writes files.
+    training on the whole batch). Validation is shared the same way and gathered; rank 0
+    alone writes files.
     """
 
     def __init__(self, device: torch.device):
@@ -69,12 +70,26 @@ class Distributed:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        torch.distributed.all_gather_object(values, value)
+        return values
+
     def all_sum(self, value: float) -> float:
         if self.world == 1:
             return value
         total = torch.tensor([value], dtype=torch.float64)
         torch.distributed.all_reduce(total)
         return total.item()
+
+
+def unshard(parts: list[list]) -> list:
+    """Undo ``items[rank::world]`` slicing: ``parts[r]`` holds items r, r + world, ... ."""
+    world = len(parts)
+    return [parts[i % world][i // world] for i in range(sum(map(len, parts)))]
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -230,10 +245,14 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_model(config, self.tokenizers).to(self.device)
+        if self.dist.world > 1:  # same initial weights, but each rank its own dropout masks
+            torch.manual_seed(t.seed + self.dist.rank)
         self.ddp_model = self.model  # what the training step runs: the model, or DDP around it
         if self.dist.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:  # only the training step; validation and decoding run the plain model
+            self.ddp_model = torch.compile(self.ddp_model, dynamic=True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                           eps=t.adam_eps, weight_decay=t.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -270,18 +289,26 @@ class Trainer:
         self.elapsed, self.best_score = state["elapsed"], state["best_score"]
         self.saved_step = self.step
         self.validations_without_gain = state.get("validations_without_gain", 0)
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng, by_rank = state["rng"], state.get("rng_by_rank") or [state["rng"]]
+        if len(by_rank) == self.dist.world:
+            rng = by_rank[self.dist.rank]
+        else:
+            log(f"warning: the checkpoint was written by {len(by_rank)} processes, this run has "
+                f"{self.dist.world}: the data order continues exactly, the dropout randomness does not")
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly; collective in a torchrun job (RNG of every rank)."""
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed, "best_score": self.best_score,
             "validations_without_gain": self.validations_without_gain,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": rng, "rng_by_rank": self.dist.all_gather(rng),
             "config": self.config.to_dict(), "vocab": self.tokenizers.fingerprint(),
             "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size],
         }
@@ -333,41 +360,51 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
+        """Loss and greedy BLEU on the validation set; in a torchrun job each rank takes its share and
+        the sums and translations are gathered, so every rank returns the same numbers."""
         encoded, references = self.valid
+        rank, world = self.dist.rank, self.dist.world
         self.model.eval()
         total, tokens = 0.0, 0
         lens = [len(s) for s in encoded.src]
-        for ids in bucket_batches(lens, [len(t) - 1 for t in encoded.tgt], self.config.train.batch_tokens,
-                                  0, 0, shuffle=False):
+        batches = bucket_batches(lens, [len(t) - 1 for t in encoded.tgt], self.config.train.batch_tokens,
+                                 0, 0, shuffle=False)
+        for ids in batches[rank::world]:
             batch = make_batch([encoded.src[i] for i in ids], [encoded.tgt[i] for i in ids]).to(self.device)
             with autocast(self.device, self.amp_dtype):
                 logits = self.model(batch.src, batch.tgt_in)
             total += label_smoothed_loss(logits, batch.tgt_out, 0.0).item()
             tokens += batch.n_tgt_tokens
+        total, tokens = self.dist.all_sum(total), self.dist.all_sum(tokens)
         result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}
         if self.config.train.valid_bleu:
             d = self.config.decode
             greedy = partial(greedy_search, self.model, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
-            hyps = decode_corpus(greedy, encoded.src, self.device, batch_tokens=d.batch_tokens,
+            mine = decode_corpus(greedy, encoded.src[rank::world], self.device, batch_tokens=d.batch_tokens,
                                  autocast_dtype=self.amp_dtype)
+            hyps = unshard(self.dist.all_gather(mine))
             result["valid_bleu"] = bleu(self.tokenizers.tgt.decode(hyps), references)
         return result
 
     def save(self, metrics: dict | None) -> None:
-        if not self.dist.main:
-            return
-        folder = self.run_dir / "checkpoints"
-        state = self.state_dict()
-        ckpt.save_checkpoint(state, folder / f"step_{self.step:07d}.pt")
-        ckpt.prune(self.run_dir, self.config.train.keep_last)
+        """Rank the weights among the best (by BLEU, else -loss), then write the step checkpoint.
+
+        Best first: a crash in between leaves the previous step checkpoint, and the resumed
+        run validates this step again and replaces its entry.
+        """
+        score = None
         if metrics is not None:
             score = metrics.get("valid_bleu", -metrics["valid_nll"])
             self.validations_without_gain += 1
             if score > self.best_score:
                 self.best_score, self.validations_without_gain = score, 0
-                state["best_score"] = score
-                ckpt.save_checkpoint({k: state[k] for k in ("model", "step", "config", "vocab", "vocab_sizes")},
-                                     folder / "best.pt")
+        state = self.state_dict()
+        if not self.dist.main:
+            return
+        if score is not None:
+            ckpt.keep_if_best(self.run_dir, state, score, self.config.train.keep_best)
+        ckpt.save_checkpoint(state, self.run_dir / "checkpoints" / f"step_{self.step:07d}.pt")
+        ckpt.prune(self.run_dir, self.config.train.keep_last)
 
     def log_metrics(self, record: dict) -> None:
         if not self.dist.main:
@@ -451,9 +488,9 @@ class Trainer:
         return last_metrics
 
     def checkpoint(self) -> dict | None:
-        """Validate (if there is a validation set), log, and save; rank 0 only, the others wait."""
-        metrics = self.validate() if self.valid is not None and self.dist.main else None
-        if metrics is not None:
+        """Validate (if there is a validation set), log, and save; every rank validates its share."""
+        metrics = self.validate() if self.valid is not None else None
+        if metrics is not None and self.dist.main:
             record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                       **{k: round(v, 4) for k, v in metrics.items()}}
             self.log_metrics(record)
@@ -461,7 +498,7 @@ class Trainer:
             log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
         self.save(metrics)
         self.saved_step = self.step
-        return self.dist.from_main(metrics)
+        return metrics
 
     def _check_ranks_agree(self) -> None:
         """DDP keeps replicas identical; say so (or warn) from a checksum of every rank's parameters."""

@@ -5,7 +5,10 @@ projection, label-smoothed loss and Adam; a step is forward + backward + optimiz
 Also measures the matrix-product peak of this machine in the same run and reports the
 model FLOPs per second as a fraction of it.
 
-    python scripts/bench_model.py [--shapes small base] [--precisions fp32 bf16] [--steps 5]
+    python scripts/bench_model.py [--shapes small base] [--precisions fp32 bf16] [--steps 5] [--compile]
+
+--compile also times mt's model under torch.compile(dynamic=True), as train.compile does
+(the first, compiling step is reported separately).
 """
 from __future__ import annotations
 
@@ -78,7 +81,8 @@ def matmul_peak(dtype: torch.dtype) -> float:
     return 5 * 2 * 2048 ** 3 / (time.perf_counter() - start)
 
 
-def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int) -> float:
+def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int) -> tuple[float, float]:
+    """(median step time, first step time); the first step includes any compilation."""
     B, S, T = s["batch"]
     g = torch.Generator().manual_seed(0)
     src, tgt = torch.randint(4, s["vocab"], (B, S), generator=g), torch.randint(4, s["vocab"], (B, T + 1), generator=g)
@@ -93,13 +97,15 @@ def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
     step()
+    first = time.perf_counter() - start
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), first
 
 
 def main() -> None:
@@ -107,6 +113,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["small", "base"], choices=list(SHAPES))
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time mt's model under torch.compile")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="enable_nested_tensor")  # nn.Transformer with norm_first
     torch.set_num_threads(os.cpu_count() or 1)
@@ -121,14 +128,21 @@ def main() -> None:
         for name in args.shapes:
             s = SHAPES[name]
             torch.manual_seed(0)
-            ours = time_steps(build("mt", s), s, dtype, args.steps)
+            ours, _ = time_steps(build("mt", s), s, dtype, args.steps)
             torch.manual_seed(0)
-            theirs = time_steps(build("torch", s), s, dtype, args.steps)
+            theirs, _ = time_steps(build("torch", s), s, dtype, args.steps)
             B, S, T = s["batch"]
             flops = model_flops(s) / ours
             print(f"| {name} | {precision} | {B * T} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x | "
                   f"{B * T / ours:.0f} | {flops / 1e9:.1f} | {flops / peak:.0%} (peak {peak / 1e9:.0f} GFLOP/s) |",
                   flush=True)
+            if args.compile:
+                torch.manual_seed(0)
+                compiled, first = time_steps(torch.compile(build("mt", s), dynamic=True), s, dtype, args.steps)
+                print(f"| {name}, mt compiled | {precision} | {B * T} | {compiled:.3f} | | "
+                      f"{ours / compiled:.2f}x eager mt (first step {first:.0f} s) | "
+                      f"{B * T / compiled:.0f} | {model_flops(s) / compiled / 1e9:.1f} | "
+                      f"{model_flops(s) / compiled / peak:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

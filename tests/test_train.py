@@ -6,7 +6,7 @@ import torch
 
 from mt.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints
 from mt.errors import MTError
-from mt.train import Trainer, inverse_sqrt_lr, label_smoothed_loss, train
+from mt.train import Trainer, inverse_sqrt_lr, label_smoothed_loss, train, unshard
 from mt.translate import Translator
 
 
@@ -209,6 +209,50 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config
     assert single["step"] == ddp["step"] == 4
     for name, tensor in single["model"].items():
         torch.testing.assert_close(ddp["model"][name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+    # each rank's RNG is saved (each draws its own dropout masks), and a plain run saves its one
+    assert len(ddp["rng_by_rank"]) == 2 and not torch.equal(*(r["torch"] for r in ddp["rng_by_rank"]))
+    assert len(single["rng_by_rank"]) == 1
+    single_valid, ddp_valid = (last_validation(tmp_path / run) for run in ("single", "ddp"))
+    assert ddp_valid["valid_nll"] == pytest.approx(single_valid["valid_nll"], abs=2e-4)
+
+
+def last_validation(run_dir) -> dict:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open() if "valid_nll" in line][-1]
+
+
+def test_ddp_validation_is_shared_and_gathered_in_order(trained_run, tmp_path):
+    """Two ranks resume the memorising tiny model for one step: each translates half the validation
+    set, and the gathered BLEU (100 only if every line is back in its place) equals one process's."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import TINY_OVERRIDES
+
+    run_dir, _, _, cfg_file = trained_run
+    for name in ("single", "ddp"):
+        shutil.copytree(run_dir, tmp_path / name)
+    overrides = [*TINY_OVERRIDES, "train.max_steps=301"]
+    single = subprocess.run([sys.executable, "-m", "mt", "train", str(cfg_file), *overrides,
+                             f"run_dir={tmp_path / 'single'}"], capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mt", "train", str(cfg_file),
+                          *overrides, f"run_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert "written by 1 processes, this run has 2: the data order continues exactly" in ddp.stderr
+    single_valid, ddp_valid = (last_validation(tmp_path / name) for name in ("single", "ddp"))
+    assert single_valid["step"] == ddp_valid["step"] == 301
+    assert ddp_valid["valid_bleu"] == single_valid["valid_bleu"] == 100.0
+    assert ddp_valid["valid_nll"] == pytest.approx(single_valid["valid_nll"], abs=1e-4)
+
+
+def test_unshard_restores_the_order_of_rank_slices():
+    for n in range(8):
+        for world in (1, 2, 3):
+            items = list(range(n))
+            assert unshard([items[rank::world] for rank in range(world)]) == items
 
 
 def test_invalid_utf8_training_lines_are_dropped_and_reported_or_an_error(tiny_config, tmp_path):
@@ -221,3 +265,14 @@ def test_invalid_utf8_training_lines_are_dropped_and_reported_or_an_error(tiny_c
     assert report["read"] == 21 and report["invalid_utf8"] == 1 and report["kept"] == 20
     with pytest.raises(MTError, match=r"data.train.src '.*train.de', line 21: invalid UTF-8 \(byte 0xff\)"):
         train(tiny_config("train.max_steps=2", "data.clean.enabled=false", f"run_dir={tmp_path / 'run2'}"))
+
+
+def test_compile_wraps_only_the_training_model(tiny_config):
+    """train.compile compiles the model the training step runs; checkpoints, validation and
+    decoding keep the plain module (compiling a step takes minutes on 2 cores, so no step here;
+    scripts/bench_model.py --compile measures it)."""
+    trainer = Trainer(tiny_config("train.compile=true"))
+    assert isinstance(trainer.ddp_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert trainer.ddp_model._orig_mod is trainer.model
+    assert not any(name.startswith("_orig_mod") for name in trainer.state_dict()["model"])
+    assert Trainer(tiny_config("train.max_steps=1"), overwrite=True).ddp_model.__class__.__name__ == "Transformer"
