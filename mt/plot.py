@@ -1,0 +1,77 @@
+"""Pictures of training and translation, drawn with matplotlib (the optional ``plot`` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mt.errors import MTError
+
+
+def _new_figure(width: float, height: float):
+    """A matplotlib Figure without pyplot, so drawing touches no global state or display."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MTError("drawing needs matplotlib: pip install 'mt[plot]'") from None
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def select_attention(weights, layer: int | None = None, head: int | None = None) -> np.ndarray:
+    """(layers, heads, T, S) cross-attention weights -> the (T, S) map to draw.
+
+    ``layer`` and ``head`` count from 1; a missing one is averaged over, so each row
+    still sums to 1.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    layers, heads = w.shape[:2]
+    if layer is not None:
+        if not 1 <= layer <= layers:
+            raise MTError(f"--layer {layer}: the decoder has {layers} layers (1-{layers})")
+        w = w[layer - 1:layer]
+    if head is not None:
+        if not 1 <= head <= heads:
+            raise MTError(f"--head {head}: each layer has {heads} heads (1-{heads})")
+        w = w[:, head - 1:head]
+    return w.mean(axis=(0, 1))
+
+
+def _draw_map(ax, w: np.ndarray, src_tokens: list[str], tgt_tokens: list[str], title: str, labels: bool = True):
+    image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(src_tokens)), src_tokens if labels else [], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(tgt_tokens)), tgt_tokens if labels else [], fontsize=8)
+    return image
+
+
+def attention_heatmap(weights, src_tokens: list[str], tgt_tokens: list[str], path: str | Path,
+                      layer: int | None = None, head: int | None = None, grid: bool = False) -> Path:
+    """Draw cross-attention as a heatmap PNG: target tokens down, source tokens across.
+
+    ``weights`` (layers, heads, T, S): row t is what the decoder looked at while producing
+    target token t. By default the map is averaged over layers and heads; ``layer``/``head``
+    (from 1) pick one, ``grid`` draws every head of every layer.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    layers, heads, T, S = w.shape
+    if (T, S) != (len(tgt_tokens), len(src_tokens)):
+        raise ValueError(f"weights are {T} x {S} but there are {len(tgt_tokens)} target and {len(src_tokens)} source tokens")
+    cell = 0.28  # inches per token
+    if grid:
+        fig = _new_figure(max(4.0, heads * (1.0 + cell * S)), max(3.0, layers * (1.0 + cell * T)))
+        axes = fig.subplots(layers, heads, squeeze=False)
+        for i in range(layers):
+            for j in range(heads):
+                image = _draw_map(axes[i][j], w[i, j], src_tokens, tgt_tokens, f"layer {i + 1}, head {j + 1}",
+                                  labels=True)
+    else:
+        title = ("layer " + (str(layer) if layer else "mean") + ", head " + (str(head) if head else "mean"))
+        fig = _new_figure(max(4.0, 1.5 + cell * S), max(3.0, 1.2 + cell * T))
+        ax = fig.subplots()
+        image = _draw_map(ax, select_attention(w, layer, head), src_tokens, tgt_tokens, "cross-attention, " + title)
+        ax.set_xlabel("source")
+        ax.set_ylabel("target")
+    fig.colorbar(image, ax=fig.axes, shrink=0.8)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
