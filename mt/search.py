@@ -140,9 +140,11 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         logp = F.log_softmax(logits.float(), dim=-1)  # (n*w, V)
         V = logp.size(-1)
         constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(w), min_len, no_repeat_ngram)
-        candidates = (scores.view(-1, 1) + logp).view(n, w * V)
+        # A sentence's 2k best extensions are among the 2k best of each of its beams.
+        beam_logp, beam_token = logp.topk(min(2 * k, V), dim=1)  # (n*w, 2k)
+        candidates = (scores.view(-1, 1) + beam_logp).view(n, -1)  # (n, w*2k)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
-        top_beam, top_token = top_index // V, top_index % V
+        top_beam, top_token = top_index // beam_logp.size(1), beam_token.view(n, -1).gather(1, top_index)
         is_eos = top_token == EOS
         alive_list = alive.tolist()
         for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
