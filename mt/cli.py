@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the full traceback on errors")
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate,average,attention,export}")
+    verbs = parser.add_subparsers(dest="verb", required=True,
+                                  metavar="{train,translate,evaluate,average,attention,export}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")

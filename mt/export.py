@@ -40,7 +40,8 @@ def export_ctranslate2(run: str | Path, output_dir: str | Path, quantization: st
     for tokenizer in (translator.tokenizers.src, translator.tokenizers.tgt):
         pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
         if any(pieces[i] != piece for i, piece in SPECIAL_PIECES.items()):
-            raise MTError(f"tokenizer '{tokenizer.path}': special pieces {pieces[:4]} are not {list(SPECIAL_PIECES.values())}")
+            raise MTError(f"tokenizer '{tokenizer.path}': special pieces {pieces[:4]} are not "
+                          f"{list(SPECIAL_PIECES.values())}")
         vocabularies.append(pieces)
 
     spec = transformer_spec.TransformerSpec.from_config(

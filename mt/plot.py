@@ -36,11 +36,11 @@ def select_attention(weights, layer: int | None = None, head: int | None = None)
     return w.mean(axis=(0, 1))
 
 
-def _draw_map(ax, w: np.ndarray, src_tokens: list[str], tgt_tokens: list[str], title: str, labels: bool = True):
-    image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+def _draw_map(ax, w: np.ndarray, src_tokens: list[str], tgt_tokens: list[str], title: str):
+    image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")  # one colour scale for every map
     ax.set_title(title, fontsize=9)
-    ax.set_xticks(range(len(src_tokens)), src_tokens if labels else [], rotation=90, fontsize=8)
-    ax.set_yticks(range(len(tgt_tokens)), tgt_tokens if labels else [], fontsize=8)
+    ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=8)
     return image
 
 
@@ -55,15 +55,15 @@ def attention_heatmap(weights, src_tokens: list[str], tgt_tokens: list[str], pat
     w = np.asarray(weights, dtype=np.float64)
     layers, heads, T, S = w.shape
     if (T, S) != (len(tgt_tokens), len(src_tokens)):
-        raise ValueError(f"weights are {T} x {S} but there are {len(tgt_tokens)} target and {len(src_tokens)} source tokens")
+        raise ValueError(f"weights are {T} x {S} but there are {len(tgt_tokens)} target and "
+                         f"{len(src_tokens)} source tokens")
     cell = 0.28  # inches per token
     if grid:
         fig = _new_figure(max(4.0, heads * (1.0 + cell * S)), max(3.0, layers * (1.0 + cell * T)))
         axes = fig.subplots(layers, heads, squeeze=False)
         for i in range(layers):
             for j in range(heads):
-                image = _draw_map(axes[i][j], w[i, j], src_tokens, tgt_tokens, f"layer {i + 1}, head {j + 1}",
-                                  labels=True)
+                image = _draw_map(axes[i][j], w[i, j], src_tokens, tgt_tokens, f"layer {i + 1}, head {j + 1}")
     else:
         title = ("layer " + (str(layer) if layer else "mean") + ", head " + (str(head) if head else "mean"))
         fig = _new_figure(max(4.0, 1.5 + cell * S), max(3.0, 1.2 + cell * T))

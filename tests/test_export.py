@@ -39,7 +39,8 @@ def test_ctranslate2_export_of_other_architectures_scores_like_mt(tiny_config, t
     train(config)
     out = export_ctranslate2(config.run_dir, tmp_path / "ct2")
     translator = Translator.from_pretrained(config.run_dir, device="cpu")
-    sources, targets = ["der hund läuft im park .", "eine frau singt ."], ["the dog runs in the park .", "a woman sings ."]
+    sources = ["der hund läuft im park .", "eine frau singt ."]
+    targets = ["the dog runs in the park .", "a woman sings ."]
     ct2 = ctranslate2.Translator(str(out), device="cpu", intra_threads=1)
     scored = ct2.score_batch([translator.tokenizers.src.pieces(s) for s in sources],
                              [translator.tokenizers.tgt.pieces(t) for t in targets])
