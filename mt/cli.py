@@ -99,13 +99,34 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {output}", file=sys.stderr)
 
 
+def cmd_attention(args: argparse.Namespace) -> None:
+    from mt.plot import attention_heatmap, select_attention
+    from mt.translate import Translator
+
+    translator = Translator.from_pretrained(args.model, device=args.device)
+    src_tokens, tgt_tokens, weights = translator.cross_attention(args.sentence, beam_size=args.beam)
+    if not args.grid:
+        select_attention(weights, args.layer, args.head)  # a bad --layer/--head fails before any drawing
+    attention_heatmap(weights, src_tokens, tgt_tokens, args.output, layer=args.layer, head=args.head, grid=args.grid)
+    print(f"{translator.tokenizers.tgt.sp.decode_pieces(tgt_tokens[:-1])}\n-> {args.output}", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mt.export import export_ctranslate2
+
+    out = export_ctranslate2(args.model, args.output, quantization=args.quantization, force=args.force)
+    print(f"exported {args.model} -> {out} (CTranslate2; translate SentencePiece pieces, e.g. "
+          f"ctranslate2.Translator('{out}').translate_batch([...]))", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,translate,evaluate,average,plot}")
+    verbs = parser.add_subparsers(dest="verb", required=True,
+                                  metavar="{train,translate,evaluate,average,plot,attention,export}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -164,6 +185,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/learning_curves.png)")
     p.set_defaults(func=cmd_plot)
+
+    p = verbs.add_parser("attention", parents=[common], help="draw a sentence's cross-attention as a PNG heatmap",
+                         description="Translate one sentence and draw where the decoder looked (needs the plot "
+                                     "extra: pip install 'mt[plot]'). Default: averaged over layers and heads.")
+    p.add_argument("model", help="run directory or checkpoint file")
+    p.add_argument("sentence", help="the source sentence")
+    p.add_argument("-o", "--output", default="attention.png", help="PNG file (default: attention.png)")
+    p.add_argument("--layer", type=int, default=None, help="decoder layer, from 1 (default: mean of all)")
+    p.add_argument("--head", type=int, default=None, help="attention head, from 1 (default: mean of all)")
+    p.add_argument("--grid", action="store_true", help="one map per head of every layer")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.set_defaults(func=cmd_attention)
+
+    p = verbs.add_parser("export", parents=[common], help="export a model for a serving engine (CTranslate2)",
+                         description="Write the model as a CTranslate2 model directory (needs the ctranslate2 "
+                                     "extra: pip install 'mt[ctranslate2]'), with the SentencePiece model beside it.")
+    p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
+    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2"])
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--quantization", default=None, choices=["int8", "int8_float32", "int16", "float16"],
+                   help="store weights quantized (default: fp32; CTranslate2 can also quantize when loading)")
+    p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -15,10 +15,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mt.batching import padding_mask
+from mt.batching import causal_mask, padding_mask
 from mt.config import ModelConfig
 
 Cache = list  # one {"self": {...}, "cross": {...}} dict of keys/values per decoder layer
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)): how much each query attends to each key, rows summing to 1.
+
+    q (B, h, Lq, d_k), k (B, h, Lk, d_k), mask broadcastable to (B, h, Lq, Lk),
+    True where attending is allowed.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -27,13 +39,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     ``MultiHeadAttention`` calls the fused ``F.scaled_dot_product_attention``, which
     computes exactly this (the tests compare the two); this is the version to read.
-    q (B, h, Lq, d_k), k and v (B, h, Lk, d_k), mask broadcastable to (B, h, Lq, Lk),
-    True where attending is allowed.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, Lq, Lk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v  # (B, h, Lq, d_k)
+    return attention_weights(q, k, mask) @ v  # (B, h, Lq, d_k)
 
 
 class MultiHeadAttention(nn.Module):
@@ -62,7 +69,10 @@ class MultiHeadAttention(nn.Module):
         return x.view(B, L, self.heads, self.d_k).transpose(1, 2)  # (B, h, L, d_k)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, memory: Optional[torch.Tensor] = None,
-                cache: Optional[dict] = None, is_causal: bool = False) -> torch.Tensor:
+                cache: Optional[dict] = None, is_causal: bool = False,
+                weights: Optional[list] = None) -> torch.Tensor:
+        """``weights``: if a list, the attention weights (B, h, L, Lk) are appended to it,
+        computed with the plain formula (slower; for looking at, not for decoding)."""
         B, L, _ = x.shape  # x: (B, L, d) queries' input
         if not self.cross:
             q, k, v = map(self.split_heads, self.qkv_proj(x).split(self.d_model, dim=-1))
@@ -76,11 +86,26 @@ class MultiHeadAttention(nn.Module):
             if cache is not None and "k" in cache:  # encoder keys/values were computed at step 0
                 k, v = cache["k"], cache["v"]
             else:
-                k, v = map(self.split_heads, self.kv_proj(memory).split(self.d_model, dim=-1))  # (B, h, S, d_k)
+                k, v = map(self.split_heads, self.kv_proj(memory).split(self.d_model, dim=-1))  # (n, h, S, d_k)
                 if cache is not None:
                     cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(  # = attention(q, k, v, mask), fused
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
+        # Beam search keeps one copy of the encoder keys/values per sentence, not per hypothesis:
+        # the w = B / n hypotheses of a sentence (consecutive rows of x) ask their queries together.
+        n = k.size(0)
+        w = B // n
+        if w > 1:
+            q = q.view(n, w, self.heads, L, self.d_k).transpose(1, 2).reshape(n, self.heads, w * L, self.d_k)
+        if weights is None:
+            out = F.scaled_dot_product_attention(  # = attention(q, k, v, mask), fused
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
+        else:
+            if is_causal:
+                mask = causal_mask(L, x.device)
+            p = attention_weights(q, k, mask)  # (n, h, w*L, Lk)
+            out = p @ v
+            weights.append(p.view(n, self.heads, w, L, -1).transpose(1, 2).reshape(B, self.heads, L, -1))
+        if w > 1:
+            out = out.view(n, self.heads, w, L, self.d_k).transpose(1, 2).reshape(B, self.heads, L, self.d_k)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, self.d_model))  # concat heads, W_O
 
 
@@ -147,13 +172,13 @@ class DecoderLayer(nn.Module):
         self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
 
     def forward(self, y: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                cache: Optional[dict] = None) -> torch.Tensor:
+                cache: Optional[dict] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
         # Whole prefix (training): the causal mask, applied inside the fused kernel.
         # Incremental decoding: one new query that may see every cached position, so no mask.
         y = self.self_block(y, lambda z: self.self_attn(
             z, cache=None if cache is None else cache["self"], is_causal=cache is None))
         y = self.cross_block(y, lambda z: self.cross_attn(
-            z, mask=src_mask, memory=memory, cache=None if cache is None else cache["cross"]))
+            z, mask=src_mask, memory=memory, cache=None if cache is None else cache["cross"], weights=cross_weights))
         return self.ff_block(y, self.feed_forward)  # (B, T, d)
 
 
@@ -258,18 +283,21 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Optional[Cache] = None) -> torch.Tensor:
+               cache: Optional[Cache] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
         """tgt_in (B, T) -> logits (B, T, V).
 
         Without ``cache`` the whole prefix is decoded at once under the causal mask (training).
-        With ``cache`` (from ``new_cache``) tgt_in holds only the newest token, (B, 1).
+        With ``cache`` (from ``new_cache``) tgt_in holds only the newest token, (B, 1), and
+        memory/src_mask may hold one row per source sentence for B = n * w rows of target
+        prefixes, w consecutive ones per sentence (the beam). ``cross_weights``: if a list,
+        each decoder layer appends its cross-attention weights (B, h, T, S).
         Right padding needs no extra self-attention mask: under the causal mask a real
         target position only ever sees earlier, real positions.
         """
         start = 0 if cache is None or "k" not in cache[0]["self"] else cache[0]["self"]["k"].size(2)
         y = self.embed(self.tgt_embed, tgt_in, start)
         for i, layer in enumerate(self.decoder_layers):
-            y = layer(y, memory, src_mask, cache=None if cache is None else cache[i])
+            y = layer(y, memory, src_mask, cache=None if cache is None else cache[i], cross_weights=cross_weights)
         return self.output(self.decoder_norm(y))
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
@@ -280,10 +308,13 @@ class Transformer(nn.Module):
         return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
 
 
-def reorder_cache(cache: Cache, index: torch.Tensor) -> None:
-    """Keep/reorder the batch rows of every cached tensor (beam reordering, dropping finished rows)."""
-    for layer in cache:
-        for part in layer.values():
-            for name in part:
-                part[name] = part[name].index_select(0, index)
+def reorder_cache(cache: Cache, index: torch.Tensor, parts: tuple[str, ...] = ("self", "cross")) -> None:
+    """Keep/reorder the batch rows of cached keys/values (beam reordering, dropping finished rows).
 
+    Beam search reorders the ``"self"`` part (one row per hypothesis) every step, but the
+    ``"cross"`` part (one row per sentence) only when sentences leave the batch.
+    """
+    for layer in cache:
+        for part in parts:
+            for name, tensor in layer[part].items():
+                layer[part][name] = tensor.index_select(0, index)

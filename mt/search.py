@@ -127,30 +127,30 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     Scores are length-normalised log-probabilities.
     """
     k, B = beam_size, src.size(0)
-    memory, src_mask = model.encode(src)
+    memory, src_mask = model.encode(src)  # one row per sentence: the beams share it (see decode)
     limits = max_lengths(src, max_len_a, max_len_b)
-    memory, src_mask = memory.repeat_interleave(k, 0), src_mask.repeat_interleave(k, 0)  # (B*k, ...)
     cache = model.new_cache()
-    alive = torch.arange(B, device=src.device)  # original sentence of each active group of k rows
-    tokens = torch.full((B * k, 1), BOS, dtype=torch.long, device=src.device)
-    scores = torch.zeros(B, k, device=src.device)
-    scores[:, 1:] = float("-inf")  # all beams start identical: let only the first one expand
+    alive = torch.arange(B, device=src.device)  # original sentence of each active group of beams
+    tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (n*w, t): w beams per sentence
+    scores = torch.zeros(B, 1, device=src.device)  # (n, w); w = 1 at the first step: all beams would be equal
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     for step in range(int(limits.max()) + 1):
-        n = alive.numel()
+        n, w = scores.shape
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]
-        logp = F.log_softmax(logits.float(), dim=-1)  # (n*k, V)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (n*w, V)
         V = logp.size(-1)
-        constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(k), min_len, no_repeat_ngram)
-        candidates = (scores.view(-1, 1) + logp).view(n, k * V)
+        constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(w), min_len, no_repeat_ngram)
+        # A sentence's 2k best extensions are among the 2k best of each of its beams.
+        beam_logp, beam_token = logp.topk(min(2 * k, V), dim=1)  # (n*w, 2k)
+        candidates = (scores.view(-1, 1) + beam_logp).view(n, -1)  # (n, w*2k)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
-        top_beam, top_token = top_index // V, top_index % V
+        top_beam, top_token = top_index // beam_logp.size(1), beam_token.view(n, -1).gather(1, top_index)
         is_eos = top_token == EOS
         alive_list = alive.tolist()
         for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
             sentence = finished[alive_list[i]]
             if len(sentence) < k:
-                hyp = tokens[i * k + top_beam[i, j], 1:].tolist()
+                hyp = tokens[i * w + top_beam[i, j], 1:].tolist()
                 sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
         next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, k)
         next_beam, next_token = top_beam.gather(1, pick), top_token.gather(1, pick)
@@ -158,11 +158,13 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         keep = (~done).nonzero().flatten()
         if keep.numel() == 0:
             break
-        rows = (keep[:, None] * k + next_beam[keep]).flatten()  # (kept*k,) rows to continue from
+        rows = (keep[:, None] * w + next_beam[keep]).flatten()  # (kept*k,) rows to continue from
         tokens = torch.cat([tokens[rows], next_token[keep].view(-1, 1)], dim=1)
         scores, alive = next_scores[keep], alive[keep]
-        memory, src_mask = memory[rows], src_mask[rows]
-        reorder_cache(cache, rows)
+        reorder_cache(cache, rows, parts=("self",))
+        if keep.numel() < n:  # sentences left the batch
+            memory, src_mask = memory[keep], src_mask[keep]
+            reorder_cache(cache, keep, parts=("cross",))
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
 
 

@@ -145,6 +145,27 @@ class Translator:
         return out
 
     @torch.no_grad()
+    def cross_attention(self, line: str, beam_size: int | None = None) -> tuple[list[str], list[str], torch.Tensor]:
+        """Translate one sentence and show where the decoder looked while producing it.
+
+        Returns the source pieces, the target pieces (both with their ``</s>``) and the
+        cross-attention weights (layers, heads, target, source): row t is what the model
+        attended to when it produced target piece t.
+        """
+        o = self._options(beam_size)
+        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
+        src = torch.tensor([src_ids], device=self.device)
+        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
+                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+                          no_repeat_ngram=o["no_repeat_ngram"])[0]
+        memory, src_mask = self.model.encode(src)
+        weights: list[torch.Tensor] = []
+        self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask, cross_weights=weights)
+        pieces = lambda tok, ids: [tok.sp.id_to_piece(i) for i in ids]  # noqa: E731
+        return (pieces(self.tokenizers.src, src_ids), pieces(self.tokenizers.tgt, hyp + [EOS]),
+                torch.cat(weights).float().cpu())  # (layers, h, T, S)
+
+    @torch.no_grad()
     def score(self, sources: list[str], targets: list[str]) -> list[float]:
         """Log-probability of each target sentence (with its EOS) given its source, under the model."""
         if len(sources) != len(targets):

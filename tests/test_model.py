@@ -110,3 +110,31 @@ def test_model_options_run_and_keep_the_causal_invariant(options):
     changed = tgt.clone()
     changed[:, 3] = EOS
     torch.testing.assert_close(m(src, tgt)[:, :3], m(src, changed)[:, :3])
+
+
+def test_beams_sharing_one_memory_row_equal_repeated_memory():
+    m = model()
+    src = rand_ids(2, 6)
+    src[1, 4:] = PAD
+    tgt = torch.cat([torch.full((6, 1), BOS), rand_ids(6, 3, seed=2)], dim=1)  # 3 hypotheses per sentence
+    memory, src_mask = m.encode(src)
+    shared, repeated = m.new_cache(), m.new_cache()
+    for t in range(tgt.size(1)):
+        a = m.decode(tgt[:, t:t + 1], memory, src_mask, shared)
+        b = m.decode(tgt[:, t:t + 1], memory.repeat_interleave(3, 0), src_mask.repeat_interleave(3, 0), repeated)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert shared[0]["cross"]["k"].size(0) == 2 and repeated[0]["cross"]["k"].size(0) == 6
+
+
+def test_cross_attention_weights_are_distributions_over_real_source_tokens():
+    m = model()
+    src, tgt = rand_ids(2, 6), rand_ids(2, 4, seed=2)
+    src[1, 4:] = PAD
+    memory, src_mask = m.encode(src)
+    weights: list = []
+    logits = m.decode(tgt, memory, src_mask, cross_weights=weights)
+    torch.testing.assert_close(logits, m.decode(tgt, memory, src_mask))  # the plain formula = the fused kernel
+    assert len(weights) == 2 and weights[0].shape == (2, 4, 4, 6)  # layers; (B, h, T, S)
+    for w in weights:
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 4))
+        assert (w[1, :, :, 4:] == 0).all()  # padding gets no attention

@@ -1,12 +1,85 @@
 import json
-import sys
 
+import numpy as np
 import pytest
 
 from mt.errors import MTError
 from mt.plot import plot_learning_curves, read_metrics
 
-pytest.importorskip("matplotlib")
+
+def test_attention_command_draws_a_png_with_the_tokens_on_the_axes(trained_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from mt.plot import attention_heatmap
+    from mt.translate import Translator
+
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir, device="cpu")
+    src_tokens, tgt_tokens, weights = translator.cross_attention(pairs[0][0])
+    assert src_tokens[-1] == tgt_tokens[-1] == "</s>"
+    assert translator.tokenizers.tgt.sp.decode_pieces(tgt_tokens[:-1]) == translator.translate([pairs[0][0]])[0]
+    layers, heads, T, S = weights.shape
+    assert (layers, heads, T, S) == (2, 4, len(tgt_tokens), len(src_tokens))
+    np.testing.assert_allclose(weights.sum(-1).numpy(), 1.0, atol=1e-5)
+
+    from matplotlib.figure import Figure
+    saved = []
+    original = Figure.savefig
+    Figure.savefig = lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k))[1]
+    try:
+        out = attention_heatmap(weights, src_tokens, tgt_tokens, tmp_path / "a.png", layer=2, head=3)
+        attention_heatmap(weights, src_tokens, tgt_tokens, tmp_path / "grid.png", grid=True)
+    finally:
+        Figure.savefig = original
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "grid.png").stat().st_size > 0
+    ax = saved[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == src_tokens
+    assert [t.get_text() for t in ax.get_yticklabels()] == tgt_tokens
+    assert len(saved[1].axes) == layers * heads + 1  # every head of every layer, and the colour bar
+
+
+def test_select_attention_averages_rows_that_stay_distributions_and_checks_the_range():
+    from mt.plot import select_attention
+
+    w = np.random.default_rng(0).random((3, 4, 5, 6))
+    w /= w.sum(-1, keepdims=True)
+    np.testing.assert_allclose(select_attention(w).sum(-1), 1.0)
+    np.testing.assert_allclose(select_attention(w, layer=2, head=4), w[1, 3])
+    np.testing.assert_allclose(select_attention(w, layer=3), w[2].mean(0))
+    with pytest.raises(MTError, match="--layer 4: the decoder has 3 layers"):
+        select_attention(w, layer=4)
+    with pytest.raises(MTError, match="--head 0"):
+        select_attention(w, head=0)
+
+
+def test_attention_cli_writes_png_and_rejects_a_bad_head(trained_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from mt.cli import main
+
+    run_dir, pairs, _, _ = trained_run
+    main(["attention", str(run_dir), pairs[1][0], "-o", str(tmp_path / "x.png")])
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as e:
+        main(["attention", str(run_dir), pairs[1][0], "--head", "9", "-o", str(tmp_path / "y.png")])
+    assert e.value.code == 2 and "--head 9: each layer has 4 heads" in capsys.readouterr().err
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_missing_matplotlib_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from mt import plot
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(MTError, match=r"pip install 'mt\[plot\]'"):
+        plot.attention_heatmap(np.full((1, 1, 2, 2), 0.5), ["a", "b"], ["c", "d"], "never.png")
+
 
 
 def write_metrics(run_dir, records):
@@ -28,6 +101,7 @@ def test_read_metrics_splits_training_and_validation_records(tmp_path):
 
 
 def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
     write_metrics(tmp_path, RECORDS)
@@ -39,6 +113,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_plot_cli_default_output_and_errors(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     from mt.cli import main
 
     write_metrics(tmp_path / "run", RECORDS)
@@ -53,9 +128,18 @@ def test_plot_cli_default_output_and_errors(tmp_path, capsys):
         read_metrics(tmp_path / "bad")
 
 
-def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_matplotlib_is_a_clear_error_for_learning_curves(tmp_path, monkeypatch):
     write_metrics(tmp_path, RECORDS)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(MTError, match=r"needs matplotlib: pip install 'mt\[plot\]'"):
         plot_learning_curves(tmp_path, tmp_path / "curves.png")
     assert not (tmp_path / "curves.png").exists()
