@@ -529,4 +529,9 @@ class Trainer:
 
 
 def train(config: Config, overwrite: bool = False) -> dict:
-    return Trainer(config, overwrite=overwrite).run()
+    try:
+        return Trainer(config, overwrite=overwrite).run()
+    finally:
+        # a torchrun process exiting with gloo's threads alive can abort ("terminate called ...")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
