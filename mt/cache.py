@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -150,7 +151,11 @@ def corpus_arrays(corpus: Corpus, key: str, config: Config, tokenizers: Tokenize
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            _encode_into(tmp, corpus, key, config, tokenizers, threads)
+            start = time.monotonic()
+            n = _encode_into(tmp, corpus, key, config, tokenizers, threads)
+            seconds = time.monotonic() - start
+            tqdm.write(f"{key}: encoded and cached {n:,} pairs in {seconds:.1f} s "
+                       f"({n / max(seconds, 1e-9):,.0f} pairs/s)", file=sys.stderr)
             _publish(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -158,8 +163,11 @@ def corpus_arrays(corpus: Corpus, key: str, config: Config, tokenizers: Tokenize
 
 
 def _encode_into(folder: Path, corpus: Corpus, key: str, config: Config, tokenizers: TokenizerPair,
-                 threads: int) -> None:
-    """Stream, clean, encode and filter ``corpus`` chunk by chunk, appending to flat arrays in ``folder``."""
+                 threads: int) -> int:
+    """Stream, clean, encode and filter ``corpus`` chunk by chunk, appending to flat arrays in ``folder``.
+
+    Returns the number of pairs read.
+    """
     data = config.data
     vocab = max(tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
     token_dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.int32)
@@ -214,6 +222,7 @@ def _encode_into(folder: Path, corpus: Corpus, key: str, config: Config, tokeniz
                       "check data.max_len and data.max_len_ratio")
     meta = {"pairs": n_kept, "report": report, "token_dtype": token_dtype.name, "len_dtype": len_dtype.name}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return report["read"]
 
 
 def describe(report: dict) -> str:
