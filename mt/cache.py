@@ -74,6 +74,8 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
     A new one is trained on ``tokenizer.sample_sentences`` pairs drawn uniformly from all
     training corpora (after cleaning, without dedup), and cached.
     """
+    from mt.checkpoint import atomic_write_bytes  # (imports torch, which the tokenizer alone does not need)
+
     data, tok = config.data, config.tokenizer
     files = model_files(run_dir, tok.joint)
     if all(f.exists() for f in files):
@@ -95,8 +97,6 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
             _publish(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    from mt.checkpoint import atomic_write_bytes
-
     for f in files:
         atomic_write_bytes(f, (folder / f.name).read_bytes())
     return load_tokenizers(run_dir, tok.joint)
@@ -118,23 +118,26 @@ def _cleaned_stream(config: Config, what: str):
 
 
 class CorpusArrays:
-    """One cached corpus: lengths in memory, token ids and offsets memory-mapped.
+    """One cached corpus: token ids and offsets memory-mapped, lengths read on demand.
 
     Pair i's source ids are ``src_tokens[src_offsets[i]:src_offsets[i + 1]]`` (no special
-    tokens); ``src_lens[i]`` is their count.
+    tokens); ``lengths("src")[i]`` is their count.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
-        meta = json.loads((folder / "meta.json").read_text())
-        self.report, self.n = meta["report"], meta["pairs"]
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.report, self.n = self.meta["report"], self.meta["pairs"]
         for side in ("src", "tgt"):
-            setattr(self, f"{side}_lens", np.fromfile(folder / f"{side}.lens", dtype=meta["len_dtype"]))
             setattr(self, f"{side}_offsets", np.memmap(folder / f"{side}.offsets", dtype=np.int64, mode="r"))
-            setattr(self, f"{side}_tokens", np.memmap(folder / f"{side}.tokens", dtype=meta["token_dtype"], mode="r"))
+            setattr(self, f"{side}_tokens", np.memmap(folder / f"{side}.tokens", dtype=self.meta["token_dtype"],
+                                                      mode="r"))
 
     def __len__(self) -> int:
         return self.n
+
+    def lengths(self, side: str) -> np.ndarray:
+        return np.fromfile(self.folder / f"{side}.lens", dtype=self.meta["len_dtype"])
 
 
 def corpus_arrays(corpus: Corpus, key: str, config: Config, tokenizers: TokenizerPair,
@@ -258,8 +261,8 @@ class TrainingData:
     def __init__(self, corpora: list[CorpusArrays], weights: list[float]):
         self.corpora, self.weights = corpora, weights
         self.starts = np.cumsum([0] + [len(c) for c in corpora])
-        self.src_lens = np.concatenate([c.src_lens for c in corpora]) + 1
-        self.tgt_lens = np.concatenate([c.tgt_lens for c in corpora]) + 1
+        self.src_lens = np.concatenate([c.lengths("src") for c in corpora]) + 1
+        self.tgt_lens = np.concatenate([c.lengths("tgt") for c in corpora]) + 1
         self.src, self.tgt = _Side(self, "src"), _Side(self, "tgt")
 
     def __len__(self) -> int:

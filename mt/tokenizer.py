@@ -1,4 +1,4 @@
-"""SentencePiece subword tokenizers: trained once from the training data, stored in the run directory.
+"""SentencePiece subword tokenizers: trained on (a sample of) the training data, cached, copied into the run directory.
 
 Ids are fixed for every model we train: pad=0, unk=1, bos=2, eos=3, so the model and
 the search code never need to ask which id is which.
@@ -72,15 +72,6 @@ def load_tokenizers(run_dir: Path, joint: bool) -> TokenizerPair:
         tok = Tokenizer(files[0])
         return TokenizerPair(tok, tok)
     return TokenizerPair(Tokenizer(files[0]), Tokenizer(files[1]))
-
-
-def train_or_load(run_dir: Path, cfg: TokenizerConfig, src_lines: list[str], tgt_lines: list[str],
-                  threads: int = 1) -> TokenizerPair:
-    """Reuse the tokenizer in ``run_dir`` if there is one, else train it from the training text."""
-    files = model_files(run_dir, cfg.joint)
-    if not all(f.exists() for f in files):
-        train_tokenizers(files, cfg, src_lines, tgt_lines, threads)
-    return load_tokenizers(run_dir, cfg.joint)
 
 
 def train_tokenizers(files: list[Path], cfg: TokenizerConfig, src_lines: list[str], tgt_lines: list[str],

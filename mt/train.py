@@ -148,7 +148,7 @@ def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
 
 
 def prepare_data(config: Config, run_dir: Path):
-    """Tokenizers and training data from the cache (``mt.cache``: trained and encoded on first use), and validation data.
+    """Tokenizers and training data from the cache (``mt.cache``; made on first use), and the validation data.
 
     Returns the tokenizers, the training pairs (memory-mapped), the validation set
     (encoded, plus its raw references) and a report of how many training pairs were

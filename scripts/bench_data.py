@@ -64,11 +64,12 @@ def run_train(config: Path, run_dir: Path, steps: int) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         log = err.read()
+    (run_dir.parent / f"{run_dir.name}.log").write_text(log)
     if proc.returncode != 0:
         raise SystemExit(f"mt train failed:\n{log[-3000:]}")
     steps_done = sum(1 for _ in open(metrics))
     encoded = re.search(r"encoded and cached ([\d,]+) pairs in ([\d.]+) s", log)
-    return {"first_step_s": first_step, "peak_rss_mib": usage.ru_maxrss / 1024, "total_s": time.monotonic() - start, "steps": steps_done,
+    return {"first_step_s": first_step, "peak_rss_mib": usage.ru_maxrss / 1024, "steps": steps_done,
             "encode_pairs_per_s": int(encoded.group(1).replace(",", "")) / float(encoded.group(2)) if encoded else None,
             "log": log}
 
@@ -95,7 +96,9 @@ def main() -> None:
             config.write_text(json.dumps({
                 "data": {"train": {"src": str(src), "tgt": str(tgt)}, "cache_dir": str(work / f"cache{size}")},
                 "tokenizer": {"vocab_size": args.vocab, "sample_sentences": args.sample_sentences}}))
+            print(f"{size:,} pairs made in {made:.0f} s; first run (empty cache)...", file=sys.stderr, flush=True)
             first = run_train(config, work / f"run{size}_first", args.steps)
+            print("second run (cache filled)...", file=sys.stderr, flush=True)
             cached = run_train(config, work / f"run{size}_cached", args.steps)
             row = {"pairs": size, "corpus_made_s": round(made, 1),
                    "encode_pairs_per_s": round(first["encode_pairs_per_s"]),

@@ -233,7 +233,8 @@ def test_filter_mask_thresholds_are_inclusive():
 def test_datasets_nested_translation_missing_language_names_it(tmp_path):
     import datasets
 
-    datasets.Dataset.from_dict({"translation": [{"de": d, "fr": e} for d, e in PAIRS]}).to_json(str(tmp_path / "c.json"))
+    nested = datasets.Dataset.from_dict({"translation": [{"de": d, "fr": e} for d, e in PAIRS]})
+    nested.to_json(str(tmp_path / "c.json"))
     with pytest.raises(MTError, match=r"has no field 'en' in 'translation' \(set data.train.src_field"):
         read_parallel(Corpus(dataset="json", path=str(tmp_path / "c.json")), "data.train", "de", "en")
     datasets.Dataset.from_dict({"de": ["a"], "fr": ["b"]}).to_json(str(tmp_path / "flat.json"))
