@@ -100,23 +100,43 @@ def bucket_order(src_lens, tgt_lens, batch_tokens: int, seed: int, epoch: int, s
     bounds = [0]
     for start in range(0, n, POOL):
         pool = order[start:start + POOL]
-        s, t = src_lens[pool].astype(np.int64), tgt_lens[pool].astype(np.int64)
-        index = np.argsort(t * (int(s.max()) + 1) + s, kind="stable")  # stable: ties keep the random order
+        s, t = src_lens[pool], tgt_lens[pool]
+        base = int(s.max()) + 1
+        # 16-bit keys (any max_len up to 254) get numpy's radix sort; stable: ties keep the random order
+        key_type = np.uint16 if (int(t.max()) + 1) * base <= 1 << 16 else np.int64
+        index = np.argsort(t.astype(key_type) * key_type(base) + s.astype(key_type), kind="stable")
         order[start:start + POOL] = pool[index]
-        bounds += [start + end for end in _cut(np.maximum(s, t)[index], batch_tokens)]
+        sizes = np.maximum(s, t)[index].astype(np.int64)
+        bounds += [start + end for end in _cut(sizes, batch_tokens)]
     n_batches = len(bounds) - 1
     perm = torch.randperm(n_batches, generator=gen).numpy() if shuffle else np.arange(n_batches)
     return Batches(order, np.array(bounds, dtype=np.int64), perm)
 
 
 def _cut(sizes: np.ndarray, batch_tokens: int) -> list[int]:
-    """Ends of the greedy batches over ``sizes``: each as long as (count x largest size) fits."""
-    ends, a, m = [], 0, len(sizes)
-    while a < m:
-        most = min(m - a, max(1, batch_tokens // int(sizes[a])))
-        cost = np.maximum.accumulate(sizes[a:a + most]) * np.arange(1, most + 1)  # increasing in the count
-        a += max(1, int(np.searchsorted(cost, batch_tokens, side="right")))
-        ends.append(a)
+    """Ends of the greedy batches over ``sizes``: each as long as (count x largest size) fits.
+
+    Works run by run of equal sizes (a few thousand in a pool of a million examples sorted
+    by length), so the Python loop is per run, not per example.
+    """
+    run_starts = np.flatnonzero(np.diff(sizes, prepend=-1))
+    run_lens = np.diff(run_starts, append=len(sizes))
+    ends, pos, count, longest = [], 0, 0, 0  # pos: examples placed; count, longest: the open batch
+    for size, n in zip(sizes[run_starts].tolist(), run_lens.tolist()):
+        if count:  # top up the open batch, then close it if the run goes on
+            longest = max(longest, size)
+            take = max(0, min(n, batch_tokens // longest - count))
+            count, pos, n = count + take, pos + take, n - take
+            if n == 0:
+                continue
+            ends.append(pos)
+        per_batch = max(1, batch_tokens // size)  # a batch of one example over the budget is allowed
+        full, rest = divmod(n, per_batch)
+        ends += range(pos + per_batch, pos + full * per_batch + 1, per_batch)
+        pos += n
+        count, longest = rest, size
+    if count:
+        ends.append(pos)
     return ends
 
 

@@ -88,6 +88,8 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
                                       tok.sample_sentences, SAMPLE_SEED)
         if not src:
             raise MTError("data.train: no training pairs left after cleaning")
+        tqdm.write(f"tokenizer: training SentencePiece (vocab {tok.vocab_size}, "
+                   f"{'joint' if tok.joint else 'separate'}) on {len(src):,} of {seen:,} pairs", file=sys.stderr)
         tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -97,6 +99,8 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
             _publish(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tqdm.write(f"tokenizer: reusing {folder}", file=sys.stderr)
     for f in files:
         atomic_write_bytes(f, (folder / f.name).read_bytes())
     return load_tokenizers(run_dir, tok.joint)

@@ -155,8 +155,6 @@ def prepare_data(config: Config, run_dir: Path):
     dropped and why.
     """
     langs = (config.data.src_lang, config.data.tgt_lang)
-    log(f"tokenizer: preparing SentencePiece (vocab {config.tokenizer.vocab_size}, "
-        f"{'joint' if config.tokenizer.joint else 'separate'}) in {run_dir}")
     tokenizers, train_data, report = prepare_training_data(config, run_dir,
                                                            threads=config.train.threads or os.cpu_count() or 1)
     log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe(report)}), "
