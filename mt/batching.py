@@ -42,7 +42,7 @@ def make_batch(src: list[list[int]], tgt: list[list[int]]) -> Batch:
 
 
 def batch_from_rows(src_rows: list, tgt_rows: list) -> Batch:
-    """A batch from id arrays without special tokens (rows of the memory-mapped corpus cache).
+    """A batch from id arrays without special tokens (rows of the corpus cache).
 
     Gives exactly what ``make_batch`` gives for the same pairs with EOS / BOS ... EOS added.
     """

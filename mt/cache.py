@@ -4,9 +4,9 @@ A training corpus is streamed (``mt.data.iter_parallel``), cleaned, encoded and 
 chunk by chunk, and written as flat token arrays with offsets and per-pair lengths under
 ``CACHE/corpora/KEY``. KEY hashes what the arrays depend on: the source files' identity
 (path, size, mtime, inode), the cleaning and filter settings and the tokenizer
-fingerprint. A second run, or a resume, maps the arrays from disk: it starts in seconds
+fingerprint. A second run, or a resume, opens the arrays on disk: it starts in seconds
 and holds only the lengths (2 bytes a side per pair) in memory; a batch reads its rows
-from the memory-mapped tokens. Tokenizers are cached the same way under
+from the token arrays. Tokenizers are cached the same way under
 ``CACHE/tokenizers/KEY`` (KEY: the training corpora, cleaning and tokenizer settings).
 
 Entries are written to a temporary directory and renamed into place, so a crash or a
@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -122,26 +123,38 @@ def _cleaned_stream(config: Config, what: str):
 
 
 class CorpusArrays:
-    """One cached corpus: token ids and offsets memory-mapped, lengths read on demand.
+    """One cached corpus: flat arrays on disk, of which only the lengths are loaded.
 
-    Pair i's source ids are ``src_tokens[src_offsets[i]:src_offsets[i + 1]]`` (no special
-    tokens); ``lengths("src")[i]`` is their count.
+    Pair i's source ids are ``tokens[offsets[i]:offsets[i + 1]]`` of the arrays in
+    ``src.tokens`` and ``src.offsets`` (no special tokens; any of them can be opened with
+    ``np.memmap``). Rows are read with ``os.pread`` rather than through a memory map: the
+    kernel's page cache keeps hot rows just as well, but a map would count every page it
+    ever touched (and its neighbours) in the training process's resident memory, which
+    then grows with the corpus.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
         self.report, self.n = self.meta["report"], self.meta["pairs"]
-        for side in ("src", "tgt"):
-            setattr(self, f"{side}_offsets", np.memmap(folder / f"{side}.offsets", dtype=np.int64, mode="r"))
-            setattr(self, f"{side}_tokens", np.memmap(folder / f"{side}.tokens", dtype=self.meta["token_dtype"],
-                                                      mode="r"))
+        self.token_dtype = np.dtype(self.meta["token_dtype"])
+        self.files = {}
+        for name in ("src.tokens", "src.offsets", "tgt.tokens", "tgt.offsets"):
+            fd = os.open(folder / name, os.O_RDONLY)
+            weakref.finalize(self, os.close, fd)
+            self.files[name] = fd
 
     def __len__(self) -> int:
         return self.n
 
     def lengths(self, side: str) -> np.ndarray:
         return np.fromfile(self.folder / f"{side}.lens", dtype=self.meta["len_dtype"])
+
+    def row(self, side: str, i: int) -> np.ndarray:
+        start, end = np.frombuffer(os.pread(self.files[f"{side}.offsets"], 16, 8 * i), dtype=np.int64).tolist()
+        size = self.token_dtype.itemsize
+        return np.frombuffer(os.pread(self.files[f"{side}.tokens"], (end - start) * size, start * size),
+                             dtype=self.token_dtype)
 
 
 def corpus_arrays(corpus: Corpus, key: str, config: Config, tokenizers: TokenizerPair,
@@ -294,15 +307,10 @@ class TrainingData:
         return np.concatenate(parts)
 
     def rows(self, ids: np.ndarray, side: str) -> list[np.ndarray]:
-        """The token ids (no special tokens) of pairs ``ids``, read from the memory-mapped arrays."""
+        """The token ids (no special tokens) of pairs ``ids``, read from the cached arrays."""
         which = np.searchsorted(self.starts, ids, side="right") - 1
-        out = []
-        for i, c in zip(np.asarray(ids).tolist(), which.tolist()):
-            corpus = self.corpora[c]
-            offsets, tokens = getattr(corpus, f"{side}_offsets"), getattr(corpus, f"{side}_tokens")
-            local = i - int(self.starts[c])
-            out.append(tokens[offsets[local]:offsets[local + 1]])
-        return out
+        starts = self.starts.tolist()
+        return [self.corpora[c].row(side, i - starts[c]) for i, c in zip(np.asarray(ids).tolist(), which.tolist())]
 
 
 def prepare_training_data(config: Config, run_dir: Path, threads: int = 1) -> tuple[TokenizerPair, TrainingData, dict]:

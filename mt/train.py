@@ -150,7 +150,7 @@ def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
 def prepare_data(config: Config, run_dir: Path):
     """Tokenizers and training data from the cache (``mt.cache``; made on first use), and the validation data.
 
-    Returns the tokenizers, the training pairs (memory-mapped), the validation set
+    Returns the tokenizers, the training pairs (read from the cache as needed), the validation set
     (encoded, plus its raw references) and a report of how many training pairs were
     dropped and why.
     """
