@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ def run_train(config: Path, run_dir: Path, steps: int) -> dict:
     """Run ``mt train`` until ``steps`` steps; time to the first step (seconds) and peak RSS (MiB)."""
     args = [sys.executable, "-m", "mt", "train", str(config), f"run_dir={run_dir}", f"train.max_steps={steps}",
             *TINY_MODEL, "--overwrite"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # an old metrics.jsonl would look like a first step
     metrics = run_dir / "metrics.jsonl"
     start = time.monotonic()
     with tempfile.TemporaryFile("w+") as err:
@@ -83,7 +85,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--workdir", default=None, help="keep the corpora, cache and runs here (default: a temp dir)")
     parser.add_argument("--cached-only", action="store_true",
-                        help="reuse the corpora and cache of an earlier run in --workdir; measure only the cached start")
+                        help="reuse the corpora and cache of an earlier --workdir run; measure only the cached start")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
@@ -111,7 +113,8 @@ def main() -> None:
                    "peak_rss_cached_mib": round(cached["peak_rss_mib"]), "steps": cached["steps"]}
             if first:
                 row.update(corpus_made_s=round(made, 1), encode_pairs_per_s=round(first["encode_pairs_per_s"]),
-                           first_start_s=round(first["first_step_s"], 1), peak_rss_first_mib=round(first["peak_rss_mib"]))
+                           first_start_s=round(first["first_step_s"], 1),
+                           peak_rss_first_mib=round(first["peak_rss_mib"]))
             print(json.dumps(row), flush=True)
             results.append(row)
         if len(results) > 1:
