@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from mt.errors import MTError
 
 DATA_ROOT_ENV = "MT_DATA_ROOT"
+CACHE_DIR_ENV = "MT_CACHE_DIR"
 
 
 @dataclass
@@ -42,6 +44,9 @@ class Corpus:
     dataset: str = ""
     name: str = ""  # the dataset's configuration, e.g. 'de-en' for wmt14
     split: str = "train"
+    # training corpora only: pairs drawn per epoch = weight x pairs kept (2 = every pair twice,
+    # 0.5 = a random half, redrawn each epoch)
+    weight: float = 1.0
 
     def kind(self) -> str:
         """The source type, with 'auto' decided from what is set."""
@@ -75,12 +80,19 @@ class DataConfig:
     root: str = "."  # relative corpus paths start here; relative to the config file; $MT_DATA_ROOT overrides
     src_lang: str = "de"
     tgt_lang: str = "en"
-    train: Corpus = field(default_factory=Corpus)
+    # one corpus, or a list of corpora mixed by their ``weight`` (e.g. real + back-translated)
+    train: Union[Corpus, list[Corpus]] = field(default_factory=Corpus)
     valid: Corpus = field(default_factory=Corpus)
     test: Optional[Corpus] = None  # used by scripts/demo.sh and docs, not by training
     max_len: int = 128  # drop training pairs longer than this (subword tokens, either side)
     max_len_ratio: float = 3.0  # drop training pairs whose token lengths differ more than this factor
     clean: CleanConfig = field(default_factory=CleanConfig)
+    # encoded training corpora and trained tokenizers, shared between runs;
+    # "" = $MT_CACHE_DIR, else $XDG_CACHE_HOME/mt or ~/.cache/mt
+    cache_dir: str = ""
+
+    def train_corpora(self) -> list[Corpus]:
+        return self.train if isinstance(self.train, list) else [self.train]
 
 
 @dataclass
@@ -89,6 +101,9 @@ class TokenizerConfig:
     joint: bool = True  # one SentencePiece model (and vocabulary) for both languages
     model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
     character_coverage: float = 1.0
+    sample_sentences: int = 1_000_000  # train on a random sample of this many pairs (each side); 0 = all
+    byte_fallback: bool = False  # characters outside the vocabulary become UTF-8 byte pieces instead of <unk>
+    user_symbols: list = field(default_factory=list)  # always one piece each, e.g. language tags ["<2de>", "<2fr>"]
 
 
 @dataclass
@@ -234,9 +249,16 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> set[str]:
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
+            if isinstance(node, list):  # data.train.1.weight: an item of a list of corpora
+                if not part.isdigit() or int(part) >= len(node):
+                    raise MTError(f"override '{item}': '{part}' is not an index of a list of {len(node)}")
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), (dict, list)):
                 node[part] = {}
             node = node[part]
+        if isinstance(node, list):
+            raise MTError(f"override '{item}': set a key of one list item, e.g. data.train.0.src=FILE")
         node[parts[-1]] = parsed
         given.add(key)
     return given
@@ -275,11 +297,17 @@ def _build(cls, raw: Any, prefix: str, source: str, cli_keys: set[str] = frozens
 def _convert(value: Any, hint: Any, key: str, source: str, cli_keys: set[str] = frozenset()):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
+    if origin is typing.Union:  # Optional[X], or X | list[X] (one corpus or several)
+        if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        lists = [a for a in args if typing.get_origin(a) is list]
+        hint = lists[0] if lists and isinstance(value, list) else next(
+            a for a in args if a is not type(None) and typing.get_origin(a) is not list)
         return _convert(value, hint, key, source, cli_keys)
+    if origin is list and args:
+        if not isinstance(value, list) or not value:
+            raise MTError(f"{source}: {key}: expected a non-empty list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]", source, cli_keys) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", source, cli_keys)
     if origin is Literal:
@@ -364,10 +392,20 @@ def _check_values(c: Config, source: str) -> None:
         parse_duration(t.max_time)
     except MTError as e:
         raise MTError(f"{source}: {e}") from None
-    for split in ("train", "valid", "test"):
-        corpus = getattr(c.data, split)
-        if corpus is None or (split != "train" and not corpus.is_set()):
+    need(tok.sample_sentences >= 0, "tokenizer.sample_sentences", "must be >= 0 (0 = every sentence)",
+         tok.sample_sentences)
+    need(all(isinstance(s, str) and s and not any(ch.isspace() for ch in s) for s in tok.user_symbols),
+         "tokenizer.user_symbols", "must be a list of non-empty strings without spaces", tok.user_symbols)
+    corpora = [(f"data.train[{i}]" if isinstance(c.data.train, list) else "data.train", corpus)
+               for i, corpus in enumerate(c.data.train_corpora())]
+    corpora += [(f"data.{split}", getattr(c.data, split)) for split in ("valid", "test")]
+    for name, corpus in corpora:
+        if corpus is None or (not name.startswith("data.train") and not corpus.is_set()):
             continue
+        if name.startswith("data.train"):
+            need(0 < corpus.weight < math.inf, f"{name}.weight", "must be a positive number", corpus.weight)
+        else:
+            need(corpus.weight == 1.0, f"{name}.weight", "only training corpora are weighted", corpus.weight)
         kind = corpus.kind()
         if kind == "text":
             ok, what = bool(corpus.src and corpus.tgt), "needs both 'src' and 'tgt' file paths (or 'path' or 'dataset')"
@@ -380,8 +418,8 @@ def _check_values(c: Config, source: str) -> None:
         if kind == "tsv":
             ok = ok and all(f.isdigit() for f in (corpus.src_field, corpus.tgt_field) if f)
             what += "; src_field/tgt_field of a TSV file are column numbers (0-based)"
-        shown = {k: v for k, v in dataclasses.asdict(corpus).items() if v and k != "split"}
-        need(ok, f"data.{split}", what, shown)
+        shown = {k: v for k, v in dataclasses.asdict(corpus).items() if v and k not in ("split", "weight")}
+        need(ok, name, what, shown)
 
 
 def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:
@@ -401,15 +439,22 @@ def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:
             root = config_dir / root
     root = root.resolve()
     c.data.root = str(root)
-    for split in ("train", "valid", "test"):
-        corpus = getattr(c.data, split)
+    if c.data.cache_dir:
+        cache = Path(c.data.cache_dir).expanduser()
+        base = Path.cwd() if "data.cache_dir" in cli_keys else config_dir
+        c.data.cache_dir = str(cache if cache.is_absolute() else (base / cache).resolve())
+    corpora = [(f"train.{i}" if isinstance(c.data.train, list) else "train", corpus)
+               for i, corpus in enumerate(c.data.train_corpora())]
+    corpora += [(split, getattr(c.data, split)) for split in ("valid", "test")]
+    for name, corpus in corpora:
         if corpus is None:
             continue
         for side in ("src", "tgt", "path"):
             value = getattr(corpus, side)
             if not value:
                 continue
-            from_cli = any(k in cli_keys for k in (f"data.{split}.{side}", f"data.{split}"))
+            keys = (f"data.{name}.{side}", f"data.{name}", f"data.{name.split('.')[0]}")
+            from_cli = any(k in cli_keys for k in keys)
             base = Path.cwd() if from_cli else root
             p = Path(value).expanduser()
             setattr(corpus, side, str(p if p.is_absolute() else (base / p).resolve()))

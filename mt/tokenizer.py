@@ -1,4 +1,4 @@
-"""SentencePiece subword tokenizers: trained once from the training data, stored in the run directory.
+"""SentencePiece subword tokenizers: trained on (a sample of) the training data, cached, copied into the run directory.
 
 Ids are fixed for every model we train: pad=0, unk=1, bos=2, eos=3, so the model and
 the search code never need to ask which id is which.
@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
+import threading
 from pathlib import Path
 
 import sentencepiece as spm
+from tqdm import tqdm
 
 from mt.config import TokenizerConfig
 from mt.errors import MTError
@@ -28,8 +31,8 @@ class Tokenizer:
             raise MTError(f"tokenizer '{self.path}': cannot load SentencePiece model: {e}") from None
         self.vocab_size = self.sp.get_piece_size()
 
-    def encode(self, lines: list[str]) -> list[list[int]]:
-        return self.sp.encode(lines, out_type=int)
+    def encode(self, lines: list[str], threads: int = 1) -> list[list[int]]:
+        return self.sp.encode(lines, out_type=int, num_threads=threads)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
@@ -71,18 +74,14 @@ def load_tokenizers(run_dir: Path, joint: bool) -> TokenizerPair:
     return TokenizerPair(Tokenizer(files[0]), Tokenizer(files[1]))
 
 
-def train_or_load(run_dir: Path, cfg: TokenizerConfig, src_lines: list[str], tgt_lines: list[str],
-                  threads: int = 1) -> TokenizerPair:
-    """Reuse the tokenizer in ``run_dir`` if there is one, else train it from the training text."""
-    files = model_files(run_dir, cfg.joint)
-    if all(f.exists() for f in files):
-        return load_tokenizers(run_dir, cfg.joint)
+def train_tokenizers(files: list[Path], cfg: TokenizerConfig, src_lines: list[str], tgt_lines: list[str],
+                     threads: int = 1) -> None:
+    """Train the model file(s) of ``model_files``: one from both sides, or one per side."""
     if cfg.joint:
         _train(files[0], src_lines + tgt_lines, cfg, threads)
     else:
         _train(files[0], src_lines, cfg, threads)
         _train(files[1], tgt_lines, cfg, threads)
-    return load_tokenizers(run_dir, cfg.joint)
 
 
 def _train(path: Path, lines: list[str], cfg: TokenizerConfig, threads: int) -> None:
@@ -90,17 +89,34 @@ def _train(path: Path, lines: list[str], cfg: TokenizerConfig, threads: int) -> 
 
     model = io.BytesIO()
     sentences = [line for line in lines if line.strip()]
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=model,
-            vocab_size=cfg.vocab_size, model_type=cfg.model_type,
-            character_coverage=cfg.character_coverage,
-            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
-            input_sentence_size=2_000_000, shuffle_input_sentence=True,
-            num_threads=max(1, threads), minloglevel=2,
-            # a soft limit: small corpora get a smaller vocabulary instead of an error
-            hard_vocab_limit=False,
-        )
-    except RuntimeError as e:
-        raise MTError(f"tokenizer: SentencePiece training failed (tokenizer.vocab_size={cfg.vocab_size}): {e}") from None
+    options = dict(
+        sentence_iterator=iter(sentences), model_writer=model,
+        vocab_size=cfg.vocab_size, model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage, byte_fallback=cfg.byte_fallback,
+        user_defined_symbols=list(cfg.user_symbols),
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+        input_sentence_size=0,  # the caller already sampled (tokenizer.sample_sentences)
+        num_threads=max(1, threads), minloglevel=2,
+        # a soft limit: small corpora get a smaller vocabulary instead of an error
+        hard_vocab_limit=False,
+    )
+    errors: list[Exception] = []
+
+    def work():
+        try:
+            spm.SentencePieceTrainer.train(**options)
+        except RuntimeError as e:
+            errors.append(e)
+
+    # SentencePiece reports no progress; a bar with the sentence count and elapsed time shows it is alive
+    worker = threading.Thread(target=work, daemon=True)
+    with tqdm(total=None, desc=f"training {path.name} on {len(sentences):,} sentences", unit="",
+              bar_format="{desc} [{elapsed}]", file=sys.stderr, disable=None) as bar:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            bar.refresh()
+    if errors:
+        raise MTError(f"tokenizer: SentencePiece training failed (tokenizer.vocab_size={cfg.vocab_size}): "
+                      f"{errors[0]}") from None
     atomic_write_bytes(path, model.getvalue())

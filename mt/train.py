@@ -25,14 +25,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
-from mt.batching import Batch, bucket_batches, make_batch
+from mt.batching import Batch, batch_from_rows, bucket_batches, bucket_order, make_batch
 from mt.config import Config, parse_duration, save_config
-from mt.data import clean_pairs, encode_parallel, filter_pairs, read_parallel
+from mt.cache import describe, prepare_training_data
+from mt.data import encode_parallel, read_parallel
 from mt.errors import MTError
 from mt.evaluate import bleu
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
-from mt.tokenizer import PAD, TokenizerPair, train_or_load
+from mt.tokenizer import PAD, TokenizerPair
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
 
@@ -162,45 +163,23 @@ def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
 
 
 def prepare_data(config: Config, run_dir: Path):
-    """Read, clean, tokenize (training the tokenizer on first use), encode and filter.
+    """Tokenizers and training data from the cache (``mt.cache``; made on first use), and the validation data.
 
-    Returns the tokenizers, the encoded training pairs, the validation set (encoded, plus
-    its raw references) and a report of how many training pairs were dropped and why.
+    Returns the tokenizers, the training pairs (read from the cache as needed), the validation set
+    (encoded, plus its raw references) and a report of how many training pairs were
+    dropped and why.
     """
     langs = (config.data.src_lang, config.data.tgt_lang)
-    clean = config.data.clean
-    train_src, train_tgt = read_parallel(config.data.train, "data.train", *langs,
-                                         invalid="none" if clean.enabled else "error")
-    n_read = len(train_src)
-    report = {"read": n_read}
-    if clean.enabled:
-        train_src, train_tgt, dropped = clean_pairs(train_src, train_tgt, clean)
-        report.update(dropped)
-    if not train_src:
-        raise MTError(f"data.train: no training pairs left after cleaning ({_describe(report)})")
-    log(f"tokenizer: preparing SentencePiece (vocab {config.tokenizer.vocab_size}, "
-        f"{'joint' if config.tokenizer.joint else 'separate'}) in {run_dir}")
-    tokenizers = train_or_load(run_dir, config.tokenizer, train_src, train_tgt,
-                               threads=config.train.threads or os.cpu_count() or 1)
-    train_data, dropped = filter_pairs(encode_parallel(train_src, train_tgt, tokenizers), config.data)
-    for why, n in dropped.items():
-        report[why] = report.get(why, 0) + n
-    report["kept"] = len(train_data)
-    log(f"data: {len(train_data)} of {n_read} training pairs kept ({_describe(report)})")
-    if len(train_data) == 0:
-        raise MTError(f"data.train: no training pairs left after filtering ({_describe(report)}); "
-                      "check data.max_len and data.max_len_ratio")
+    tokenizers, train_data, report = prepare_training_data(config, run_dir,
+                                                           threads=config.train.threads or os.cpu_count() or 1)
+    log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe(report)}), "
+        f"{report['pairs_per_epoch']} per epoch; cached in {train_data.corpora[0].folder.parent}")
     valid = None
     if config.data.valid.is_set():
         valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
         encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
         valid = (encoded, valid_tgt)
     return tokenizers, train_data, valid, report
-
-
-def _describe(report: dict) -> str:
-    dropped = [f"{n} {why.replace('_', ' ')}" for why, n in report.items() if why not in ("read", "kept") and n]
-    return "dropped: " + (", ".join(dropped) if dropped else "none")
 
 
 # ---------------------------------------------------------------- the loop
@@ -416,8 +395,6 @@ class Trainer:
         t = self.config.train
         max_time = parse_duration(t.max_time)
         data = self.train_data
-        src_lens = [len(s) for s in data.src]
-        tgt_lens = [len(s) - 1 for s in data.tgt]
         previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
                    desc="train", file=sys.stderr, disable=None if self.dist.main else True)
@@ -432,7 +409,8 @@ class Trainer:
                     if self.saved_step != self.step:
                         last_metrics = self.checkpoint()
                     break
-                batches = bucket_batches(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch)
+                batches = bucket_order(data.src_lens, data.tgt_lens, t.batch_tokens, t.seed, self.epoch,
+                                       examples=data.epoch_examples(t.seed, self.epoch))
                 while self.batch_in_epoch < len(batches):
                     group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accum_steps]
                     self.batch_in_epoch += len(group)
@@ -440,9 +418,9 @@ class Trainer:
                     shards = [ids[self.dist.rank::self.dist.world] for ids in group if len(ids) >= self.dist.world]
                     if not shards:
                         continue
-                    parts = [make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(self.device)
+                    parts = [batch_from_rows(data.rows(ids, "src"), data.rows(ids, "tgt")).to(self.device)
                              for ids in shards]
-                    n_tokens = sum(tgt_lens[i] for ids in group if len(ids) >= self.dist.world for i in ids)
+                    n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
                     lr = self.set_lr(max_time)
                     loss = self.train_step(parts, n_tokens)
                     if loss is None:

@@ -11,6 +11,14 @@ from mt.config import load_config
 
 torch.set_num_threads(1)  # tests are small; one thread keeps them deterministic and polite
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Tokenizer and corpus caches of the tests go to a temporary directory, never ~/.cache/mt."""
+    import os
+
+    os.environ["MT_CACHE_DIR"] = str(tmp_path_factory.mktemp("mt_cache"))
+
 SUBJECTS = [("der hund", "the dog"), ("die katze", "the cat"), ("ein mann", "a man"),
             ("eine frau", "a woman"), ("das kind", "the child")]
 VERBS = [("läuft", "runs"), ("schläft", "sleeps"), ("springt", "jumps"), ("singt", "sings")]

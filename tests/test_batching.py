@@ -1,5 +1,7 @@
 import random
 
+import numpy as np
+
 import torch
 
 from mt.batching import bucket_batches, causal_mask, make_batch, padding_mask
@@ -48,3 +50,24 @@ def test_masks_hide_padding_and_the_future():
     ids = torch.tensor([[5, 6, PAD]])
     assert padding_mask(ids).tolist() == [[[[True, True, False]]]]
     assert causal_mask(3, ids.device)[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+
+
+def test_pools_of_a_huge_corpus_keep_every_example_and_the_budget(monkeypatch):
+    import mt.batching
+
+    monkeypatch.setattr(mt.batching, "POOL", 64)  # sort in pools of 64 examples, as for >1M examples
+    src, tgt = lengths(500)
+    examples = np.array(list(range(500)) + list(range(0, 500, 2)))  # some examples twice (weights)
+    batches = mt.batching.bucket_order(src, tgt, 300, seed=1, epoch=0, examples=examples)
+    flat = np.concatenate([batches[k] for k in range(len(batches))])
+    assert sorted(flat.tolist()) == sorted(examples.tolist())
+    for k in range(len(batches)):
+        b = batches[k]
+        assert len(b) * max(max(src[i], tgt[i]) for i in b) <= 300
+    again = mt.batching.bucket_order(src, tgt, 300, seed=1, epoch=0, examples=examples)
+    assert [b.tolist() for b in again[0:len(again)]] == [batches[k].tolist() for k in range(len(batches))]
+
+
+def test_one_example_over_the_budget_gets_a_batch_of_its_own():
+    batches = bucket_batches([3, 50, 4], [3, 60, 4], batch_tokens=20, seed=0, epoch=0, shuffle=False)
+    assert batches == [[0, 2], [1]]

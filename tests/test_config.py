@@ -116,3 +116,55 @@ def test_saved_config_round_trips(tmp_path):
                                           ("45", 45), ("", 0)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
+
+
+# ---------------------------------------------------------------- several training corpora, cache, tokenizer
+
+
+MIXED = ("data:\n  root: corpora\n  train:\n    - {src: real.de, tgt: real.en}\n"
+         "    - {src: bt.de, tgt: bt.en, weight: 0.5}\n")
+
+
+def test_training_corpora_as_a_weighted_list(tmp_path):
+    config = load_config(write(tmp_path, MIXED))
+    first, second = config.data.train_corpora()
+    assert (first.src, first.weight) == (str(tmp_path / "corpora" / "real.de"), 1.0)
+    assert (second.tgt, second.weight) == (str(tmp_path / "corpora" / "bt.en"), 0.5)
+    assert config_from_dict(config.to_dict()).data.train == config.data.train  # saved and rebuilt
+    single = load_config(write(tmp_path, MINIMAL))
+    assert single.data.train_corpora() == [single.data.train]
+
+
+def test_list_items_can_be_overridden_by_index(tmp_path):
+    config = load_config(write(tmp_path, MIXED), ["data.train.1.weight=3", "data.train.0.src=here.de"])
+    assert config.data.train[1].weight == 3.0
+    assert config.data.train[0].src == str(Path.cwd() / "here.de")  # typed on the command line: cwd
+    with pytest.raises(MTError, match=r"^override 'data.train.5.weight=1': '5' is not an index of a list of 2$"):
+        load_config(write(tmp_path, MIXED), ["data.train.5.weight=1"])
+
+
+def test_bad_weights_and_corpus_list_errors_name_the_item(tmp_path):
+    with pytest.raises(MTError, match=r"c.yaml: data.train\[1\].weight: must be a positive number, got 0.0$"):
+        load_config(write(tmp_path, MIXED.replace("weight: 0.5", "weight: 0")))
+    with pytest.raises(MTError, match=r"data.train\[1\].weight: expected a number, got 'lots'"):
+        load_config(write(tmp_path, MIXED.replace("weight: 0.5", "weight: lots")))
+    with pytest.raises(MTError, match=r"unknown key 'data.train\[0\].scr' \(did you mean 'data.train\[0\].src'\?\)"):
+        load_config(write(tmp_path, MIXED.replace("{src: real.de", "{scr: real.de")))
+    with pytest.raises(MTError, match=r"data.train\[1\]: needs both 'src' and 'tgt'"):
+        load_config(write(tmp_path, MIXED.replace("tgt: bt.en, ", "")))
+    with pytest.raises(MTError, match=r"data.valid.weight: only training corpora are weighted, got 2.0"):
+        load_config(write(tmp_path, MINIMAL + "  valid: {src: v.de, tgt: v.en, weight: 2}\n"))
+    with pytest.raises(MTError, match=r"data.train: expected a non-empty list, got \[\]"):
+        load_config(write(tmp_path, "data:\n  train: []\n"))
+
+
+def test_tokenizer_scale_keys_and_cache_dir(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + "  cache_dir: cache\ntokenizer:\n  sample_sentences: 5000\n"
+                                                   "  byte_fallback: true\n  user_symbols: ['<2de>', '<2en>']\n"))
+    assert config.data.cache_dir == str(tmp_path / "cache")  # relative to the config file
+    tok = config.tokenizer
+    assert (tok.sample_sentences, tok.byte_fallback, tok.user_symbols) == (5000, True, ["<2de>", "<2en>"])
+    with pytest.raises(MTError, match=r"tokenizer.user_symbols: must be a list of non-empty strings without spaces"):
+        load_config(write(tmp_path, MINIMAL), ["tokenizer.user_symbols=['<2 de>']"])
+    with pytest.raises(MTError, match=r"tokenizer.sample_sentences: must be >= 0"):
+        load_config(write(tmp_path, MINIMAL), ["tokenizer.sample_sentences=-1"])

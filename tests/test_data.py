@@ -154,3 +154,104 @@ def test_clean_pairs_counts_every_reason():
     kept_src, _, dropped = clean_pairs(src, tgt, CleanConfig())
     assert dropped == {"invalid_utf8": 2, "empty": 1, "duplicate": 0}
     assert kept_src == ["ein Hund", "ein Hund", "Ｆｕｌｌ"]
+
+
+# ---------------------------------------------------------------- streaming, sampling
+
+
+def test_streamed_chunks_equal_the_whole_corpus_plain_and_gz(tmp_path):
+    from mt.data import iter_parallel
+
+    pairs = [(f"satz {i}", f"sentence {i}") for i in range(25)]
+    for suffix, opener in (("", open), (".gz", gzip.open)):
+        for side, lang in ((0, "de"), (1, "en")):
+            with opener(tmp_path / f"c.{lang}{suffix}", "wt", encoding="utf-8") as f:
+                f.write("".join(p[side] + "\n" for p in pairs))
+        corpus = Corpus(str(tmp_path / f"c.de{suffix}"), str(tmp_path / f"c.en{suffix}"))
+        chunks = list(iter_parallel(corpus, "data.train", chunk=10))
+        assert [len(s) for s, _ in chunks] == [10, 10, 5]
+        assert [p for s, t in chunks for p in zip(s, t)] == pairs
+
+
+def test_streamed_invalid_utf8_is_an_error_or_none(tmp_path):
+    from mt.data import iter_parallel
+
+    (tmp_path / "a.de").write_bytes(b"gut\n\xc3 kaputt\n")
+    (tmp_path / "a.en").write_text("good\nbroken\n")
+    corpus = Corpus(str(tmp_path / "a.de"), str(tmp_path / "a.en"))
+    with pytest.raises(MTError, match=r"^data.train.src '.*a.de', line 2: invalid UTF-8 \(byte 0xc3\)$"):
+        list(iter_parallel(corpus, "data.train"))
+    assert list(iter_parallel(corpus, "data.train", invalid="none")) == [(["gut", None], ["good", "broken"])]
+
+
+def test_sample_pairs_is_a_uniform_deterministic_subset():
+    from mt.data import sample_pairs
+
+    chunks = [([f"s{i}" for i in range(j, j + 100)], [f"t{i}" for i in range(j, j + 100)]) for j in range(0, 1000, 100)]
+    src, tgt, seen = sample_pairs(chunks, 50, seed=1)
+    assert seen == 1000 and len(src) == 50 and len(set(src)) == 50
+    assert [s[1:] for s in src] == [t[1:] for t in tgt]  # pairs stay together
+    assert sample_pairs(chunks, 50, seed=1)[0] == src and sample_pairs(chunks, 50, seed=2)[0] != src
+    assert any(int(s[1:]) >= 500 for s in src)  # not just the beginning of the stream
+    assert sample_pairs(chunks, 0)[0] == [f"s{i}" for i in range(1000)]  # 0 = everything
+    assert len(sample_pairs(chunks, 5000)[0]) == 1000
+    # every pair is about equally likely: over many seeds, both halves of the stream are drawn equally
+    late = sum(int(s[1:]) >= 500 for seed in range(40) for s in sample_pairs(chunks, 50, seed)[0])
+    assert 0.4 < late / (40 * 50) < 0.6
+
+
+def test_cleaner_finds_duplicates_across_chunks_by_hash():
+    from mt.config import CleanConfig
+    from mt.data import Cleaner
+
+    clean = Cleaner(CleanConfig(dedup=True))
+    assert clean(["a b", "c"], ["x", "y"]) == (["a b", "c"], ["x", "y"])
+    assert clean(["a  b", "c", "a b"], ["x", "z", "x"]) == (["c"], ["z"])
+    assert clean.dropped == {"invalid_utf8": 0, "empty": 0, "duplicate": 2}
+    assert all(isinstance(h, bytes) and len(h) == 8 for h in clean.seen)  # hashes, not the strings
+
+
+def test_whitespace_cleaning_can_be_turned_off():
+    from mt.config import CleanConfig
+    from mt.data import clean_pairs
+
+    src, tgt, dropped = clean_pairs(["ein  Hund ", "  "], ["a dog", "x"], CleanConfig(whitespace=False))
+    assert (src, tgt) == (["ein  Hund "], ["a dog"]) and dropped["empty"] == 1
+
+
+def test_filter_mask_thresholds_are_inclusive():
+    import numpy as np
+
+    from mt.data import filter_mask
+
+    keep, dropped = filter_mask(np.array([10, 11, 2, 1, 0]), np.array([10, 1, 6, 4, 3]),
+                                DataConfig(max_len=10, max_len_ratio=3.0))
+    assert keep.tolist() == [True, False, True, False, False]
+    assert dropped == {"empty": 1, "too_long": 1, "length_ratio": 1}
+
+
+def test_datasets_nested_translation_missing_language_names_it(tmp_path):
+    import datasets
+
+    nested = datasets.Dataset.from_dict({"translation": [{"de": d, "fr": e} for d, e in PAIRS]})
+    nested.to_json(str(tmp_path / "c.json"))
+    with pytest.raises(MTError, match=r"has no field 'en' in 'translation' \(set data.train.src_field"):
+        read_parallel(Corpus(dataset="json", path=str(tmp_path / "c.json")), "data.train", "de", "en")
+    datasets.Dataset.from_dict({"de": ["a"], "fr": ["b"]}).to_json(str(tmp_path / "flat.json"))
+    with pytest.raises(MTError, match=r"has no field 'en'; its columns are \['de', 'fr'\]"):
+        read_parallel(Corpus(dataset="json", path=str(tmp_path / "flat.json")), "data.train", "de", "en")
+
+
+def test_source_identity_changes_with_the_file(tmp_path):
+    import os
+
+    from mt.data import source_identity
+
+    (tmp_path / "a.de").write_text("eins\n")
+    (tmp_path / "a.en").write_text("one\n")
+    corpus = Corpus(str(tmp_path / "a.de"), str(tmp_path / "a.en"))
+    before = source_identity(corpus)
+    assert before == source_identity(Corpus(str(tmp_path / "a.de"), str(tmp_path / "a.en"), weight=2.0))
+    (tmp_path / "a.en").write_text("two\n")  # same size
+    os.utime(tmp_path / "a.en", ns=(1, 1))
+    assert source_identity(corpus) != before
