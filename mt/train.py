@@ -251,10 +251,15 @@ class Trainer:
             f"{torch.get_num_threads()} threads" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
 
     def _check_compatible(self, state: dict, path: Path) -> None:
-        saved = state["config"]
         for section in ("model", "tokenizer"):
-            if saved[section] != asdict(getattr(self.config, section)):
-                raise MTError(f"{path}: the run's '{section}' settings differ from the config given; "
+            current = getattr(self.config, section)
+            # keys added to mt since the checkpoint was written count as their defaults
+            saved = {**asdict(type(current)()), **state["config"][section]}
+            differ = [key for key, value in asdict(current).items() if saved.get(key) != value]
+            if differ:
+                shown = ", ".join(f"{section}.{k} (run: {saved.get(k)!r}, config: {getattr(current, k)!r})"
+                                  for k in differ)
+                raise MTError(f"{path}: the run's settings differ from the config given: {shown}; "
                               "use the same config to resume, or pass --overwrite to start over")
 
     def _restore(self, state: dict) -> None:

@@ -64,8 +64,23 @@ def test_overwrite_starts_over(tiny_config, tmp_path):
 
 def test_resume_refuses_a_different_model(tiny_config):
     train(tiny_config("train.max_steps=5"))
-    with pytest.raises(MTError, match=r"the run's 'model' settings differ from the config given"):
+    with pytest.raises(MTError, match=r"the run's settings differ from the config given: "
+                                      r"model.d_ff \(run: 128, config: 96\); use the same config"):
         Trainer(tiny_config("train.max_steps=10", "model.d_ff=96"))
+
+
+def test_resume_accepts_a_checkpoint_written_before_new_config_keys(tiny_config, tmp_path):
+    """A key added to mt later (absent from an old checkpoint) counts as its default."""
+    from mt.checkpoint import save_checkpoint
+
+    train(tiny_config("train.max_steps=5"))
+    path = latest_checkpoint(tmp_path / "run")
+    state = load_checkpoint(path)
+    del state["config"]["tokenizer"]["byte_fallback"]
+    save_checkpoint(state, path)
+    assert Trainer(tiny_config("train.max_steps=10")).step == 5
+    with pytest.raises(MTError, match=r"tokenizer.byte_fallback \(run: False, config: True\)"):
+        Trainer(tiny_config("train.max_steps=10", "tokenizer.byte_fallback=true"))
 
 
 def test_max_epochs_stops_and_saves(tiny_config, tmp_path):
