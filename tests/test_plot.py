@@ -64,10 +64,10 @@ def test_attention_cli_writes_png_and_rejects_a_bad_head(trained_run, tmp_path, 
     assert not (tmp_path / "y.png").exists()
 
 
-def test_missing_matplotlib_is_a_clear_error(monkeypatch):
+@pytest.fixture
+def without_matplotlib(monkeypatch):
+    """Make every ``import matplotlib...`` fail, as on a machine without the plot extra."""
     import builtins
-
-    from mt import plot
 
     real_import = builtins.__import__
 
@@ -77,9 +77,13 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+
+
+def test_missing_matplotlib_is_a_clear_error(without_matplotlib):
+    from mt import plot
+
     with pytest.raises(MTError, match=r"pip install 'mt\[plot\]'"):
         plot.attention_heatmap(np.full((1, 1, 2, 2), 0.5), ["a", "b"], ["c", "d"], "never.png")
-
 
 
 def write_metrics(run_dir, records):
@@ -128,18 +132,8 @@ def test_plot_cli_default_output_and_errors(tmp_path, capsys):
         read_metrics(tmp_path / "bad")
 
 
-def test_missing_matplotlib_is_a_clear_error_for_learning_curves(tmp_path, monkeypatch):
+def test_missing_matplotlib_is_a_clear_error_for_learning_curves(tmp_path, without_matplotlib):
     write_metrics(tmp_path, RECORDS)
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(MTError, match=r"needs matplotlib: pip install 'mt\[plot\]'"):
         plot_learning_curves(tmp_path, tmp_path / "curves.png")
     assert not (tmp_path / "curves.png").exists()
