@@ -31,7 +31,7 @@ from tqdm import tqdm
 from mt.config import CACHE_DIR_ENV, Config, Corpus, DataConfig
 from mt.data import Cleaner, filter_mask, iter_parallel, sample_pairs, source_identity
 from mt.errors import MTError
-from mt.tokenizer import BOS, EOS, TokenizerPair, load_tokenizers, model_files, train_tokenizers
+from mt.tokenizer import TokenizerPair, load_tokenizers, model_files, train_tokenizers
 
 FORMAT = 1  # bump when the layout of an entry changes, so old entries are not misread
 SAMPLE_SEED = 1  # the tokenizer's sample is the same in every run (and so is the cached tokenizer)
@@ -254,20 +254,6 @@ def describe(report: dict) -> str:
 # ---------------------------------------------------------------- the mixture
 
 
-class _Side:
-    """``data.src[i]`` / ``data.tgt[i]``: one pair's ids as a list with its special tokens."""
-
-    def __init__(self, data: "TrainingData", side: str):
-        self.data, self.side = data, side
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> list[int]:
-        ids = self.data.rows(np.array([i]), self.side)[0].tolist()
-        return ids + [EOS] if self.side == "src" else [BOS] + ids + [EOS]
-
-
 class TrainingData:
     """All training corpora as one index space: pair ``i`` of corpus ``c`` is ``starts[c] + i``.
 
@@ -280,7 +266,6 @@ class TrainingData:
         self.starts = np.cumsum([0] + [len(c) for c in corpora])
         self.src_lens = np.concatenate([c.lengths("src") for c in corpora]) + 1
         self.tgt_lens = np.concatenate([c.lengths("tgt") for c in corpora]) + 1
-        self.src, self.tgt = _Side(self, "src"), _Side(self, "tgt")
 
     def __len__(self) -> int:
         return int(self.starts[-1])

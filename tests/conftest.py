@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,15 @@ def write_corpus(folder: Path, name: str, pairs: list[tuple[str, str]]) -> tuple
     src.write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
     tgt.write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
     return src, tgt
+
+
+def cached_ids(data, side: str) -> list[list[int]]:
+    """Every pair's ids on one side of a ``mt.cache.TrainingData``, with the special tokens that
+    ``mt.data.encode_parallel`` adds (src + EOS, BOS + tgt + EOS), for comparing the two."""
+    from mt.tokenizer import BOS, EOS
+
+    rows = data.rows(np.arange(len(data)), side)
+    return [r.tolist() + [EOS] if side == "src" else [BOS] + r.tolist() + [EOS] for r in rows]
 
 
 TINY_OVERRIDES = [

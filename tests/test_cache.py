@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mt.cache
-from conftest import tiny_pairs, write_corpus
+from conftest import cached_ids, tiny_pairs, write_corpus
 from mt.batching import batch_from_rows, bucket_order, make_batch
 from mt.cache import prepare_training_data
 from mt.data import encode_parallel, filter_pairs, read_parallel
@@ -22,8 +22,8 @@ def test_cached_arrays_hold_exactly_the_encoded_filtered_pairs(tiny_config, tmp_
     assert dropped == {"empty": 0, "too_long": 1, "length_ratio": 1}
     assert (report["too_long"], report["length_ratio"]) == (1, 1)
     assert report["read"] == 22 and report["kept"] == len(data) == len(expected) == 20
-    assert [data.src[i] for i in range(len(data))] == expected.src
-    assert [data.tgt[i] for i in range(len(data))] == expected.tgt
+    assert cached_ids(data, "src") == expected.src
+    assert cached_ids(data, "tgt") == expected.tgt
     assert data.src_lens.tolist() == [len(s) for s in expected.src]
     assert data.tgt_lens.tolist() == [len(t) - 1 for t in expected.tgt]
     ids = np.array([3, 0, 5])
@@ -59,7 +59,7 @@ def test_changed_data_or_settings_get_a_new_entry(tiny_config, tmp_path):
     write_corpus(tmp_path / "data", "train", tiny_pairs(20)[::-1])  # same size, other order
     _, changed, _ = prepare_training_data(tiny_config(), tmp_path / "run")
     assert changed.corpora[0].folder != base.corpora[0].folder
-    assert changed.src[0] == base.src[19]
+    assert cached_ids(changed, "src")[0] == cached_ids(base, "src")[19]
 
 
 def test_a_failed_encoding_leaves_no_entry_behind(tiny_config, tmp_path):

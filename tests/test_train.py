@@ -105,13 +105,13 @@ def test_trains_from_a_jsonl_corpus(tiny_config, tmp_path):
 
 
 def test_accumulated_batches_give_the_update_of_one_big_batch(tiny_config, tmp_path):
-    from mt.batching import make_batch
+    from mt.batching import batch_from_rows
 
     trainer_a = Trainer(tiny_config(f"run_dir={tmp_path / 'a'}"))
     trainer_b = Trainer(tiny_config(f"run_dir={tmp_path / 'b'}"))
     data = trainer_a.train_data
     first, second = list(range(0, 6)), list(range(6, 15))
-    part = lambda ids: make_batch([data.src[i] for i in ids], [data.tgt[i] for i in ids])  # noqa: E731
+    part = lambda ids: batch_from_rows(data.rows(ids, "src"), data.rows(ids, "tgt"))  # noqa: E731
     for trainer in (trainer_a, trainer_b):
         # plain SGD: the update is the gradient itself (Adam's first step is sign-like and would
         # amplify float noise in gradients that are zero in exact arithmetic, e.g. key biases)
