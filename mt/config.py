@@ -135,6 +135,9 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
     max_time: str = ""  # wall-clock budget like "25m", "2h", "1h30m"; "" = no limit
+    # torchrun jobs: how long a rank waits for the others at a collective before it fails, naming the
+    # rank that stopped answering (rank 0 preparing a large corpus counts: raise it for very big data)
+    dist_timeout: str = "10m"
     accum_steps: int = 1  # batches whose gradients are summed into one update
     lr: float = 1e-3  # peak learning rate, reached at the end of warmup
     warmup_steps: int = 800
@@ -390,8 +393,10 @@ def _check_values(c: Config, source: str) -> None:
          (d.max_len_a, d.max_len_b))
     try:
         parse_duration(t.max_time)
+        dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")
     except MTError as e:
         raise MTError(f"{source}: {e}") from None
+    need(dist_timeout > 0, "train.dist_timeout", "must be positive", t.dist_timeout)
     need(tok.sample_sentences >= 0, "tokenizer.sample_sentences", "must be >= 0 (0 = every sentence)",
          tok.sample_sentences)
     need(all(isinstance(s, str) and s and not any(ch.isspace() for ch in s) for s in tok.user_symbols),

@@ -30,6 +30,7 @@ from mt.config import Config, parse_duration, save_config
 from mt.cache import describe, prepare_training_data
 from mt.data import encode_parallel, read_parallel
 from mt.errors import MTError
+from mt.distributed import Distributed, unshard
 from mt.evaluate import bleu
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
@@ -41,56 +42,6 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
 def log(message: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:  # in a torchrun job only rank 0 speaks
         tqdm.write(message, file=sys.stderr)
-
-
-class Distributed:
-    """This process's place in a ``torchrun`` job; a plain run is rank 0 of 1.
-
-    Every rank builds the same batches and trains on its own slice of each (the loss is
-    normalised by the whole batch's target tokens, so the update equals one process
-    training on the whole batch). Validation is shared the same way and gathered; rank 0
-    alone writes files.
-    """
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.main = self.rank == 0
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def from_main(self, value):
-        """Rank 0's ``value`` on every rank (e.g. the decision to stop)."""
-        if self.world == 1:
-            return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def all_gather(self, value) -> list:
-        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
-        if self.world == 1:
-            return [value]
-        values = [None] * self.world
-        torch.distributed.all_gather_object(values, value)
-        return values
-
-    def all_sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        total = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(total)
-        return total.item()
-
-
-def unshard(parts: list[list]) -> list:
-    """Undo ``items[rank::world]`` slicing: ``parts[r]`` holds items r, r + world, ... ."""
-    world = len(parts)
-    return [parts[i % world][i // world] for i in range(sum(map(len, parts)))]
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -197,7 +148,7 @@ class Trainer:
         self.device = resolve_device(t.device)
         if self.device.type == "cuda" and world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.dist = Distributed(self.device)
+        self.dist = Distributed(self.device, timeout=parse_duration(t.dist_timeout, "train.dist_timeout"))
         self.amp_dtype = resolve_precision(t.precision, self.device)
         resume_from = ckpt.latest_checkpoint(self.run_dir)
         if self.dist.main:
@@ -218,7 +169,7 @@ class Trainer:
             self.tokenizers, self.train_data, self.valid, report = prepare_data(config, self.run_dir)
             save_config(config, self.run_dir / "config.yaml")
             ckpt.atomic_write_text(self.run_dir / "data_report.json", json.dumps(report, indent=1) + "\n")
-        self.dist.barrier()
+        self.dist.barrier("waiting for rank 0 to prepare the tokenizer and data")
         if not self.dist.main:
             self.tokenizers, self.train_data, self.valid, _ = prepare_data(config, self.run_dir)
 
@@ -447,13 +398,13 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
                         self.log_metrics({"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                                           "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
-                    reason = self.dist.from_main(self._stop_reason(max_time))
+                    reason = self.dist.from_main(self._stop_reason(max_time), step=self.step)
                     if self.step % t.valid_every == 0 or reason is not None:
                         last_metrics = self.checkpoint()
                         window_start = time.monotonic()
                         if reason is None and t.patience and self.validations_without_gain >= t.patience:
                             reason = f"no better validation score in {t.patience} validations (train.patience)"
-                        reason = self.dist.from_main(reason)
+                        reason = self.dist.from_main(reason, step=self.step)
                     if reason is not None:
                         break
                 else:
@@ -486,13 +437,12 @@ class Trainer:
     def _check_ranks_agree(self) -> None:
         """DDP keeps replicas identical; say so (or warn) from a checksum of every rank's parameters."""
         with torch.no_grad():
-            checksum = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().reshape(1).cpu()
-        sums = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
-        torch.distributed.all_gather(sums, checksum)
-        if all(torch.equal(x, sums[0]) for x in sums):
-            log(f"all {self.dist.world} ranks hold identical parameters (checksum {sums[0].item():.10g})")
+            checksum = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().item()
+        sums = self.dist.all_gather(checksum)
+        if all(x == sums[0] for x in sums):
+            log(f"all {self.dist.world} ranks hold identical parameters (checksum {sums[0]:.10g})")
         else:
-            log(f"warning: ranks hold different parameters: checksums {[x.item() for x in sums]}")
+            log(f"warning: ranks hold different parameters: checksums {sums}")
 
     def _stop_reason(self, max_time: float) -> str | None:
         t = self.config.train
@@ -512,9 +462,7 @@ class Trainer:
 
 
 def train(config: Config, overwrite: bool = False) -> dict:
-    try:
-        return Trainer(config, overwrite=overwrite).run()
-    finally:
-        # a torchrun process exiting with gloo's threads alive can abort ("terminate called ...")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    trainer = Trainer(config, overwrite=overwrite)
+    metrics = trainer.run()
+    trainer.dist.close()  # in a torchrun job: every rank leaves together, and gloo lets go of Python first
+    return metrics

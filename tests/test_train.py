@@ -6,7 +6,8 @@ import torch
 
 from mt.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints
 from mt.errors import MTError
-from mt.train import Trainer, inverse_sqrt_lr, label_smoothed_loss, train, unshard
+from mt.distributed import unshard
+from mt.train import Trainer, inverse_sqrt_lr, label_smoothed_loss, train
 from mt.translate import Translator
 
 

@@ -1,0 +1,135 @@
+"""This process's place in a ``torchrun`` job, and the few collectives training needs.
+
+Every rank builds the same batches and trains on its own slice of each (the loss is
+normalised by the whole batch's target tokens, so the update equals one process training on
+the whole batch). Validation is shared the same way and gathered; rank 0 alone writes files.
+
+Why the collectives here keep their tensors (``Distributed._pinned``): gloo runs every
+collective on worker threads of its own, and a worker drops its reference to the tensors
+only *after* the caller has been told the work is done (measured: right after
+``all_reduce`` returns, a third of the time the tensor is still held by gloo). If Python has
+let go first, the worker's drop is the last one and frees the tensor's Python object, which
+needs the GIL. While the interpreter is finalizing, CPython ends any other thread that asks
+for the GIL with ``pthread_exit``; unwinding a gloo thread that way aborts the process
+("terminate called without an active exception", SIGABRT) at the very end of a job that
+worked. ``torch.distributed.destroy_process_group`` does not prevent it: gloo has no
+shutdown of its own, and DDP keeps the process group (and its threads) alive anyway. So
+every tensor handed to gloo is one of ours, kept until gloo has released it
+(``Tensor._use_count() == 1``), and ``close()`` waits for that: then no gloo thread ever
+touches a Python object again, whenever the process exits.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from mt.errors import MTError
+
+
+class Distributed:
+    """A plain run is rank 0 of 1, and every collective is then a no-op."""
+
+    def __init__(self, device: torch.device, timeout: float = 600.0):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        self.timeout = timeout
+        self._pinned: list[torch.Tensor] = []  # tensors gloo may still hold (see the module docstring)
+        self._step = -1  # the last step this rank announced (for naming a rank that stalls)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(seconds=timeout))
+
+    # ------------------------------------------------------------ collectives
+
+    def barrier(self, what: str = "barrier") -> None:
+        if self.world > 1:
+            self._run(what, dist.barrier)
+
+    def all_sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64)
+        self._run("all_reduce", lambda: dist.all_reduce(total), total)
+        return total.item()
+
+    def all_gather(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        data = pickle.dumps(value)
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        self._run("all_gather", lambda: dist.all_gather(sizes, size), size, *sizes)
+        longest = max(int(s) for s in sizes)
+        mine = torch.zeros(longest, dtype=torch.uint8)
+        mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        gathered = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
+        self._run("all_gather", lambda: dist.all_gather(gathered, mine), mine, *gathered)
+        return [pickle.loads(g[:int(s)].numpy().tobytes()) for g, s in zip(gathered, sizes)]
+
+    def from_main(self, value, step: int | None = None):
+        """Rank 0's ``value`` on every rank (e.g. the decision to stop); ``step`` says how far this
+        rank got, so that a rank that waits in vain can say which rank stopped answering."""
+        if self.world == 1:
+            return value
+        if step is not None and step != self._step:
+            self._step = step
+            dist.distributed_c10d._get_default_store().set(f"mt/step/{self.rank}", str(step))
+        return self.all_gather(value)[0]
+
+    def _run(self, what: str, collective, *tensors: torch.Tensor) -> None:
+        """Run one collective on ``tensors`` (kept until gloo lets go); a peer that died or stalled
+        becomes an MTError naming the ranks, not a hang or a C++ traceback."""
+        self._pinned = [t for t in self._pinned if t._use_count() > 1]
+        self._pinned.extend(tensors)
+        try:
+            collective()
+        except (RuntimeError, dist.DistBackendError) as e:
+            raise MTError(f"rank {self.rank} of {self.world}: {what} did not complete "
+                          f"({str(e).strip().splitlines()[0][:200]}); {self._who_is_behind()}. "
+                          f"train.dist_timeout={self.timeout:g}s bounds the wait") from None
+
+    def _who_is_behind(self) -> str:
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set_timeout(datetime.timedelta(seconds=5))
+            steps = {r: int(store.get(f"mt/step/{r}")) if store.check([f"mt/step/{r}"]) else -1
+                     for r in range(self.world)}
+        except Exception:  # the store went with the job: nothing more to say
+            return "another rank died or stalled: see its log"
+        behind = [r for r, s in steps.items() if s < self._step]
+        if not behind:
+            return "another rank died or stalled: see its log"
+        return "; ".join(f"rank {r} last reached step {steps[r]}" if steps[r] >= 0 else f"rank {r} reached no step"
+                         for r in behind) + f" (this rank: step {self._step}): it died or stalled, see its log"
+
+    # ------------------------------------------------------------ the end
+
+    def close(self) -> None:
+        """End this rank's part: wait for the others, then until gloo has let go of every tensor of
+        ours, so that no gloo thread can touch Python while the interpreter exits."""
+        if self.world == 1 or not dist.is_initialized():
+            return
+        self.barrier("the final barrier")
+        deadline = time.monotonic() + self.timeout
+        while any(t._use_count() > 1 for t in self._pinned):
+            if time.monotonic() > deadline:  # never seen; say so rather than hang
+                print(f"warning: rank {self.rank}: gloo still holds {len(self._pinned)} tensors after "
+                      f"train.dist_timeout", file=sys.stderr)
+                break
+            time.sleep(0.001)  # a worker thread is between finishing a collective and releasing it
+        self._pinned = [t for t in self._pinned if t._use_count() > 1]
+        dist.destroy_process_group()
+
+
+def unshard(parts: list[list]) -> list:
+    """Undo ``items[rank::world]`` slicing: ``parts[r]`` holds items r, r + world, ... ."""
+    world = len(parts)
+    return [parts[i % world][i // world] for i in range(sum(map(len, parts)))]

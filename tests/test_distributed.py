@@ -1,0 +1,123 @@
+"""torchrun jobs end cleanly: gloo lets go of every tensor before the process exits, and a rank
+that stalls or dies makes the others fail with a message naming it, never a hang."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_OVERRIDES
+TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+
+
+def test_collectives_are_exact_and_close_waits_until_gloo_released_every_tensor(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from mt.distributed import Distributed
+        d = Distributed(torch.device("cpu"), timeout=120)
+        for i in range(300):
+            assert d.all_sum(d.rank + i) == 2 * i + 1
+            value = {"rank": d.rank, "text": "x" * (i * (d.rank + 1) % 97)}
+            assert d.all_gather(value) == [{"rank": r, "text": "x" * (i * (r + 1) % 97)} for r in range(2)]
+            assert d.from_main(("stop", d.rank, i), step=i) == ("stop", 0, i)
+        d.close()
+        assert all(t._use_count() == 1 for t in d._pinned), [t._use_count() for t in d._pinned]
+        print(f"rank {d.rank}: closed, {len(d._pinned)} tensors still pinned", flush=True)
+    """))
+    result = run(TORCHRUN + [str(script)], "a 2-process torchrun of 300 rounds of collectives", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if "closed" in line) == \
+        ["rank 0: closed, 0 tensors still pinned", "rank 1: closed, 0 tensors still pinned"]
+
+
+def test_a_stalled_rank_makes_the_other_fail_within_the_timeout_naming_it(tiny_config, tmp_path):
+    tiny_config()  # writes tiny.yaml and the data
+    args = TORCHRUN + ["-m", "mt", "train", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES,
+                       "train.max_steps=100000", "train.valid_every=100000", "train.log_every=1",
+                       "train.dist_timeout=20s"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    stopped = None
+    try:
+        wait_for_lines(tmp_path / "run" / "metrics.jsonl", 3, proc, "the torchrun job to log 3 steps")
+        stopped = rank_pid(proc.pid, 1)
+        os.kill(stopped, signal.SIGSTOP)  # rank 1 stalls in the middle of a run
+        lines = []
+        deadline = time.monotonic() + 240
+        for line in proc.stderr:  # rank 0 must give up on its own, within train.dist_timeout
+            lines.append(line)
+            if "did not complete" in line or time.monotonic() > deadline:
+                break
+        error = next((line for line in lines if "did not complete" in line), None)
+        assert error is not None, "".join(lines[-30:])
+        assert "rank 0 of 2" in error and "rank 1 last reached step" in error and "train.dist_timeout=20s" in error
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        finish(proc)
+    assert proc.returncode != 0
+
+
+def test_a_killed_rank_ends_the_whole_job(tiny_config, tmp_path):
+    tiny_config()
+    args = TORCHRUN + ["-m", "mt", "train", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES,
+                       "train.max_steps=100000", "train.valid_every=100000", "train.log_every=1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_lines(tmp_path / "run" / "metrics.jsonl", 3, proc, "the torchrun job to log 3 steps")
+        os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the torchrun job hung for 240 s after one of its ranks was killed")
+    finally:
+        finish(proc)
+    assert proc.returncode != 0
+    assert "local_rank: 1" in err and "Signal 9 (SIGKILL)" in err, err[-3000:]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def run(args: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{what} hung for {timeout:.0f} s; its stderr ended with:\n{(e.stderr or b'')[-2000:]}")
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    """Poll a file the job appends to (the job's own progress, not a fixed delay)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().count("\n") >= n):
+        if proc.poll() is not None:
+            pytest.fail(f"the job exited ({proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def rank_pid(agent: int, rank: int) -> int:
+    """The pid of a torchrun worker of the given rank (read from its environment)."""
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and int(stat.rsplit(")", 1)[1].split()[1]) == agent:
+            return pid
+    pytest.fail(f"no worker of rank {rank} under torchrun pid {agent}")
+
+
+def finish(proc: subprocess.Popen) -> None:
+    """Leave nothing running: the whole session of the job (agent and ranks)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
