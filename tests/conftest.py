@@ -93,3 +93,34 @@ def trained_run(tmp_path_factory):
     config = load_config(cfg_file, TINY_OVERRIDES + ["train.max_steps=300"])
     metrics = train(config)
     return tmp / "run", pairs, metrics, cfg_file
+
+
+# ---------------------------------------------------------------- subprocesses in tests
+# Generous limits (the machine may be busy: CI, a training run beside), and a failure that says
+# what hung instead of a bare TimeoutExpired; never a fixed sleep standing in for an event.
+
+
+def run_process(args: list, what: str, timeout: float = 300, **kwargs) -> "subprocess.CompletedProcess":
+    import subprocess
+
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    try:
+        return subprocess.run([str(a) for a in args], timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        tail = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"{what} hung for {timeout:.0f} s; its stderr ended with:\n{tail[-2000:]}")
+
+
+def wait_for_lines(path: Path, n: int, proc, what: str, timeout: float = 240) -> None:
+    """Wait until the process ``proc`` has written ``n`` lines to ``path`` (polls the file it appends to)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().count("\n") >= n):
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)

@@ -1,11 +1,11 @@
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from conftest import run_process
 from mt.checkpoint import (atomic_write_bytes, best_checkpoints, keep_if_best, latest_checkpoint, load_checkpoint,
                            save_checkpoint)
 from mt.cli import main
@@ -74,7 +74,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
             "def die(fd):\n    real(fd); os.kill(os.getpid(), 9)\n"
             "os.fsync = die\n"
             f"c.atomic_write_bytes({str(target)!r}, b'x' * 1000000)\n")
-    result = subprocess.run([sys.executable, "-c", code])
+    result = run_process([sys.executable, "-c", code], "a save killed after its fsync", capture_output=False)
     assert result.returncode == -9
     assert load_checkpoint(target) == {"step": 1}
     atomic_write_bytes(target, b"new")  # and the next save still works

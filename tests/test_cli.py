@@ -1,8 +1,8 @@
-import subprocess
 import sys
 
 import pytest
 
+from conftest import run_process
 from mt.cli import main
 
 
@@ -29,7 +29,7 @@ def test_missing_training_file_names_key_and_file(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("trian: {}\n")
-    result = subprocess.run([sys.executable, "-m", "mt", "train", str(cfg), "--debug"], capture_output=True, text=True)
+    result = run_process([sys.executable, "-m", "mt", "train", cfg, "--debug"], "mt train --debug")
     assert result.returncode == 2
     assert "Traceback" in result.stderr
     assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, run_process, wait_for_lines
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
 
 
@@ -29,7 +29,7 @@ def test_collectives_are_exact_and_close_waits_until_gloo_released_every_tensor(
         assert all(t._use_count() == 1 for t in d._pinned), [t._use_count() for t in d._pinned]
         print(f"rank {d.rank}: closed, {len(d._pinned)} tensors still pinned", flush=True)
     """))
-    result = run(TORCHRUN + [str(script)], "a 2-process torchrun of 300 rounds of collectives", timeout=300)
+    result = run_process(TORCHRUN + [script], "a 2-process torchrun of 300 rounds of collectives")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(line for line in result.stdout.splitlines() if "closed" in line) == \
         ["rank 0: closed, 0 tensors still pinned", "rank 1: closed, 0 tensors still pinned"]
@@ -83,24 +83,6 @@ def test_a_killed_rank_ends_the_whole_job(tiny_config, tmp_path):
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def run(args: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{what} hung for {timeout:.0f} s; its stderr ended with:\n{(e.stderr or b'')[-2000:]}")
-
-
-def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
-    """Poll a file the job appends to (the job's own progress, not a fixed delay)."""
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().count("\n") >= n):
-        if proc.poll() is not None:
-            pytest.fail(f"the job exited ({proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def rank_pid(agent: int, rank: int) -> int:

@@ -1,10 +1,10 @@
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_process
 from mt.cli import main
 
 HYPS = ["The cat sat on the mat.", "A dog runs in the park!", "Two men are playing football.", "hello world"]
@@ -20,7 +20,9 @@ def files(tmp_path):
 
 def sacrebleu_cli(*args) -> str:
     exe = Path(sys.executable).parent / "sacrebleu"
-    return subprocess.run([str(exe), *map(str, args)], check=True, capture_output=True, text=True).stdout
+    result = run_process([exe, *args], "the sacrebleu command")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def mt_evaluate(capsys, *args) -> str:

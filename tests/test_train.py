@@ -171,19 +171,22 @@ def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
+
+    from conftest import wait_for_lines
 
     config = tiny_config()
     cfg_file = tmp_path / "tiny.yaml"
     args = [sys.executable, "-m", "mt", "train", str(cfg_file), *__import__("conftest").TINY_OVERRIDES,
             "train.max_steps=100000", "train.valid_every=100000", "train.log_every=1"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 60
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        wait_for_lines(tmp_path / "run" / "metrics.jsonl", 3, proc, "3 logged steps")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("mt train did not stop within 240 s of SIGTERM")
+    finally:
+        proc.kill()
     assert proc.returncode == 0
     assert "SIGTERM received" in err and "run the same 'mt train' command again to resume" in err
     state = load_checkpoint(latest_checkpoint(config.run_dir))
@@ -202,11 +205,10 @@ def test_separate_vocabularies_train_two_tokenizers_and_translate(tiny_config, t
 
 def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config, tmp_path):
     """torchrun, gloo on CPU: both ranks end identical, and equal to a single process."""
-    import subprocess
     import sys
     from pathlib import Path
 
-    from conftest import TINY_OVERRIDES
+    from conftest import TINY_OVERRIDES, run_process
 
     # A large Adam epsilon makes the update proportional to the gradient (plain Adam is blind to
     # its scale, so a wrongly scaled DDP gradient would go unnoticed) and keeps float noise in
@@ -214,9 +216,9 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config
     common = ["train.max_steps=4", "train.adam_eps=0.01", "train.lr=0.3"]
     train(tiny_config(*common, f"run_dir={tmp_path / 'single'}"))
     torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mt", "train",
-                             str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, *common, f"run_dir={tmp_path / 'ddp'}"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_process([torchrun, "--standalone", "--nproc_per_node=2", "-m", "mt", "train",
+                          tmp_path / "tiny.yaml", *TINY_OVERRIDES, *common, f"run_dir={tmp_path / 'ddp'}"],
+                         "a 2-process torchrun of 4 steps")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "all 2 ranks hold identical parameters" in result.stderr
     assert "x 2 processes" in result.stderr
@@ -240,22 +242,21 @@ def test_ddp_validation_is_shared_and_gathered_in_order(trained_run, tmp_path):
     """Two ranks resume the memorising tiny model for one step: each translates half the validation
     set, and the gathered BLEU (100 only if every line is back in its place) equals one process's."""
     import shutil
-    import subprocess
     import sys
     from pathlib import Path
 
-    from conftest import TINY_OVERRIDES
+    from conftest import TINY_OVERRIDES, run_process
 
     run_dir, _, _, cfg_file = trained_run
     for name in ("single", "ddp"):
         shutil.copytree(run_dir, tmp_path / name)
     overrides = [*TINY_OVERRIDES, "train.max_steps=301"]
-    single = subprocess.run([sys.executable, "-m", "mt", "train", str(cfg_file), *overrides,
-                             f"run_dir={tmp_path / 'single'}"], capture_output=True, text=True, timeout=300)
+    single = run_process([sys.executable, "-m", "mt", "train", cfg_file, *overrides, f"run_dir={tmp_path / 'single'}"],
+                         "mt train of one step")
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = Path(sys.executable).parent / "torchrun"
-    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mt", "train", str(cfg_file),
-                          *overrides, f"run_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=300)
+    ddp = run_process([torchrun, "--standalone", "--nproc_per_node=2", "-m", "mt", "train", cfg_file,
+                       *overrides, f"run_dir={tmp_path / 'ddp'}"], "a 2-process torchrun of one step")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "written by 1 processes, this run has 2: the data order continues exactly" in ddp.stderr
     single_valid, ddp_valid = (last_validation(tmp_path / name) for name in ("single", "ddp"))
