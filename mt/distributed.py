@@ -23,8 +23,11 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import re
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -40,11 +43,14 @@ class Distributed:
         self.rank = int(os.environ.get("RANK", "0"))
         self.main = self.rank == 0
         self.timeout = timeout
+        self._stop = threading.Event()  # ends the heartbeat
         self._pinned: list[torch.Tensor] = []  # tensors gloo may still hold (see the module docstring)
-        self._step = -1  # the last step this rank announced (for naming a rank that stalls)
+        self.step = -1  # how far this rank got, told to the others by the heartbeat
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                     timeout=datetime.timedelta(seconds=timeout))
+        if self.world > 1:
+            threading.Thread(target=self._heartbeat, name="mt-heartbeat", daemon=False).start()
 
     # ------------------------------------------------------------ collectives
 
@@ -79,36 +85,67 @@ class Distributed:
         rank got, so that a rank that waits in vain can say which rank stopped answering."""
         if self.world == 1:
             return value
-        if step is not None and step != self._step:
-            self._step = step
-            dist.distributed_c10d._get_default_store().set(f"mt/step/{self.rank}", str(step))
+        if step is not None:
+            self.step = step
         return self.all_gather(value)[0]
 
     def _run(self, what: str, collective, *tensors: torch.Tensor) -> None:
-        """Run one collective on ``tensors`` (kept until gloo lets go); a peer that died or stalled
-        becomes an MTError naming the ranks, not a hang or a C++ traceback."""
+        """Run one collective on ``tensors`` (kept until gloo lets go)."""
         self._pinned = [t for t in self._pinned if t._use_count() > 1]
         self._pinned.extend(tensors)
-        try:
+        with self.peers_answer(what):
             collective()
+
+    @contextmanager
+    def peers_answer(self, what: str):
+        """Inside, a collective that fails because a peer died or stalled (gloo's timeout, a closed
+        connection: in our own collectives or in DDP's gradient all-reduce) becomes an MTError naming
+        the rank that is behind, not a hang or a C++ traceback."""
+        try:
+            yield
         except (RuntimeError, dist.DistBackendError) as e:
+            message = str(e).strip()
+            if self.world == 1 or not re.search(r"gloo|nccl|[Tt]imed? ?out|[Cc]onnection|peer", message):
+                raise
             raise MTError(f"rank {self.rank} of {self.world}: {what} did not complete "
-                          f"({str(e).strip().splitlines()[0][:200]}); {self._who_is_behind()}. "
+                          f"({message.splitlines()[0][:200]}); {self._who_stopped()}. "
                           f"train.dist_timeout={self.timeout:g}s bounds the wait") from None
 
-    def _who_is_behind(self) -> str:
+    def _heartbeat(self) -> None:
+        """Once a second, tell the job's store that this rank is alive (and its step), so that a rank
+        left waiting at a collective can name the one that stopped: a stalled or dead process stops
+        beating. Not a daemon: it ends within a second of the main thread, before the interpreter
+        finalizes, so it never calls into C++ while Python is being torn down."""
+        store, beats = dist.distributed_c10d._get_default_store(), 0
+        main = threading.main_thread()
+        while main.is_alive() and not self._stop.wait(1.0):
+            beats += 1
+            try:
+                store.set(f"mt/beat/{self.rank}", f"{beats} {self.step}")
+            except Exception:  # the job's store is gone: the job is ending
+                return
+
+    def _who_stopped(self) -> str:
+        """Ranks whose heartbeat did not advance in 3 seconds, as a sentence."""
         try:
             store = dist.distributed_c10d._get_default_store()
             store.set_timeout(datetime.timedelta(seconds=5))
-            steps = {r: int(store.get(f"mt/step/{r}")) if store.check([f"mt/step/{r}"]) else -1
-                     for r in range(self.world)}
+
+            def beats() -> dict[int, list[str]]:
+                keys = [f"mt/beat/{r}" for r in range(self.world)]
+                return {r: store.get(k).decode().split() if store.check([k]) else ["0", "-1"]
+                        for r, k in enumerate(keys)}
+
+            before = beats()
+            self._stop.wait(3.0)  # three heartbeats of every live rank
+            after = beats()
         except Exception:  # the store went with the job: nothing more to say
             return "another rank died or stalled: see its log"
-        behind = [r for r, s in steps.items() if s < self._step]
-        if not behind:
+        stopped = [r for r in range(self.world) if r != self.rank and after[r][0] == before[r][0]]
+        if not stopped:
             return "another rank died or stalled: see its log"
-        return "; ".join(f"rank {r} last reached step {steps[r]}" if steps[r] >= 0 else f"rank {r} reached no step"
-                         for r in behind) + f" (this rank: step {self._step}): it died or stalled, see its log"
+        return "; ".join(f"rank {r} stopped answering at step {after[r][1]}" for r in stopped) + \
+            f" (this rank was at step {self.step}): it died or stalled, see its log"
 
     # ------------------------------------------------------------ the end
 
@@ -126,6 +163,7 @@ class Distributed:
                 break
             time.sleep(0.001)  # a worker thread is between finishing a collective and releasing it
         self._pinned = [t for t in self._pinned if t._use_count() > 1]
+        self._stop.set()
         dist.destroy_process_group()
 
 

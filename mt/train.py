@@ -378,7 +378,8 @@ class Trainer:
                              for ids in shards]
                     n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
                     lr = self.set_lr(max_time)
-                    loss = self.train_step(parts, n_tokens)
+                    with self.dist.peers_answer(f"step {self.step + 1}"):
+                        loss = self.train_step(parts, n_tokens)
                     if loss is None:
                         bad_steps += 1
                         log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
