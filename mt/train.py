@@ -323,11 +323,12 @@ class Trainer:
         total = 0.0
         for i, batch in enumerate(batches):
             # DDP averages gradients over ranks at the last backward; the world-size factor undoes the mean
+            # (one context for forward and backward: a no_sync() object can be entered only once)
             sync = self.ddp_model.no_sync() if self.dist.world > 1 and i < len(batches) - 1 else nullcontext()
-            with sync, autocast(self.device, self.amp_dtype):
-                logits = self.ddp_model(batch.src, batch.tgt_in)
-            loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
             with sync:
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.ddp_model(batch.src, batch.tgt_in)
+                loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
                 self.scaler.scale(loss * self.dist.world).backward()
             total += loss.item()
         total = self.dist.all_sum(total)

@@ -231,6 +231,34 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config
     assert ddp_valid["valid_nll"] == pytest.approx(single_valid["valid_nll"], abs=2e-4)
 
 
+def test_two_process_ddp_with_accumulation_equals_one_process(tiny_config, tmp_path):
+    """torchrun + train.accum_steps=2: no_sync for the first batch of each update, sync on the last;
+    the result equals one process accumulating the same batches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import TINY_OVERRIDES
+
+    common = ["train.max_steps=2", "train.accum_steps=2", "train.adam_eps=0.01", "train.lr=0.3",
+              "train.batch_tokens=60"]
+    train(tiny_config(*common, f"run_dir={tmp_path / 'single'}"))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    try:
+        result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mt", "train",
+                                 str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, *common,
+                                 f"run_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"2-process torchrun with accum_steps=2 hung for 300 s: {(e.stderr or b'')[-2000:]!r}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "all 2 ranks hold identical parameters" in result.stderr
+    single = load_checkpoint(latest_checkpoint(tmp_path / "single"))
+    ddp = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
+    assert single["step"] == ddp["step"] == 2
+    for name, tensor in single["model"].items():
+        torch.testing.assert_close(ddp["model"][name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+
+
 def last_validation(run_dir) -> dict:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open() if "valid_nll" in line][-1]
 
