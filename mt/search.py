@@ -27,8 +27,11 @@ def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: t
     """Apply the length limits and n-gram blocking to next-token scores (B, V), in place.
 
     ``tokens`` (B, t) are the prefixes so far (BOS first); ``at_limit`` (B,) marks rows that
-    must end now. Forbidden tokens get -inf.
+    must end now: only EOS is left, at the model's own score for it (as in fairseq), so a
+    hypothesis cut by the limit pays for its EOS like one that ended by itself. Forbidden
+    tokens get -inf.
     """
+    forced_eos = scores[at_limit, EOS].clone() if at_limit.any() else None  # before min_len may forbid it
     if step < min_len:
         scores[:, EOS] = float("-inf")
     if no_repeat_ngram and step + 1 >= no_repeat_ngram:
@@ -42,7 +45,7 @@ def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: t
                 scores[row, banned] = float("-inf")
     if at_limit.any():  # out of length: the only way on is EOS
         scores[at_limit] = float("-inf")
-        scores[at_limit, EOS] = 0.0
+        scores[at_limit, EOS] = forced_eos
     return scores
 
 
@@ -142,6 +145,10 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(w), min_len, no_repeat_ngram)
         # A sentence's 2k best extensions are among the 2k best of each of its beams.
         beam_logp, beam_token = logp.topk(min(2 * k, V), dim=1)  # (n*w, 2k)
+        if V < 2 * k:  # a beam wider than half the vocabulary: fill up with impossible extensions
+            filler = (n * w, 2 * k - V)
+            beam_logp = torch.cat([beam_logp, beam_logp.new_full(filler, float("-inf"))], dim=1)
+            beam_token = torch.cat([beam_token, beam_token.new_full(filler, PAD)], dim=1)
         candidates = (scores.view(-1, 1) + beam_logp).view(n, -1)  # (n, w*2k)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
         top_beam, top_token = top_index // beam_logp.size(1), beam_token.view(n, -1).gather(1, top_index)
