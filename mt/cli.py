@@ -21,14 +21,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_translate(args: argparse.Namespace) -> None:
     from mt.checkpoint import atomic_write_text
     from mt.data import decode_lines, read_lines
-    from mt.translate import Translator, stdin_batches
+    from mt.translate import Translator, stdin_batches, too_long_message
 
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
                                            threads=args.threads, quantize=args.quantize)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
+    too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
 
     def translate(lines: list[str], first_line: int, progress: bool) -> str:
+        skip = translator.too_long(lines)
+        if skip:
+            too_long.extend(first_line + i + 1 for i in skip)
+            lines = ["" if i in set(skip) else line for i, line in enumerate(lines)]
         if args.nbest > 1:
             nbest = translator.translate_nbest(lines, args.nbest, beam_size=args.beam, progress=progress, **settings)
             return "".join(f"{first_line + i}\t{score:.4f}\t{hyp}\n"
@@ -42,6 +47,12 @@ def cmd_translate(args: argparse.Namespace) -> None:
                                        progress=progress, **settings)
         return "".join(line + "\n" for line in out)
 
+    def report_too_long() -> None:
+        if too_long:
+            many = len(too_long) > 1
+            raise MTError(too_long_message(too_long, translator.model.max_positions)
+                          + ("; their output lines are empty" if many else "; its output line is empty"))
+
     from_stdin = args.input in (None, "-")
     if from_stdin and args.output is None:  # a pipeline: answer batch by batch as input arrives
         done = 0
@@ -49,6 +60,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
             sys.stdout.write(translate(lines, done, progress=False))
             sys.stdout.flush()
             done += len(lines)
+        report_too_long()
         return
     lines = decode_lines(sys.stdin.buffer.read(), "<stdin>") if from_stdin else read_lines(args.input, "input file")
     text = translate(lines, 0, progress=True)  # the bar goes to stderr
@@ -60,6 +72,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
             atomic_write_text(args.output, text)
         except OSError as e:
             raise MTError(f"output file '{args.output}': cannot write: {e}") from None
+    report_too_long()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

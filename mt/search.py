@@ -16,10 +16,14 @@ from mt.model import Transformer, reorder_cache
 from mt.tokenizer import BOS, EOS, PAD
 
 
-def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int) -> torch.Tensor:
-    """Per sentence, the most target tokens (EOS excluded) a hypothesis may have."""
+def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int | None = None) -> torch.Tensor:
+    """Per sentence, the most target tokens (EOS excluded) a hypothesis may have.
+
+    With learned positions (``max_positions``) the decoder input BOS + tokens must fit the table.
+    """
     src_len = (src != PAD).sum(1) - 1  # without the source EOS
-    return (max_len_a * src_len.float() + max_len_b).long()
+    limits = (max_len_a * src_len.float() + max_len_b).long()
+    return limits if max_positions is None else limits.clamp(max=max_positions - 1)
 
 
 def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: torch.Tensor, min_len: int = 0,
@@ -80,7 +84,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
     src (B, S) -> B token lists without BOS/EOS.
     """
     memory, src_mask = model.encode(src)
-    limits = max_lengths(src, max_len_a, max_len_b)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
     cache = model.new_cache()
     alive = torch.arange(src.size(0), device=src.device)  # original row of each active sentence
     tokens = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
@@ -131,7 +135,7 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     """
     k, B = beam_size, src.size(0)
     memory, src_mask = model.encode(src)  # one row per sentence: the beams share it (see decode)
-    limits = max_lengths(src, max_len_a, max_len_b)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
     cache = model.new_cache()
     alive = torch.arange(B, device=src.device)  # original sentence of each active group of beams
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (n*w, t): w beams per sentence

@@ -178,6 +178,14 @@ def prepare_data(config: Config, run_dir: Path):
     if config.data.valid.is_set():
         valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
         encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
+        if config.model.positions == "learned":  # fail now, not at the first validation
+            table = config.model.max_positions
+            for side, rows, extra in (("source", encoded.src, 0), ("target", encoded.tgt, 1)):
+                for i, ids in enumerate(rows):
+                    if len(ids) - extra > table:  # source + EOS; decoder input BOS + target
+                        raise MTError(f"data.valid, line {i + 1}: {len(ids) - extra} {side} tokens with "
+                                      f"{'EOS' if side == 'source' else 'BOS'}, more than the {table} learned "
+                                      "positions (model.max_positions); raise it or shorten the line")
         valid = (encoded, valid_tgt)
     return tokenizers, train_data, valid, report
 

@@ -124,10 +124,22 @@ class Translator:
                      min_len=min_len, no_repeat_ngram=no_repeat_ngram)
         return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()}
 
+    def too_long(self, lines: list[str]) -> list[int]:
+        """Indices of the lines whose source (with EOS) does not fit the model's learned positions."""
+        table = self.model.max_positions
+        if table is None:
+            return []
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        return [i for i, ids in zip(todo, self.tokenizers.src.encode([lines[i] for i in todo]))
+                if len(ids) + 1 > table]
+
     def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool) -> list:
         """Run ``search`` over the non-empty lines; empty lines get None."""
         todo = [i for i, line in enumerate(lines) if line.strip()]
         sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
+        long = [i for i, ids in zip(todo, sources) if self.model.max_positions and len(ids) > self.model.max_positions]
+        if long:
+            raise MTError(too_long_message([i + 1 for i in long], self.model.max_positions) + "; shorten or split them")
         out: list = [None] * len(lines)
         with tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr, disable=not progress) as bar:
             results = decode_corpus(search, sources, self.device, width=width,
@@ -154,6 +166,8 @@ class Translator:
         """
         o = self._options(beam_size)
         src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
+        if self.model.max_positions and len(src_ids) > self.model.max_positions:
+            raise MTError(too_long_message([1], self.model.max_positions).replace("input line 1", "the sentence"))
         src = torch.tensor([src_ids], device=self.device)
         hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
                           max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
@@ -179,6 +193,13 @@ class Translator:
             token_logp = logp.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (B, T)
             scores += token_logp.masked_fill(batch.tgt_out == PAD, 0.0).sum(1).tolist()
         return scores
+
+
+def too_long_message(line_numbers: list[int], table: int) -> str:
+    """'input line(s) N, ...: longer than the model's T learned positions (model.max_positions)'."""
+    more = f" and {len(line_numbers) - 10} more" if len(line_numbers) > 10 else ""
+    return (f"input line{'s' if len(line_numbers) > 1 else ''} {', '.join(map(str, line_numbers[:10]))}{more}: "
+            f"longer than the model's {table} learned positions (model.max_positions)")
 
 
 def stdin_batches(fd: int, max_lines: int = 256) -> Iterator[list[str]]:

@@ -319,3 +319,23 @@ def test_compile_wraps_only_the_training_model(tiny_config):
     assert trainer.ddp_model._orig_mod is trainer.model
     assert not any(name.startswith("_orig_mod") for name in trainer.state_dict()["model"])
     assert Trainer(tiny_config("train.max_steps=1"), overwrite=True).ddp_model.__class__.__name__ == "Transformer"
+
+
+def test_learned_positions_cap_decoding_so_validation_survives(tiny_config, tmp_path):
+    """16 learned positions, 6-word sentences: validation decodes up to 1.5 x 6 + 10 = 19 tokens
+    unless the limit is capped at the table (15 tokens after BOS)."""
+    metrics = train(tiny_config("model.positions=learned", "model.max_positions=16", "data.max_len=15",
+                                "train.max_steps=2", "train.valid_every=2"))
+    assert metrics["valid_bleu"] >= 0.0
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"] == 2
+
+
+def test_a_validation_line_longer_than_the_learned_positions_is_refused_before_training(tiny_config, tmp_path):
+    from conftest import write_corpus
+
+    write_corpus(tmp_path / "data", "valid", [("der hund läuft im park und die katze schläft am strand .",
+                                               "the dog runs in the park .")])
+    with pytest.raises(MTError, match=r"data.valid, line 1: 13 source tokens with EOS, more than the 10 learned "
+                                      r"positions \(model.max_positions\)"):
+        Trainer(tiny_config("model.positions=learned", "model.max_positions=10", "data.max_len=9"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

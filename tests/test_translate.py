@@ -198,3 +198,22 @@ def test_readme_python_api_names(trained_run):
     run_dir, pairs, _, _ = trained_run
     assert mt.Translator is Translator and callable(train_function) and callable(mt.load_config)
     assert mt.Translator.from_pretrained(run_dir, threads=1).translate([pairs[0][0]], beam_size=5) == [pairs[0][1]]
+
+
+def test_a_line_longer_than_the_learned_positions_loses_no_other_line(tiny_config, tmp_path, capsys):
+    from mt.train import train
+
+    train(tiny_config("model.positions=learned", "model.max_positions=8", "data.max_len=7", "train.max_steps=1"))
+    lines = ["der hund läuft .", "der hund läuft im park und die katze schläft am strand .", "", "ein mann singt ."]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = run_cli(["translate", str(tmp_path / "run"), "-i", str(tmp_path / "in.txt"),
+                              "-o", str(tmp_path / "out.txt")], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == ("error: input line 2: longer than the model's 8 learned positions "
+                                            "(model.max_positions); its output line is empty")
+    written = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    translator = Translator.from_pretrained(tmp_path / "run")
+    assert written == [*translator.translate(lines[:1]), "", "", *translator.translate(lines[3:]), ""]
+    assert written[0] and all(len(t.split()) <= 7 for t in written)  # decoding stops at the table's end
+    with pytest.raises(MTError, match=r"^input line 2: longer than the model's 8 learned positions"):
+        translator.translate(lines)
