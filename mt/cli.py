@@ -18,11 +18,34 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(config, overwrite=args.overwrite)
 
 
+def check_translate_options(args: argparse.Namespace) -> None:
+    """Every option's range, before the model loads: bad values would decode nonsense or crash later."""
+    import math
+
+    def need(ok: bool, option: str, what: str, value) -> None:
+        if not ok:
+            raise MTError(f"{option}: {what}, got {value}")
+
+    for option, value in [("--beam", args.beam), ("--nbest", args.nbest), ("--batch-tokens", args.batch_tokens)]:
+        need(value is None or value >= 1, option, "must be at least 1", value)
+    need(args.min_len is None or args.min_len >= 0, "--min-len", "must be >= 0", args.min_len)
+    need(args.no_repeat_ngram is None or args.no_repeat_ngram >= 0, "--no-repeat-ngram", "must be >= 0 (0 = off)",
+         args.no_repeat_ngram)
+    need(args.length_penalty is None or math.isfinite(args.length_penalty), "--length-penalty",
+         "must be a finite number", args.length_penalty)
+    need(0 <= args.temperature < math.inf, "--temperature", "must be a finite number >= 0 (0 = greedy)",
+         args.temperature)
+    need(args.top_k >= 0, "--top-k", "must be >= 0 (0 = all tokens)", args.top_k)
+    need(0 < args.top_p <= 1, "--top-p", "must be in (0, 1]", args.top_p)
+    need(args.threads >= 0, "--threads", "must be >= 0 (0 = every core)", args.threads)
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
     from mt.checkpoint import atomic_write_text
     from mt.data import decode_lines, read_lines
     from mt.translate import Translator, stdin_batches, too_long_message
 
+    check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
                                            threads=args.threads, quantize=args.quantize)

@@ -103,8 +103,9 @@ class Translator:
             beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"], max_len_a=o["max_len_a"],
             max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"]),
             o["beam_size"], None, progress)
+        # an empty line: its empty translation, certain (log-probability 0), as every one of the nbest
         return [[(score, text) for (score, _), text in zip(h[:nbest], self._detokenize([t for _, t in h[:nbest]]))]
-                if h else [] for h in hyps]
+                if h is not None else [(0.0, "")] * nbest for h in hyps]
 
     def sample(self, lines: list[str], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                seed: int | None = None, progress: bool = False, **settings) -> list[str]:

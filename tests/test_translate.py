@@ -129,8 +129,9 @@ def test_cli_nbest_writes_tsv_with_scores(trained_run, tmp_path, capsys):
     code, out, _ = run_cli(["translate", str(run_dir), "-i", str(src), "--nbest", "3"], capsys)
     rows = [line.split("\t") for line in out.splitlines()]
     assert code == 0
-    assert [r[0] for r in rows] == ["0", "0", "0", "2", "2", "2"]  # the empty line has no hypotheses
-    assert rows[0][2] == pairs[0][1] and rows[3][2] == pairs[1][1]
+    assert [r[0] for r in rows] == ["0", "0", "0", "1", "1", "1", "2", "2", "2"]  # 0-based, K lines for every line
+    assert rows[3:6] == [["1", "0.0000", ""]] * 3  # an empty line: its empty translation, K times
+    assert rows[0][2] == pairs[0][1] and rows[6][2] == pairs[1][1]
     assert float(rows[0][1]) >= float(rows[1][1]) >= float(rows[2][1])
 
 
@@ -217,3 +218,22 @@ def test_a_line_longer_than_the_learned_positions_loses_no_other_line(tiny_confi
     assert written[0] and all(len(t.split()) <= 7 for t in written)  # decoding stops at the table's end
     with pytest.raises(MTError, match=r"^input line 2: longer than the model's 8 learned positions"):
         translator.translate(lines)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--beam", "0", "--beam: must be at least 1, got 0"),
+    ("--nbest", "0", "--nbest: must be at least 1, got 0"),
+    ("--no-repeat-ngram", "-1", "--no-repeat-ngram: must be >= 0 (0 = off), got -1"),
+    ("--min-len", "-2", "--min-len: must be >= 0, got -2"),
+    ("--batch-tokens", "0", "--batch-tokens: must be at least 1, got 0"),
+    ("--length-penalty", "nan", "--length-penalty: must be a finite number, got nan"),
+    ("--temperature", "-1", "--temperature: must be a finite number >= 0 (0 = greedy), got -1.0"),
+    ("--temperature", "inf", "--temperature: must be a finite number >= 0 (0 = greedy), got inf"),
+    ("--top-k", "-1", "--top-k: must be >= 0 (0 = all tokens), got -1"),
+    ("--top-p", "0", "--top-p: must be in (0, 1], got 0.0"),
+    ("--top-p", "1.5", "--top-p: must be in (0, 1], got 1.5"),
+    ("--threads", "-1", "--threads: must be >= 0 (0 = every core), got -1"),
+])
+def test_translate_options_are_checked_before_anything_runs(tmp_path, capsys, option, value, message):
+    code, out, err = run_cli(["translate", str(tmp_path / "no_such_run"), option, value], capsys)
+    assert (code, out, err) == (2, "", f"error: {message}\n")
