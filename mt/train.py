@@ -276,7 +276,10 @@ class Trainer:
                           f"{self.tokenizers.src.path}; pass --overwrite to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():  # a disabled scaler ignores what it is given
+            self.scaler.load_state_dict(state["scaler"])
+        else:  # fp16 now (train.precision changed, or auto on another GPU), not when the checkpoint was written
+            log("note: the checkpoint was written without fp16 loss scaling: the loss scale starts afresh")
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.elapsed, self.best_score = state["elapsed"], state["best_score"]
         self.saved_step = self.step

@@ -339,3 +339,17 @@ def test_a_validation_line_longer_than_the_learned_positions_is_refused_before_t
                                       r"positions \(model.max_positions\)"):
         Trainer(tiny_config("model.positions=learned", "model.max_positions=10", "data.max_len=9"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resuming_with_fp16_from_a_checkpoint_written_without_it_starts_a_fresh_scaler(tiny_config, monkeypatch,
+                                                                                      capsys):
+    """precision auto on a GPU without bf16 (or a changed train.precision) resumes an fp32 run with
+    loss scaling on: the checkpoint's disabled GradScaler state is empty, the new scaler starts fresh."""
+    import mt.train
+
+    train(tiny_config("train.max_steps=1"))
+    monkeypatch.setattr(mt.train, "resolve_precision", lambda precision, device: torch.float16)
+    trainer = Trainer(tiny_config("train.max_steps=2"))
+    assert trainer.step == 1 and trainer.scaler.is_enabled()
+    assert trainer.scaler.state_dict()["scale"] == 2.0 ** 16
+    assert "written without fp16 loss scaling: the loss scale starts afresh" in capsys.readouterr().err
