@@ -63,7 +63,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
                            for i, hyps in enumerate(nbest) for score, hyp in hyps)
         if args.sample:
             out = translator.sample(lines, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                    seed=args.seed, progress=progress, min_len=args.min_len,
+                                    seed=args.seed, progress=progress, first_line=first_line,
+                                    batch_tokens=args.batch_tokens, min_len=args.min_len,
                                     no_repeat_ngram=args.no_repeat_ngram)
         else:
             out = translator.translate(lines, beam_size=args.beam, batch_tokens=args.batch_tokens,

@@ -61,8 +61,11 @@ class Sampler:
     top_k: int = 0  # keep only the k most probable tokens (0 = all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (nucleus)
     generator: torch.Generator | None = None
+    # one generator per sentence of the batch: each sentence's draws then do not depend on
+    # which other sentences share its batch (``rows`` says which sentence each row is)
+    generators: list[torch.Generator] | None = None
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float() / max(self.temperature, 1e-6)
         if self.top_k:
             kth = logits.topk(min(self.top_k, logits.size(-1)), dim=-1).values[:, -1:]
@@ -72,8 +75,11 @@ class Sampler:
             probs = sorted_logits.softmax(-1)
             outside = probs.cumsum(-1) - probs >= self.top_p  # the mass before this token already reaches p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(1).to(logits.device)
+        probs = logits.softmax(-1).cpu()
+        if self.generators is not None:
+            return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=self.generators[row]).view(1)
+                              for i, row in enumerate(rows.tolist())]).to(logits.device)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).to(logits.device)
 
 
 @torch.no_grad()
@@ -92,7 +98,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
     for step in range(int(limits.max()) + 1):
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (b, V)
         logits = constrain(logits.float(), tokens, step, step >= limits[alive], min_len, no_repeat_ngram)
-        next_token = logits.argmax(-1) if sampler is None else sampler(logits)
+        next_token = logits.argmax(-1) if sampler is None else sampler(logits, alive)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         done = next_token == EOS
         if done.any():
@@ -179,14 +185,15 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
 
 
-def decode_corpus(search: Callable[[torch.Tensor], list], sources: list[list[int]], device: torch.device,
+def decode_corpus(search: Callable[..., list], sources: list[list[int]], device: torch.device,
                   width: int = 1, batch_tokens: int = 6000, autocast_dtype: torch.dtype | None = None,
-                  progress=None) -> list:
+                  progress=None, with_ids: bool = False) -> list:
     """Run ``search`` (a batch of padded sources -> one result per sentence) over encoded sources.
 
     Sources (each ending in EOS) are sorted by length and cut into batches of at most
     ``batch_tokens`` (sentences x longest source x ``width``, the beam size); the results
     come back in input order. ``progress`` is called with the sentences done after each batch.
+    ``with_ids``: ``search(src, ids)`` also gets the batch's indices in ``sources``.
     """
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     results: list = [None] * len(sources)
@@ -198,7 +205,7 @@ def decode_corpus(search: Callable[[torch.Tensor], list], sources: list[list[int
         batch_ids = order[start:end]
         src = pad([sources[i] for i in batch_ids]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            hyps = search(src)
+            hyps = search(src, batch_ids) if with_ids else search(src)
         for i, hyp in zip(batch_ids, hyps):
             results[i] = hyp
         if progress is not None:

@@ -237,3 +237,22 @@ def test_a_line_longer_than_the_learned_positions_loses_no_other_line(tiny_confi
 def test_translate_options_are_checked_before_anything_runs(tmp_path, capsys, option, value, message):
     code, out, err = run_cli(["translate", str(tmp_path / "no_such_run"), option, value], capsys)
     assert (code, out, err) == (2, "", f"error: {message}\n")
+
+
+def test_seeded_samples_do_not_depend_on_how_the_input_arrives(trained_run, tmp_path, capsys, monkeypatch):
+    """Each line draws from its own generator, seeded by --seed and the line's position in the input:
+    stdin cut into batches of 256 lines gives what -i gives in one batch."""
+    run_dir, pairs, _, _ = trained_run
+    lines = [pairs[i % len(pairs)][0] for i in range(300)]
+    src = tmp_path / "in.de"
+    src.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    argv = ["translate", str(run_dir), "--sample", "--temperature", "3", "--seed", "7"]
+    code, from_file, _ = run_cli(argv + ["-i", str(src)], capsys)
+    assert code == 0
+    code, from_stdin, _ = run_cli(argv, capsys, stdin_bytes=src.read_bytes(), monkeypatch=monkeypatch)
+    assert code == 0 and from_stdin == from_file
+    out = from_file.splitlines()
+    assert len(out) == 300 and len(set(out[:20])) > 1 and out[:20] != out[20:40]  # repeated inputs, own draws
+    translator = Translator.from_pretrained(run_dir)
+    assert translator.sample(lines[:40], temperature=3, seed=7) == out[:40]
+    assert translator.sample(lines[25:40], temperature=3, seed=7, first_line=25, batch_tokens=30) == out[25:40]
