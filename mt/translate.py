@@ -1,13 +1,14 @@
 """Translator: a trained run directory (or checkpoint) -> translations of plain text.
 
-Output line i is always the translation of input line i; empty input lines give
-empty output lines without touching the model.
+Output line i is always the translation of input line i; empty input lines (also those
+of only whitespace or zero-width characters) give empty output lines without touching the model.
 """
 from __future__ import annotations
 
 import os
 import select
 import sys
+import unicodedata
 import warnings
 from functools import partial
 from pathlib import Path
@@ -138,7 +139,7 @@ class Translator:
         table = self.model.max_positions
         if table is None:
             return []
-        todo = [i for i, line in enumerate(lines) if line.strip()]
+        todo = [i for i, line in enumerate(lines) if not is_blank(line)]
         return [i for i, ids in zip(todo, self.tokenizers.src.encode([lines[i] for i in todo]))
                 if len(ids) + 1 > table]
 
@@ -148,7 +149,7 @@ class Translator:
 
         ``with_ids``: ``search(src, line_ids)`` also gets the indices in ``lines`` of the batch's rows.
         """
-        todo = [i for i, line in enumerate(lines) if line.strip()]
+        todo = [i for i, line in enumerate(lines) if not is_blank(line)]
         sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
         long = [i for i, ids in zip(todo, sources) if self.model.max_positions and len(ids) > self.model.max_positions]
         if long:
@@ -209,6 +210,12 @@ class Translator:
             token_logp = logp.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (B, T)
             scores += token_logp.masked_fill(batch.tgt_out == PAD, 0.0).sum(1).tolist()
         return scores
+
+
+def is_blank(line: str) -> bool:
+    """Nothing to translate: only whitespace and invisible format characters (zero-width space,
+    joiners, BOM), which would otherwise get a translation made up from nothing."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in line)
 
 
 def line_generator(seed: int, position: int) -> torch.Generator:

@@ -33,8 +33,9 @@ def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
 def test_empty_lines_give_empty_lines_and_line_count_is_kept(trained_run):
     run_dir, pairs, _, _ = trained_run
     translator = Translator.from_pretrained(run_dir, threads=1)
-    lines = ["", pairs[0][0], "   ", pairs[3][0], ""]
-    assert translator.translate(lines) == ["", pairs[0][1], "", pairs[3][1], ""]
+    lines = ["", pairs[0][0], "   ", pairs[3][0], "", "\u200b", "\ufeff \u200c\u200d\u2060"]
+    assert translator.translate(lines) == ["", pairs[0][1], "", pairs[3][1], "", "", ""]
+    assert translator.translate_nbest(lines[5:], 2) == [[(0.0, "")] * 2] * 2
 
 
 def test_cli_translates_file_to_file(trained_run, tmp_path, capsys):
