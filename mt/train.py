@@ -36,6 +36,7 @@ from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import PAD, TokenizerPair
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
+MAX_OVERFLOW_SKIPS = 64  # consecutive fp16 updates skipped by the GradScaler (each halves the scale) before we give up
 
 
 def log(message: str) -> None:
@@ -248,6 +249,7 @@ class Trainer:
         self.best_score = -math.inf
         self.stop_signal: str | None = None
         self.saved_step = -1
+        self.overflow_skips = 0  # updates the fp16 GradScaler skipped (overflowing gradients), this session
         self.validations_without_gain = 0  # for early stopping (train.patience)
         if state is not None:
             self._restore(state)
@@ -327,7 +329,8 @@ class Trainer:
         The loss is normalised by ``n_tokens``, the target tokens of all the batches (of
         every rank's slice, in a torchrun job), so k accumulated batches give the update of
         one batch k times larger. Returns the loss per target token, or None if it was not
-        finite and the update was skipped.
+        finite and the update was skipped. An update the fp16 GradScaler skips (overflowing
+        gradients) counts in ``overflow_skips``.
         """
         self.ddp_model.train()
         n_tokens = n_tokens or sum(b.n_tgt_tokens for b in batches)
@@ -349,9 +352,12 @@ class Trainer:
         if self.config.train.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if scale is not None and self.scaler.get_scale() < scale:  # it found inf/nan gradients and skipped
+            self.overflow_skips += 1
         return total
 
     @torch.no_grad()
@@ -416,7 +422,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
                    desc="train", file=sys.stderr, disable=None if self.dist.main else True)
         session_start = time.monotonic() - self.elapsed
-        window_tokens, window_start, bad_steps = 0, time.monotonic(), 0
+        window_tokens, window_start, bad_steps, overflows = 0, time.monotonic(), 0, 0
         last_metrics: dict = {}
         reason = None
         try:
@@ -439,7 +445,15 @@ class Trainer:
                              for ids in shards]
                     n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
                     lr = self.set_lr(max_time)
+                    skips = self.overflow_skips
                     loss = self.train_step(parts, n_tokens)
+                    if self.overflow_skips > skips:  # no update was made: the step and the schedule wait (as fairseq)
+                        overflows += 1
+                        if overflows >= MAX_OVERFLOW_SKIPS:
+                            raise MTError(f"training diverged: {overflows} fp16 updates in a row had overflowing "
+                                          f"gradients at step {self.step + 1}; use train.precision=bf16 or fp32")
+                        continue
+                    overflows = 0
                     if loss is None:
                         bad_steps += 1
                         log(f"warning: step {self.step + 1}: loss is not finite; update skipped")

@@ -353,3 +353,26 @@ def test_resuming_with_fp16_from_a_checkpoint_written_without_it_starts_a_fresh_
     assert trainer.step == 1 and trainer.scaler.is_enabled()
     assert trainer.scaler.state_dict()["scale"] == 2.0 ** 16
     assert "written without fp16 loss scaling: the loss scale starts afresh" in capsys.readouterr().err
+
+
+def test_an_update_skipped_by_the_fp16_grad_scaler_is_not_counted_as_a_step(tiny_config):
+    """GradScaler skips the optimizer step when the scaled gradients overflow; the step counter and the
+    learning-rate schedule must wait for a real update. Loss scaling on the CPU (without fp16 autocast),
+    and the first two backward passes made to overflow."""
+    trainer = Trainer(tiny_config("train.max_steps=3", "train.valid_every=3"))
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    overflowed = []
+
+    def overflow_twice(grad):
+        if len(overflowed) < 2:
+            overflowed.append(True)
+            return torch.full_like(grad, math.inf)
+        return grad
+
+    trainer.model.output.weight.register_hook(overflow_twice)
+    trainer.run()
+    assert trainer.overflow_skips == 2 and trainer.scaler.get_scale() == 2.0 ** 14  # halved twice
+    assert trainer.step == 3
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}  # three real Adam updates
+    t = trainer.config.train
+    assert trainer.optimizer.param_groups[0]["lr"] == inverse_sqrt_lr(3, t.lr, t.warmup_steps)
