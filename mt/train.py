@@ -504,6 +504,8 @@ class Trainer:
                       **{k: round(v, 4) for k, v in metrics.items()}}
             self.log_metrics(record)
             shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+            if self.amp_dtype is not None:  # mt translate decodes in fp32 by default: say why BLEU may differ
+                shown += f" (under {str(self.amp_dtype).replace('torch.', '')} autocast)"
             log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
         self.save(metrics)
         self.saved_step = self.step
