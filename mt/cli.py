@@ -53,10 +53,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
     too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
 
     def translate(lines: list[str], first_line: int, progress: bool) -> str:
-        skip = translator.too_long(lines)
+        skip = set(translator.too_long(lines))
         if skip:
-            too_long.extend(first_line + i + 1 for i in skip)
-            lines = ["" if i in set(skip) else line for i, line in enumerate(lines)]
+            too_long.extend(first_line + i + 1 for i in sorted(skip))
+            lines = ["" if i in skip else line for i, line in enumerate(lines)]
         if args.nbest > 1:
             nbest = translator.translate_nbest(lines, args.nbest, beam_size=args.beam, progress=progress, **settings)
             return "".join(f"{first_line + i}\t{score:.4f}\t{hyp}\n"
