@@ -308,6 +308,10 @@ def prepare_training_data(config: Config, run_dir: Path, threads: int = 1) -> tu
     named = _named_corpora(config.data)
     corpora = [corpus_arrays(corpus, key, config, tokenizers, threads) for key, corpus in named]
     data = TrainingData(corpora, [corpus.weight for _, corpus in named])
+    for (key, corpus), c in zip(named, corpora):
+        if int(corpus.weight) * len(c) + round((corpus.weight - int(corpus.weight)) * len(c)) == 0:
+            raise MTError(f"{key}.weight: {corpus.weight:g} x {len(c)} pairs kept rounds to 0 pairs per epoch; "
+                          f"raise the weight above {0.5 / len(c):.3g} or leave the corpus out")
     report: dict = {}
     for c in corpora:
         for why, n in c.report.items():

@@ -18,29 +18,64 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(config, overwrite=args.overwrite)
 
 
+def check_translate_options(args: argparse.Namespace) -> None:
+    """Every option's range, before the model loads: bad values would decode nonsense or crash later."""
+    import math
+
+    def need(ok: bool, option: str, what: str, value) -> None:
+        if not ok:
+            raise MTError(f"{option}: {what}, got {value}")
+
+    for option, value in [("--beam", args.beam), ("--nbest", args.nbest), ("--batch-tokens", args.batch_tokens)]:
+        need(value is None or value >= 1, option, "must be at least 1", value)
+    need(args.min_len is None or args.min_len >= 0, "--min-len", "must be >= 0", args.min_len)
+    need(args.no_repeat_ngram is None or args.no_repeat_ngram >= 0, "--no-repeat-ngram", "must be >= 0 (0 = off)",
+         args.no_repeat_ngram)
+    need(args.length_penalty is None or math.isfinite(args.length_penalty), "--length-penalty",
+         "must be a finite number", args.length_penalty)
+    need(0 <= args.temperature < math.inf, "--temperature", "must be a finite number >= 0 (0 = greedy)",
+         args.temperature)
+    need(args.top_k >= 0, "--top-k", "must be >= 0 (0 = all tokens)", args.top_k)
+    need(0 < args.top_p <= 1, "--top-p", "must be in (0, 1]", args.top_p)
+    need(args.threads >= 0, "--threads", "must be >= 0 (0 = every core)", args.threads)
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
     from mt.checkpoint import atomic_write_text
     from mt.data import decode_lines, read_lines
-    from mt.translate import Translator, stdin_batches
+    from mt.translate import Translator, stdin_batches, too_long_message
 
+    check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
                                            threads=args.threads, quantize=args.quantize)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
+    too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
 
     def translate(lines: list[str], first_line: int, progress: bool) -> str:
+        skip = set(translator.too_long(lines))
+        if skip:
+            too_long.extend(first_line + i + 1 for i in sorted(skip))
+            lines = ["" if i in skip else line for i, line in enumerate(lines)]
         if args.nbest > 1:
             nbest = translator.translate_nbest(lines, args.nbest, beam_size=args.beam, progress=progress, **settings)
             return "".join(f"{first_line + i}\t{score:.4f}\t{hyp}\n"
                            for i, hyps in enumerate(nbest) for score, hyp in hyps)
         if args.sample:
             out = translator.sample(lines, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                    seed=args.seed, progress=progress, min_len=args.min_len,
+                                    seed=args.seed, progress=progress, first_line=first_line,
+                                    batch_tokens=args.batch_tokens, min_len=args.min_len,
                                     no_repeat_ngram=args.no_repeat_ngram)
         else:
             out = translator.translate(lines, beam_size=args.beam, batch_tokens=args.batch_tokens,
                                        progress=progress, **settings)
         return "".join(line + "\n" for line in out)
+
+    def report_too_long() -> None:
+        if too_long:
+            many = len(too_long) > 1
+            raise MTError(too_long_message(too_long, translator.model.max_positions)
+                          + ("; their output lines are empty" if many else "; its output line is empty"))
 
     from_stdin = args.input in (None, "-")
     if from_stdin and args.output is None:  # a pipeline: answer batch by batch as input arrives
@@ -49,6 +84,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
             sys.stdout.write(translate(lines, done, progress=False))
             sys.stdout.flush()
             done += len(lines)
+        report_too_long()
         return
     lines = decode_lines(sys.stdin.buffer.read(), "<stdin>") if from_stdin else read_lines(args.input, "input file")
     text = translate(lines, 0, progress=True)  # the bar goes to stderr
@@ -60,6 +96,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
             atomic_write_text(args.output, text)
         except OSError as e:
             raise MTError(f"output file '{args.output}': cannot write: {e}") from None
+    report_too_long()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

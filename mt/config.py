@@ -184,6 +184,53 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
+class _Plain:
+    """An unquoted YAML scalar that YAML 1.1 reads as a non-string (``no``, ``off``, ``1:30``, ``010``,
+    ``null``), with the text it was written as: a string field keeps the text, any other field the value."""
+
+    __slots__ = ("value", "text")
+
+    def __init__(self, value: Any, text: str):
+        self.value, self.text = value, text
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that wraps every plain non-string scalar in ``_Plain``."""
+
+
+def _construct_plain(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    value = yaml.SafeLoader.yaml_constructors[node.tag](loader, node)
+    return _Plain(value, node.value) if node.style is None else value
+
+
+for _tag in ("bool", "int", "float", "null", "timestamp"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_plain)
+
+
+def _plain_keys(node: Any) -> Any:
+    """Mapping keys as YAML 1.1 reads them (only values may stay wrapped)."""
+    if isinstance(node, dict):
+        return {(k.value if isinstance(k, _Plain) else k): _plain_keys(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_keys(v) for v in node]
+    return node
+
+
+def _yaml_values(node: Any) -> Any:
+    """Every ``_Plain`` replaced by its YAML 1.1 value (for untyped lists)."""
+    if isinstance(node, _Plain):
+        return node.value
+    if isinstance(node, dict):
+        return {k: _yaml_values(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_yaml_values(v) for v in node]
+    return node
+
+
+def _parse_yaml(text: str) -> Any:
+    return _plain_keys(yaml.load(text, Loader=_Loader))  # noqa: S506 (a SafeLoader)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
     """Read ``path`` (YAML), apply ``key=value`` overrides, validate, resolve data paths."""
     raw: dict = {}
@@ -197,7 +244,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         except (OSError, UnicodeDecodeError) as e:
             raise MTError(f"config file '{path}': cannot read: {e}") from None
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = _parse_yaml(text)
+            raw = {} if raw is None or (isinstance(raw, _Plain) and raw.value is None) else raw
         except yaml.YAMLError as e:
             raise MTError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
         if not isinstance(raw, dict):
@@ -246,7 +294,7 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> set[str]:
         key, value = item.split("=", 1)
         key = key.strip()
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
+            parsed = _parse_yaml(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
         node = raw
@@ -273,6 +321,8 @@ def _build(cls, raw: Any, prefix: str, source: str, cli_keys: set[str] = frozens
     Errors about keys given on the command line say so instead of naming the file.
     """
     where = prefix.rstrip(".") or "top level"
+    if isinstance(raw, _Plain):
+        raw = raw.value
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -300,6 +350,9 @@ def _build(cls, raw: Any, prefix: str, source: str, cli_keys: set[str] = frozens
 def _convert(value: Any, hint: Any, key: str, source: str, cli_keys: set[str] = frozenset()):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if isinstance(value, _Plain):  # YAML 1.1 read it as a bool/number/null/date: was a string meant?
+        wants_text = hint is str or (origin is Literal and all(isinstance(a, str) for a in args))
+        value = value.text if wants_text else value.value
     if origin is typing.Union:  # Optional[X], or X | list[X] (one corpus or several)
         if value is None and type(None) in args:
             return None
@@ -334,6 +387,8 @@ def _convert(value: Any, hint: Any, key: str, source: str, cli_keys: set[str] = 
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise MTError(f"{source}: {key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # no setting means anything at nan or inf
+            raise MTError(f"{source}: {key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if isinstance(value, (dict, list)) or value is None:
@@ -342,7 +397,7 @@ def _convert(value: Any, hint: Any, key: str, source: str, cli_keys: set[str] = 
     if hint is list:
         if not isinstance(value, list):
             raise MTError(f"{source}: {key}: expected a list, got {value!r}")
-        return value
+        return _yaml_values(value)
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 
@@ -362,6 +417,14 @@ def _check_values(c: Config, source: str) -> None:
                        ("data.max_len", c.data.max_len)]:
         need(value > 0, key, "must be a positive integer", value)
     need(m.d_model % m.heads == 0, "model.heads", f"must divide model.d_model ({m.d_model})", m.heads)
+    need(m.positions != "sinusoidal" or m.d_model % 2 == 0, "model.d_model",
+         "sinusoidal positions need an even size (a sine and a cosine per frequency)", m.d_model)
+    # learned positions: a training source is max_len tokens + EOS, a decoder input BOS + max_len tokens
+    need(m.positions != "learned" or c.data.max_len + 1 <= m.max_positions, "model.max_positions",
+         f"learned positions must cover data.max_len ({c.data.max_len}) + 1 for BOS/EOS = {c.data.max_len + 1}",
+         m.max_positions)
+    need(c.data.max_len_ratio >= 1, "data.max_len_ratio", "must be at least 1 (a ratio of longer to shorter)",
+         c.data.max_len_ratio)
     for key, value in [("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
                        ("model.activation_dropout", m.activation_dropout),
                        ("train.label_smoothing", t.label_smoothing)]:

@@ -7,6 +7,7 @@ are streamed in chunks (``iter_parallel``), so memory does not grow with their s
 """
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import itertools
@@ -248,13 +249,18 @@ def _datasets_pairs(corpus: Corpus, key: str, src_field: str, tgt_field: str) ->
 def source_identity(corpus: Corpus) -> dict:
     """What a cached corpus depends on: the settings and each file's path, size, mtime and inode.
 
-    A changed file gets a new identity (its size or mtime changes) without being read.
+    A changed file gets a new identity (its size or mtime changes) without being read; a glob
+    (``datasets`` data files) stands for the files it matches now. A hub dataset is known by
+    its name, configuration and split only: a change upstream keeps the cached entry.
     """
     files = [p for p in (corpus.src, corpus.tgt, corpus.path) if p]
     stats = []
     for name in files:
         path = Path(name)
-        members = sorted(path.rglob("*")) if path.is_dir() else [path]
+        if not path.exists() and any(ch in name for ch in "*?["):
+            members = sorted(Path(p) for p in glob.glob(name, recursive=True))
+        else:
+            members = sorted(path.rglob("*")) if path.is_dir() else [path]
         for member in members:
             try:
                 st = member.stat()

@@ -24,6 +24,8 @@ def read_pair(hyp_path: str | Path, ref_path: str | Path) -> tuple[list[str], li
     if len(hyps) != len(refs):
         raise MTError(f"hypothesis file '{hyp_path}' has {len(hyps)} lines but reference file "
                       f"'{ref_path}' has {len(refs)}")
+    if not hyps:  # sacreBLEU fails on an empty corpus with an IndexError
+        raise MTError(f"hypothesis file '{hyp_path}' is empty: nothing to score")
     return hyps, refs
 
 

@@ -250,6 +250,8 @@ class Transformer(nn.Module):
             self.positions = SinusoidalPositions(cfg.d_model)
         else:
             self.positions = LearnedPositions(cfg.d_model, cfg.max_positions)
+        # the longest sequence either side can hold (None: sinusoids extend to any length)
+        self.max_positions = cfg.max_positions if cfg.positions == "learned" else None
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))

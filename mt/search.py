@@ -16,10 +16,14 @@ from mt.model import Transformer, reorder_cache
 from mt.tokenizer import BOS, EOS, PAD
 
 
-def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int) -> torch.Tensor:
-    """Per sentence, the most target tokens (EOS excluded) a hypothesis may have."""
+def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int | None = None) -> torch.Tensor:
+    """Per sentence, the most target tokens (EOS excluded) a hypothesis may have.
+
+    With learned positions (``max_positions``) the decoder input BOS + tokens must fit the table.
+    """
     src_len = (src != PAD).sum(1) - 1  # without the source EOS
-    return (max_len_a * src_len.float() + max_len_b).long()
+    limits = (max_len_a * src_len.float() + max_len_b).long()
+    return limits if max_positions is None else limits.clamp(max=max_positions - 1)
 
 
 def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: torch.Tensor, min_len: int = 0,
@@ -27,8 +31,11 @@ def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: t
     """Apply the length limits and n-gram blocking to next-token scores (B, V), in place.
 
     ``tokens`` (B, t) are the prefixes so far (BOS first); ``at_limit`` (B,) marks rows that
-    must end now. Forbidden tokens get -inf.
+    must end now: only EOS is left, at the model's own score for it (as in fairseq), so a
+    hypothesis cut by the limit pays for its EOS like one that ended by itself. Forbidden
+    tokens get -inf.
     """
+    forced_eos = scores[at_limit, EOS].clone() if at_limit.any() else None  # before min_len may forbid it
     if step < min_len:
         scores[:, EOS] = float("-inf")
     if no_repeat_ngram and step + 1 >= no_repeat_ngram:
@@ -42,7 +49,7 @@ def constrain(scores: torch.Tensor, tokens: torch.Tensor, step: int, at_limit: t
                 scores[row, banned] = float("-inf")
     if at_limit.any():  # out of length: the only way on is EOS
         scores[at_limit] = float("-inf")
-        scores[at_limit, EOS] = 0.0
+        scores[at_limit, EOS] = forced_eos
     return scores
 
 
@@ -54,8 +61,11 @@ class Sampler:
     top_k: int = 0  # keep only the k most probable tokens (0 = all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (nucleus)
     generator: torch.Generator | None = None
+    # one generator per sentence of the batch: each sentence's draws then do not depend on
+    # which other sentences share its batch (``rows`` says which sentence each row is)
+    generators: list[torch.Generator] | None = None
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float() / max(self.temperature, 1e-6)
         if self.top_k:
             kth = logits.topk(min(self.top_k, logits.size(-1)), dim=-1).values[:, -1:]
@@ -65,8 +75,11 @@ class Sampler:
             probs = sorted_logits.softmax(-1)
             outside = probs.cumsum(-1) - probs >= self.top_p  # the mass before this token already reaches p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(1).to(logits.device)
+        probs = logits.softmax(-1).cpu()
+        if self.generators is not None:
+            return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=self.generators[row]).view(1)
+                              for i, row in enumerate(rows.tolist())]).to(logits.device)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).to(logits.device)
 
 
 @torch.no_grad()
@@ -77,7 +90,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
     src (B, S) -> B token lists without BOS/EOS.
     """
     memory, src_mask = model.encode(src)
-    limits = max_lengths(src, max_len_a, max_len_b)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
     cache = model.new_cache()
     alive = torch.arange(src.size(0), device=src.device)  # original row of each active sentence
     tokens = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
@@ -85,7 +98,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
     for step in range(int(limits.max()) + 1):
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (b, V)
         logits = constrain(logits.float(), tokens, step, step >= limits[alive], min_len, no_repeat_ngram)
-        next_token = logits.argmax(-1) if sampler is None else sampler(logits)
+        next_token = logits.argmax(-1) if sampler is None else sampler(logits, alive)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         done = next_token == EOS
         if done.any():
@@ -128,7 +141,7 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     """
     k, B = beam_size, src.size(0)
     memory, src_mask = model.encode(src)  # one row per sentence: the beams share it (see decode)
-    limits = max_lengths(src, max_len_a, max_len_b)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
     cache = model.new_cache()
     alive = torch.arange(B, device=src.device)  # original sentence of each active group of beams
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (n*w, t): w beams per sentence
@@ -142,6 +155,10 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(w), min_len, no_repeat_ngram)
         # A sentence's 2k best extensions are among the 2k best of each of its beams.
         beam_logp, beam_token = logp.topk(min(2 * k, V), dim=1)  # (n*w, 2k)
+        if V < 2 * k:  # a beam wider than half the vocabulary: fill up with impossible extensions
+            filler = (n * w, 2 * k - V)
+            beam_logp = torch.cat([beam_logp, beam_logp.new_full(filler, float("-inf"))], dim=1)
+            beam_token = torch.cat([beam_token, beam_token.new_full(filler, PAD)], dim=1)
         candidates = (scores.view(-1, 1) + beam_logp).view(n, -1)  # (n, w*2k)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
         top_beam, top_token = top_index // beam_logp.size(1), beam_token.view(n, -1).gather(1, top_index)
@@ -168,14 +185,15 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
 
 
-def decode_corpus(search: Callable[[torch.Tensor], list], sources: list[list[int]], device: torch.device,
+def decode_corpus(search: Callable[..., list], sources: list[list[int]], device: torch.device,
                   width: int = 1, batch_tokens: int = 6000, autocast_dtype: torch.dtype | None = None,
-                  progress=None) -> list:
+                  progress=None, with_ids: bool = False) -> list:
     """Run ``search`` (a batch of padded sources -> one result per sentence) over encoded sources.
 
     Sources (each ending in EOS) are sorted by length and cut into batches of at most
     ``batch_tokens`` (sentences x longest source x ``width``, the beam size); the results
     come back in input order. ``progress`` is called with the sentences done after each batch.
+    ``with_ids``: ``search(src, ids)`` also gets the batch's indices in ``sources``.
     """
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     results: list = [None] * len(sources)
@@ -187,7 +205,7 @@ def decode_corpus(search: Callable[[torch.Tensor], list], sources: list[list[int
         batch_ids = order[start:end]
         src = pad([sources[i] for i in batch_ids]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            hyps = search(src)
+            hyps = search(src, batch_ids) if with_ids else search(src)
         for i, hyp in zip(batch_ids, hyps):
             results[i] = hyp
         if progress is not None:

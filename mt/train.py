@@ -37,6 +37,7 @@ from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import PAD, TokenizerPair
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
+MAX_OVERFLOW_SKIPS = 64  # consecutive fp16 updates skipped by the GradScaler (each halves the scale) before we give up
 
 
 def log(message: str) -> None:
@@ -129,6 +130,14 @@ def prepare_data(config: Config, run_dir: Path):
     if config.data.valid.is_set():
         valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
         encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
+        if config.model.positions == "learned":  # fail now, not at the first validation
+            table = config.model.max_positions
+            for side, rows, extra in (("source", encoded.src, 0), ("target", encoded.tgt, 1)):
+                for i, ids in enumerate(rows):
+                    if len(ids) - extra > table:  # source + EOS; decoder input BOS + target
+                        raise MTError(f"data.valid, line {i + 1}: {len(ids) - extra} {side} tokens with "
+                                      f"{'EOS' if side == 'source' else 'BOS'}, more than the {table} learned "
+                                      "positions (model.max_positions); raise it or shorten the line")
         valid = (encoded, valid_tgt)
     return tokenizers, train_data, valid, report
 
@@ -191,6 +200,7 @@ class Trainer:
         self.best_score = -math.inf
         self.stop_signal: str | None = None
         self.saved_step = -1
+        self.overflow_skips = 0  # updates the fp16 GradScaler skipped (overflowing gradients), this session
         self.validations_without_gain = 0  # for early stopping (train.patience)
         if state is not None:
             self._restore(state)
@@ -219,7 +229,10 @@ class Trainer:
                           f"{self.tokenizers.src.path}; pass --overwrite to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():  # a disabled scaler ignores what it is given
+            self.scaler.load_state_dict(state["scaler"])
+        else:  # fp16 now (train.precision changed, or auto on another GPU), not when the checkpoint was written
+            log("note: the checkpoint was written without fp16 loss scaling: the loss scale starts afresh")
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.elapsed, self.best_score = state["elapsed"], state["best_score"]
         self.saved_step = self.step
@@ -267,18 +280,20 @@ class Trainer:
         The loss is normalised by ``n_tokens``, the target tokens of all the batches (of
         every rank's slice, in a torchrun job), so k accumulated batches give the update of
         one batch k times larger. Returns the loss per target token, or None if it was not
-        finite and the update was skipped.
+        finite and the update was skipped. An update the fp16 GradScaler skips (overflowing
+        gradients) counts in ``overflow_skips``.
         """
         self.ddp_model.train()
         n_tokens = n_tokens or sum(b.n_tgt_tokens for b in batches)
         total = 0.0
         for i, batch in enumerate(batches):
             # DDP averages gradients over ranks at the last backward; the world-size factor undoes the mean
+            # (one context for forward and backward: a no_sync() object can be entered only once)
             sync = self.ddp_model.no_sync() if self.dist.world > 1 and i < len(batches) - 1 else nullcontext()
-            with sync, autocast(self.device, self.amp_dtype):
-                logits = self.ddp_model(batch.src, batch.tgt_in)
-            loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
             with sync:
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.ddp_model(batch.src, batch.tgt_in)
+                loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
                 self.scaler.scale(loss * self.dist.world).backward()
             total += loss.item()
         total = self.dist.all_sum(total)
@@ -288,9 +303,12 @@ class Trainer:
         if self.config.train.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if scale is not None and self.scaler.get_scale() < scale:  # it found inf/nan gradients and skipped
+            self.overflow_skips += 1
         return total
 
     @torch.no_grad()
@@ -355,7 +373,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
                    desc="train", file=sys.stderr, disable=None if self.dist.main else True)
         session_start = time.monotonic() - self.elapsed
-        window_tokens, window_start, bad_steps = 0, time.monotonic(), 0
+        window_tokens, window_start, bad_steps, overflows = 0, time.monotonic(), 0, 0
         last_metrics: dict = {}
         reason = None
         try:
@@ -378,8 +396,16 @@ class Trainer:
                              for ids in shards]
                     n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
                     lr = self.set_lr(max_time)
+                    skips = self.overflow_skips
                     with self.dist.peers_answer(f"step {self.step + 1}"):
                         loss = self.train_step(parts, n_tokens)
+                    if self.overflow_skips > skips:  # no update was made: the step and the schedule wait (as fairseq)
+                        overflows += 1
+                        if overflows >= MAX_OVERFLOW_SKIPS:
+                            raise MTError(f"training diverged: {overflows} fp16 updates in a row had overflowing "
+                                          f"gradients at step {self.step + 1}; use train.precision=bf16 or fp32")
+                        continue
+                    overflows = 0
                     if loss is None:
                         bad_steps += 1
                         log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
@@ -430,6 +456,8 @@ class Trainer:
                       **{k: round(v, 4) for k, v in metrics.items()}}
             self.log_metrics(record)
             shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+            if self.amp_dtype is not None:  # mt translate decodes in fp32 by default: say why BLEU may differ
+                shown += f" (under {str(self.amp_dtype).replace('torch.', '')} autocast)"
             log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
         self.save(metrics)
         self.saved_step = self.step

@@ -1,18 +1,20 @@
 """Translator: a trained run directory (or checkpoint) -> translations of plain text.
 
-Output line i is always the translation of input line i; empty input lines give
-empty output lines without touching the model.
+Output line i is always the translation of input line i; empty input lines (also those
+of only whitespace or zero-width characters) give empty output lines without touching the model.
 """
 from __future__ import annotations
 
 import os
 import select
 import sys
+import unicodedata
 import warnings
 from functools import partial
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -103,20 +105,28 @@ class Translator:
             beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"], max_len_a=o["max_len_a"],
             max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"]),
             o["beam_size"], None, progress)
+        # an empty line: its empty translation, certain (log-probability 0), as every one of the nbest
         return [[(score, text) for (score, _), text in zip(h[:nbest], self._detokenize([t for _, t in h[:nbest]]))]
-                if h else [] for h in hyps]
+                if h is not None else [(0.0, "")] * nbest for h in hyps]
 
     def sample(self, lines: list[str], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int | None = None, progress: bool = False, **settings) -> list[str]:
-        """One translation per line drawn from the model's distribution (for back-translation)."""
+               seed: int | None = None, progress: bool = False, first_line: int = 0, batch_tokens: int | None = None,
+               **settings) -> list[str]:
+        """One translation per line drawn from the model's distribution (for back-translation).
+
+        With a ``seed``, line i draws from its own generator, seeded by (seed, first_line + i):
+        the same input line at the same position gives the same sample however the input is
+        cut into calls (``first_line``: the position of ``lines[0]`` in the whole input) or batches.
+        """
         o = self._options(1, **settings)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        sampler = Sampler(temperature, top_k, top_p, generator)
-        hyps = self._decode(lines, partial(greedy_search, self.model, max_len_a=o["max_len_a"],
-                                           max_len_b=o["max_len_b"], min_len=o["min_len"],
-                                           no_repeat_ngram=o["no_repeat_ngram"], sampler=sampler),
-                            1, None, progress)
-        return self._detokenize(hyps)
+
+        def search(src: torch.Tensor, line_ids: list[int]) -> list:
+            generators = None if seed is None else [line_generator(seed, first_line + i) for i in line_ids]
+            return greedy_search(self.model, src, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
+                                 min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
+                                 sampler=Sampler(temperature, top_k, top_p, generators=generators))
+
+        return self._detokenize(self._decode(lines, search, 1, batch_tokens, progress, with_ids=True))
 
     def _options(self, beam_size=None, length_penalty=None, max_len_a=None, max_len_b=None, min_len=None,
                  no_repeat_ngram=None) -> dict:
@@ -124,15 +134,34 @@ class Translator:
                      min_len=min_len, no_repeat_ngram=no_repeat_ngram)
         return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()}
 
-    def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool) -> list:
-        """Run ``search`` over the non-empty lines; empty lines get None."""
-        todo = [i for i, line in enumerate(lines) if line.strip()]
+    def too_long(self, lines: list[str]) -> list[int]:
+        """Indices of the lines whose source (with EOS) does not fit the model's learned positions."""
+        table = self.model.max_positions
+        if table is None:
+            return []
+        todo = [i for i, line in enumerate(lines) if not is_blank(line)]
+        return [i for i, ids in zip(todo, self.tokenizers.src.encode([lines[i] for i in todo]))
+                if len(ids) + 1 > table]
+
+    def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool,
+                with_ids: bool = False) -> list:
+        """Run ``search`` over the non-empty lines; empty lines get None.
+
+        ``with_ids``: ``search(src, line_ids)`` also gets the indices in ``lines`` of the batch's rows.
+        """
+        todo = [i for i, line in enumerate(lines) if not is_blank(line)]
         sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
+        long = [i for i, ids in zip(todo, sources) if self.model.max_positions and len(ids) > self.model.max_positions]
+        if long:
+            raise MTError(too_long_message([i + 1 for i in long], self.model.max_positions) + "; shorten or split them")
         out: list = [None] * len(lines)
         with tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr, disable=not progress) as bar:
-            results = decode_corpus(search, sources, self.device, width=width,
+            def by_line(src: torch.Tensor, ids: list[int]) -> list:  # indices in sources -> in lines
+                return search(src, [todo[i] for i in ids])
+
+            results = decode_corpus(by_line if with_ids else search, sources, self.device, width=width,
                                     batch_tokens=batch_tokens or self.config.decode.batch_tokens,
-                                    autocast_dtype=self.amp_dtype, progress=bar.update)
+                                    autocast_dtype=self.amp_dtype, progress=bar.update, with_ids=with_ids)
         for i, result in zip(todo, results):
             out[i] = result
         return out
@@ -154,6 +183,8 @@ class Translator:
         """
         o = self._options(beam_size)
         src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
+        if self.model.max_positions and len(src_ids) > self.model.max_positions:
+            raise MTError(too_long_message([1], self.model.max_positions).replace("input line 1", "the sentence"))
         src = torch.tensor([src_ids], device=self.device)
         hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
                           max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
@@ -179,6 +210,25 @@ class Translator:
             token_logp = logp.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (B, T)
             scores += token_logp.masked_fill(batch.tgt_out == PAD, 0.0).sum(1).tolist()
         return scores
+
+
+def is_blank(line: str) -> bool:
+    """Nothing to translate: only whitespace and invisible format characters (zero-width space,
+    joiners, BOM), which would otherwise get a translation made up from nothing."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in line)
+
+
+def line_generator(seed: int, position: int) -> torch.Generator:
+    """The random generator of the input line at ``position`` (0-based) under ``--seed``."""
+    state = np.random.SeedSequence([seed % 2**64, position]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def too_long_message(line_numbers: list[int], table: int) -> str:
+    """'input line(s) N, ...: longer than the model's T learned positions (model.max_positions)'."""
+    more = f" and {len(line_numbers) - 10} more" if len(line_numbers) > 10 else ""
+    return (f"input line{'s' if len(line_numbers) > 1 else ''} {', '.join(map(str, line_numbers[:10]))}{more}: "
+            f"longer than the model's {table} learned positions (model.max_positions)")
 
 
 def stdin_batches(fd: int, max_lines: int = 256) -> Iterator[list[str]]:

@@ -122,3 +122,12 @@ def test_training_on_weighted_corpora_writes_the_report(tiny_config, tmp_path):
     train(tiny_config("train.max_steps=3", *write_two_corpora(tmp_path, 1.5)))
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["pairs_per_epoch"] == 35 and len(report["corpora"]) == 2
+
+
+def test_a_weight_that_rounds_to_no_pairs_is_an_error(tiny_config, tmp_path):
+    """weight 0.04 of 10 pairs is round(0.4) = 0 pairs per epoch: the corpus would silently never be seen."""
+    with pytest.raises(MTError, match=r"^data.train\[1\].weight: 0.04 x 10 pairs kept rounds to 0 pairs per "
+                                      r"epoch; raise the weight above 0.05 or leave the corpus out$"):
+        prepare_training_data(tiny_config(*write_two_corpora(tmp_path, 0.04)), tmp_path / "run")
+    assert prepare_training_data(tiny_config(*write_two_corpora(tmp_path, 0.06)),
+                                 tmp_path / "run")[2]["pairs_per_epoch"] == 21

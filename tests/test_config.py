@@ -168,3 +168,52 @@ def test_tokenizer_scale_keys_and_cache_dir(tmp_path):
         load_config(write(tmp_path, MINIMAL), ["tokenizer.user_symbols=['<2 de>']"])
     with pytest.raises(MTError, match=r"tokenizer.sample_sentences: must be >= 0"):
         load_config(write(tmp_path, MINIMAL), ["tokenizer.sample_sentences=-1"])
+
+
+def test_yaml_1_1_words_stay_strings_where_a_string_is_expected(tmp_path):
+    """`no` is Norwegian, `off` a file name, `1:30` not 90: string fields keep the text as written."""
+    path = write(tmp_path, "data:\n  src_lang: no\n  tgt_lang: on\n  train: {src: off, tgt: 1:30}\n"
+                           "  valid: {dataset: wmt14, name: 010, split: null}\nrun_dir: 2020-01-01\n")
+    c = load_config(path)
+    assert (c.data.src_lang, c.data.tgt_lang, c.run_dir) == ("no", "on", "2020-01-01")
+    assert (Path(c.data.train.src).name, Path(c.data.train.tgt).name) == ("off", "1:30")
+    assert (c.data.valid.name, c.data.valid.split) == ("010", "null")
+    c = load_config(write(tmp_path, MINIMAL), ["data.src_lang=no", "data.train.src=off", "data.tgt_lang=yes"])
+    assert (c.data.src_lang, c.data.tgt_lang, Path(c.data.train.src).name) == ("no", "yes", "off")
+    with pytest.raises(MTError, match=r"train.max_time: '1:30' is not a duration"):
+        load_config(write(tmp_path, MINIMAL), ["train.max_time=1:30"])
+    with pytest.raises(MTError, match=r"train.max_time: '1:30' is not a duration"):
+        load_config(write(tmp_path, MINIMAL + "train: {max_time: 1:30}\n"))
+
+
+def test_typed_fields_still_read_yaml_values(tmp_path):
+    c = load_config(write(tmp_path, MINIMAL + "  test: null\ntokenizer: {joint: no}\n"
+                                               "train: {max_steps: 100, lr: 5e-4, adam_betas: [0.9, 0.98]}\n"),
+                    ["train.compile=yes", "train.warmup_steps=0x10"])
+    assert c.data.test is None and c.tokenizer.joint is False and c.train.compile is True
+    assert (c.train.max_steps, c.train.lr, c.train.adam_betas, c.train.warmup_steps) == (100, 5e-4, [0.9, 0.98], 16)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_model=15", r"model.d_model: sinusoidal positions need an even size \(a sine and a cosine per frequency\), got 15"),
+    ("decode.length_penalty=nan", r"decode.length_penalty: expected a finite number, got nan"),
+    ("train.lr=.inf", r"train.lr: expected a finite number, got inf"),
+    ("data.max_len_ratio=-1", r"data.max_len_ratio: must be at least 1 \(a ratio of longer to shorter\), got -1.0"),
+    ("data.max_len_ratio=0.5", r"data.max_len_ratio: must be at least 1"),
+])
+def test_values_that_would_fail_later_are_refused_at_load(tmp_path, override, message):
+    overrides = [override, "model.heads=5"] if "d_model" in override else [override]
+    with pytest.raises(MTError, match=r"^(command line|\S+c.yaml): " + message):
+        load_config(write(tmp_path, MINIMAL), overrides)
+    assert load_config(write(tmp_path, MINIMAL), ["model.d_model=15", "model.heads=5",
+                                                  "model.positions=learned"]).model.d_model == 15
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.positions=learned", "model.max_positions=7", "data.max_len=7"],
+     r"model.max_positions: learned positions must cover data.max_len \(7\) \+ 1 for BOS/EOS = 8, got 7"),
+])
+def test_learned_positions_must_cover_the_training_lengths(tmp_path, overrides, message):
+    with pytest.raises(MTError, match=r"c.yaml: " + message):
+        load_config(write(tmp_path, MINIMAL), overrides)
+    assert load_config(write(tmp_path, MINIMAL), overrides[:2] + ["data.max_len=6"]).model.max_positions == 7

@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import pytest
 
@@ -255,3 +256,16 @@ def test_source_identity_changes_with_the_file(tmp_path):
     (tmp_path / "a.en").write_text("two\n")  # same size
     os.utime(tmp_path / "a.en", ns=(1, 1))
     assert source_identity(corpus) != before
+
+
+def test_source_identity_of_a_globbed_datasets_source_follows_the_matching_files(tmp_path):
+    """datasets json/csv/parquet take a glob for ``path``: an added or changed file must give a new cache entry."""
+    from mt.data import source_identity
+
+    (tmp_path / "part1.jsonl").write_text('{"de": "eins", "en": "one"}\n')
+    corpus = Corpus(dataset="json", path=str(tmp_path / "part*.jsonl"))
+    before = source_identity(corpus)
+    assert [Path(f[0]).name for f in before["files"]] == ["part1.jsonl"]
+    (tmp_path / "part2.jsonl").write_text('{"de": "zwei", "en": "two"}\n')
+    after = source_identity(corpus)
+    assert [Path(f[0]).name for f in after["files"]] == ["part1.jsonl", "part2.jsonl"]

@@ -57,3 +57,18 @@ def test_line_count_mismatch_says_both_counts(files, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == (f"error: hypothesis file '{hyp}' has 1 lines but reference file '{ref}' "
                                        "has 4\n")
+
+
+@pytest.mark.parametrize("empty", ["hyp", "both"])
+def test_empty_files_are_a_one_line_error(files, capsys, empty):
+    hyp, ref = files
+    hyp.write_text("", encoding="utf-8")
+    if empty == "both":
+        ref.write_text("", encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "-r", str(ref), "-i", str(hyp)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    expected = (f"error: hypothesis file '{hyp}' is empty: nothing to score\n" if empty == "both" else
+                f"error: hypothesis file '{hyp}' has 0 lines but reference file '{ref}' has 4\n")
+    assert err == expected

@@ -1,5 +1,6 @@
 from functools import partial
 
+import pytest
 import torch
 
 from mt.config import ModelConfig
@@ -113,3 +114,59 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
     assert draw(1) != draw(2)
     assert draw(3, top_k=1) == greedy_search(m, src, 1.0, 5)
     assert draw(4, top_p=1e-6) == greedy_search(m, src, 1.0, 5)
+
+
+def exact_score(m, src, hyp, alpha):
+    """The length-normalised log-probability of ``hyp`` + EOS given one source row, by a full forward pass."""
+    tgt = torch.tensor([[2] + hyp + [EOS]])
+    logp = m(src, tgt[:, :-1]).float().log_softmax(-1)
+    return logp[0].gather(1, tgt[0, 1:, None]).sum().item() / length_penalty(len(hyp) + 1, 1.0 if alpha is None else alpha)
+
+
+def test_beam_with_room_for_every_hypothesis_equals_brute_force_search():
+    """A 6-token vocabulary and at most 3 target tokens: 1 + 5 + 25 + 125 possible hypotheses.
+    A beam as wide as all of them must return every one with its exact score, including the
+    hypotheses that reach the length limit, whose EOS costs the model's log p(EOS) like any other."""
+    import itertools
+
+    from mt.search import beam_nbest
+
+    small_v = 6
+    torch.manual_seed(5)
+    m = Transformer(ModelConfig(encoder_layers=1, decoder_layers=1, d_model=16, heads=2, d_ff=32),
+                    small_v, small_v).eval()
+    src = torch.tensor([[4, 5, EOS]])
+    words = [t for t in range(small_v) if t != EOS]
+    brute = sorted(((exact_score(m, src, list(h), 1.0), list(h))
+                    for n in range(4) for h in itertools.product(words, repeat=n)), key=lambda x: -x[0])
+    found = beam_nbest(m, src, beam_size=len(brute), alpha=1.0, max_len_a=0.0, max_len_b=3)[0]
+    assert len(found) == len(brute) == 156
+    assert found[0][1] == brute[0][1]
+    by_hyp = {tuple(h): s for s, h in brute}
+    for score, hyp in found:
+        assert score == pytest.approx(by_hyp[tuple(hyp)], abs=1e-4), hyp
+    assert [s for s, _ in found] == pytest.approx([s for s, _ in brute], abs=1e-4)
+
+
+def test_nbest_scores_are_the_exact_length_normalised_log_probabilities():
+    from mt.search import beam_nbest
+
+    m, src = random_model(), sources()
+    nbest = beam_nbest(m, src, beam_size=4, alpha=0.7, max_len_a=0.0, max_len_b=3)
+    limited = 0
+    for i, hyps in enumerate(nbest):
+        for score, hyp in hyps:
+            limited += len(hyp) == 3
+            assert score == pytest.approx(exact_score(m, src[i:i + 1], hyp, 0.7), abs=1e-4), (i, hyp)
+    assert limited > 0  # hypotheses that reached the limit are among them
+
+
+def test_beam_wider_than_the_vocabulary():
+    from mt.search import beam_nbest
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(encoder_layers=1, decoder_layers=1, d_model=16, heads=2, d_ff=32), 6, 6).eval()
+    src = torch.tensor([[4, 5, EOS], [5, EOS, PAD]])
+    hyps = beam_nbest(m, src, beam_size=10, max_len_a=0.0, max_len_b=2)
+    assert [len(h) for h in hyps] == [10, 10]
+    assert beam_search(m, src, beam_size=10, max_len_a=0.0, max_len_b=2) == [h[0][1] for h in hyps]

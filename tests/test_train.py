@@ -234,6 +234,34 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config
     assert ddp_valid["valid_nll"] == pytest.approx(single_valid["valid_nll"], abs=2e-4)
 
 
+def test_two_process_ddp_with_accumulation_equals_one_process(tiny_config, tmp_path):
+    """torchrun + train.accum_steps=2: no_sync for the first batch of each update, sync on the last;
+    the result equals one process accumulating the same batches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import TINY_OVERRIDES
+
+    common = ["train.max_steps=2", "train.accum_steps=2", "train.adam_eps=0.01", "train.lr=0.3",
+              "train.batch_tokens=60"]
+    train(tiny_config(*common, f"run_dir={tmp_path / 'single'}"))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    try:
+        result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mt", "train",
+                                 str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, *common,
+                                 f"run_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"2-process torchrun with accum_steps=2 hung for 300 s: {(e.stderr or b'')[-2000:]!r}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "all 2 ranks hold identical parameters" in result.stderr
+    single = load_checkpoint(latest_checkpoint(tmp_path / "single"))
+    ddp = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
+    assert single["step"] == ddp["step"] == 2
+    for name, tensor in single["model"].items():
+        torch.testing.assert_close(ddp["model"][name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+
+
 def last_validation(run_dir) -> dict:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open() if "valid_nll" in line][-1]
 
@@ -293,3 +321,60 @@ def test_compile_wraps_only_the_training_model(tiny_config):
     assert trainer.ddp_model._orig_mod is trainer.model
     assert not any(name.startswith("_orig_mod") for name in trainer.state_dict()["model"])
     assert Trainer(tiny_config("train.max_steps=1"), overwrite=True).ddp_model.__class__.__name__ == "Transformer"
+
+
+def test_learned_positions_cap_decoding_so_validation_survives(tiny_config, tmp_path):
+    """16 learned positions, 6-word sentences: validation decodes up to 1.5 x 6 + 10 = 19 tokens
+    unless the limit is capped at the table (15 tokens after BOS)."""
+    metrics = train(tiny_config("model.positions=learned", "model.max_positions=16", "data.max_len=15",
+                                "train.max_steps=2", "train.valid_every=2"))
+    assert metrics["valid_bleu"] >= 0.0
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"] == 2
+
+
+def test_a_validation_line_longer_than_the_learned_positions_is_refused_before_training(tiny_config, tmp_path):
+    from conftest import write_corpus
+
+    write_corpus(tmp_path / "data", "valid", [("der hund läuft im park und die katze schläft am strand .",
+                                               "the dog runs in the park .")])
+    with pytest.raises(MTError, match=r"data.valid, line 1: 13 source tokens with EOS, more than the 10 learned "
+                                      r"positions \(model.max_positions\)"):
+        Trainer(tiny_config("model.positions=learned", "model.max_positions=10", "data.max_len=9"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resuming_with_fp16_from_a_checkpoint_written_without_it_starts_a_fresh_scaler(tiny_config, monkeypatch,
+                                                                                      capsys):
+    """precision auto on a GPU without bf16 (or a changed train.precision) resumes an fp32 run with
+    loss scaling on: the checkpoint's disabled GradScaler state is empty, the new scaler starts fresh."""
+    import mt.train
+
+    train(tiny_config("train.max_steps=1"))
+    monkeypatch.setattr(mt.train, "resolve_precision", lambda precision, device: torch.float16)
+    trainer = Trainer(tiny_config("train.max_steps=2"))
+    assert trainer.step == 1 and trainer.scaler.is_enabled()
+    assert trainer.scaler.state_dict()["scale"] == 2.0 ** 16
+    assert "written without fp16 loss scaling: the loss scale starts afresh" in capsys.readouterr().err
+
+
+def test_an_update_skipped_by_the_fp16_grad_scaler_is_not_counted_as_a_step(tiny_config):
+    """GradScaler skips the optimizer step when the scaled gradients overflow; the step counter and the
+    learning-rate schedule must wait for a real update. Loss scaling on the CPU (without fp16 autocast),
+    and the first two backward passes made to overflow."""
+    trainer = Trainer(tiny_config("train.max_steps=3", "train.valid_every=3"))
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    overflowed = []
+
+    def overflow_twice(grad):
+        if len(overflowed) < 2:
+            overflowed.append(True)
+            return torch.full_like(grad, math.inf)
+        return grad
+
+    trainer.model.output.weight.register_hook(overflow_twice)
+    trainer.run()
+    assert trainer.overflow_skips == 2 and trainer.scaler.get_scale() == 2.0 ** 14  # halved twice
+    assert trainer.step == 3
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}  # three real Adam updates
+    t = trainer.config.train
+    assert trainer.optimizer.param_groups[0]["lr"] == inverse_sqrt_lr(3, t.lr, t.warmup_steps)

@@ -33,8 +33,9 @@ def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
 def test_empty_lines_give_empty_lines_and_line_count_is_kept(trained_run):
     run_dir, pairs, _, _ = trained_run
     translator = Translator.from_pretrained(run_dir, threads=1)
-    lines = ["", pairs[0][0], "   ", pairs[3][0], ""]
-    assert translator.translate(lines) == ["", pairs[0][1], "", pairs[3][1], ""]
+    lines = ["", pairs[0][0], "   ", pairs[3][0], "", "\u200b", "\ufeff \u200c\u200d\u2060"]
+    assert translator.translate(lines) == ["", pairs[0][1], "", pairs[3][1], "", "", ""]
+    assert translator.translate_nbest(lines[5:], 2) == [[(0.0, "")] * 2] * 2
 
 
 def test_cli_translates_file_to_file(trained_run, tmp_path, capsys):
@@ -129,8 +130,9 @@ def test_cli_nbest_writes_tsv_with_scores(trained_run, tmp_path, capsys):
     code, out, _ = run_cli(["translate", str(run_dir), "-i", str(src), "--nbest", "3"], capsys)
     rows = [line.split("\t") for line in out.splitlines()]
     assert code == 0
-    assert [r[0] for r in rows] == ["0", "0", "0", "2", "2", "2"]  # the empty line has no hypotheses
-    assert rows[0][2] == pairs[0][1] and rows[3][2] == pairs[1][1]
+    assert [r[0] for r in rows] == ["0", "0", "0", "1", "1", "1", "2", "2", "2"]  # 0-based, K lines for every line
+    assert rows[3:6] == [["1", "0.0000", ""]] * 3  # an empty line: its empty translation, K times
+    assert rows[0][2] == pairs[0][1] and rows[6][2] == pairs[1][1]
     assert float(rows[0][1]) >= float(rows[1][1]) >= float(rows[2][1])
 
 
@@ -201,3 +203,60 @@ def test_readme_python_api_names(trained_run):
     run_dir, pairs, _, _ = trained_run
     assert mt.Translator is Translator and callable(train_function) and callable(mt.load_config)
     assert mt.Translator.from_pretrained(run_dir, threads=1).translate([pairs[0][0]], beam_size=5) == [pairs[0][1]]
+
+
+def test_a_line_longer_than_the_learned_positions_loses_no_other_line(tiny_config, tmp_path, capsys):
+    from mt.train import train
+
+    train(tiny_config("model.positions=learned", "model.max_positions=8", "data.max_len=7", "train.max_steps=1"))
+    lines = ["der hund läuft .", "der hund läuft im park und die katze schläft am strand .", "", "ein mann singt ."]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = run_cli(["translate", str(tmp_path / "run"), "-i", str(tmp_path / "in.txt"),
+                              "-o", str(tmp_path / "out.txt")], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == ("error: input line 2: longer than the model's 8 learned positions "
+                                            "(model.max_positions); its output line is empty")
+    written = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    translator = Translator.from_pretrained(tmp_path / "run")
+    assert written == [*translator.translate(lines[:1]), "", "", *translator.translate(lines[3:]), ""]
+    assert written[0] and all(len(t.split()) <= 7 for t in written)  # decoding stops at the table's end
+    with pytest.raises(MTError, match=r"^input line 2: longer than the model's 8 learned positions"):
+        translator.translate(lines)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--beam", "0", "--beam: must be at least 1, got 0"),
+    ("--nbest", "0", "--nbest: must be at least 1, got 0"),
+    ("--no-repeat-ngram", "-1", "--no-repeat-ngram: must be >= 0 (0 = off), got -1"),
+    ("--min-len", "-2", "--min-len: must be >= 0, got -2"),
+    ("--batch-tokens", "0", "--batch-tokens: must be at least 1, got 0"),
+    ("--length-penalty", "nan", "--length-penalty: must be a finite number, got nan"),
+    ("--temperature", "-1", "--temperature: must be a finite number >= 0 (0 = greedy), got -1.0"),
+    ("--temperature", "inf", "--temperature: must be a finite number >= 0 (0 = greedy), got inf"),
+    ("--top-k", "-1", "--top-k: must be >= 0 (0 = all tokens), got -1"),
+    ("--top-p", "0", "--top-p: must be in (0, 1], got 0.0"),
+    ("--top-p", "1.5", "--top-p: must be in (0, 1], got 1.5"),
+    ("--threads", "-1", "--threads: must be >= 0 (0 = every core), got -1"),
+])
+def test_translate_options_are_checked_before_anything_runs(tmp_path, capsys, option, value, message):
+    code, out, err = run_cli(["translate", str(tmp_path / "no_such_run"), option, value], capsys)
+    assert (code, out, err) == (2, "", f"error: {message}\n")
+
+
+def test_seeded_samples_do_not_depend_on_how_the_input_arrives(trained_run, tmp_path, capsys, monkeypatch):
+    """Each line draws from its own generator, seeded by --seed and the line's position in the input:
+    stdin cut into batches of 256 lines gives what -i gives in one batch."""
+    run_dir, pairs, _, _ = trained_run
+    lines = [pairs[i % len(pairs)][0] for i in range(300)]
+    src = tmp_path / "in.de"
+    src.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    argv = ["translate", str(run_dir), "--sample", "--temperature", "3", "--seed", "7"]
+    code, from_file, _ = run_cli(argv + ["-i", str(src)], capsys)
+    assert code == 0
+    code, from_stdin, _ = run_cli(argv, capsys, stdin_bytes=src.read_bytes(), monkeypatch=monkeypatch)
+    assert code == 0 and from_stdin == from_file
+    out = from_file.splitlines()
+    assert len(out) == 300 and len(set(out[:20])) > 1 and out[:20] != out[20:40]  # repeated inputs, own draws
+    translator = Translator.from_pretrained(run_dir)
+    assert translator.sample(lines[:40], temperature=3, seed=7) == out[:40]
+    assert translator.sample(lines[25:40], temperature=3, seed=7, first_line=25, batch_tokens=30) == out[25:40]
