@@ -19,7 +19,12 @@ RESULTS=${RESULTS:-runs/results}
 DIRECTIONS=${ONLY:-"de_en en_de fr_en en_fr cs_en en_cs"}
 SEEDS_DE_EN=${SEEDS_DE_EN:-"1 2 3"}            # the recipe's seeds for de->en; they make the ensemble
 BASELINE_SEEDS=${BASELINE_SEEDS:-"1 2"}        # de->en without the regularisers, and the e6cecd9 recipe
-DATA=$(python -c "from mt.config import load_config; print(load_config('configs/multi30k_base.yaml').data.root)")/multi30k
+setting() {  # CONFIG KEY: a resolved config value, e.g. setting configs/multi30k_de_en.yaml train.max_steps
+  python -c "import sys; from mt.config import load_config; c = load_config(sys.argv[1])
+for part in sys.argv[2].split('.'): c = getattr(c, part)
+print(c)" "$1" "$2"
+}
+DATA=$(setting configs/multi30k_base.yaml data.root)/multi30k
 mkdir -p "$RESULTS"
 
 train_once() {  # RUN CONFIG [overrides...]: train unless RUN is finished
@@ -75,11 +80,12 @@ for d in $DIRECTIONS; do
   if [ "$d" = de_en ]; then
     # shellcheck disable=SC2046
     score de_en_ensemble3 de en $(for s in $SEEDS_DE_EN; do echo "$RESULTS/de_en_s$s"; done)
-    steps=$(python -c "from mt.config import load_config; print(load_config('configs/multi30k_de_en.yaml').train.max_steps)")
+    steps=$(setting configs/multi30k_de_en.yaml train.max_steps)
     for s in $BASELINE_SEEDS; do
       # the same recipe without its regularisers (subword sampling, word dropout, R-Drop)
       run=$RESULTS/de_en_noreg_s$s
-      train_once "$run" configs/multi30k_de_en.yaml "train.seed=$s" train.subword_alpha=0 train.word_dropout=0 train.rdrop=0
+      train_once "$run" configs/multi30k_de_en.yaml "train.seed=$s" \
+        train.subword_alpha=0 train.word_dropout=0 train.rdrop=0
       tune_once "$run"
       score "de_en_noreg_s${s}_best" de en "$run"
       # the e6cecd9 recipe for the same number of updates (its budget schedule then decays over steps)
@@ -98,13 +104,17 @@ import json, os, platform, sys
 from pathlib import Path
 
 results = Path(sys.argv[1])
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-print(f"CPU: {cpu}, {os.cpu_count()} cores")
-print("| run | updates | train min | val BLEU | test2016 BLEU | chrF | BLEU -lc |")
-print("|---|---|---|---|---|---|---|")
 records = sorted(results.glob("*.json"))
 if not records:
     sys.exit(f"no scores in {results} yet")
+names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+cpu = names[0] if names else platform.processor()
+flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+isa = "AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags else \
+    "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
+print(f"CPU: {cpu}, {os.cpu_count()} cores, ISA: {isa}")
+print("| run | updates | train min | val BLEU | test2016 BLEU | chrF | BLEU -lc |")
+print("|---|---|---|---|---|---|---|")
 for record_file in records:
     record = json.loads(record_file.read_text())
     run = Path(record["models"][0].replace("/checkpoints/avg.pt", ""))
