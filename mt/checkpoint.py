@@ -64,6 +64,11 @@ def step_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def step_of(path: Path) -> int:
+    """The step of a numbered checkpoint file, from its name."""
+    return int(STEP_FILE.search(Path(path).name).group(1))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     steps = step_checkpoints(run_dir)
     return steps[-1] if steps else None

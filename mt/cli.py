@@ -47,7 +47,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
-    translator = Translator.from_pretrained(args.model, device=args.device, precision=args.precision,
+    translator = Translator.from_pretrained(args.models, device=args.device, precision=args.precision,
                                            threads=args.threads, quantize=args.quantize)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
     too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
@@ -97,6 +97,16 @@ def cmd_translate(args: argparse.Namespace) -> None:
         except OSError as e:
             raise MTError(f"output file '{args.output}': cannot write: {e}") from None
     report_too_long()
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from mt.tune import format_table, tune_length_penalty
+
+    table, best = tune_length_penalty(args.run, args.length_penalty, beam_size=args.beam, device=args.device,
+                                      threads=args.threads, progress=True)
+    print(format_table(table, best))
+    print(f"wrote decode.length_penalty: {best['length_penalty']:g} (beam {best['beam_size']}) to the run's "
+          "config.yaml", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -163,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,translate,evaluate,average,plot,attention,export}")
+                                  metavar="{train,translate,tune,evaluate,average,plot,attention,export}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -174,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("translate", parents=[common], help="translate a file or stdin",
-                         description="Translate one sentence per line. Output line i translates input line i.")
-    p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
+                         description="Translate one sentence per line. Output line i translates input line i. "
+                                     "Several models translate as an ensemble (their log-probabilities averaged).")
+    p.add_argument("models", nargs="+", metavar="model",
+                   help="run directory (uses checkpoints/best.pt) or a checkpoint file; several: an ensemble")
     p.add_argument("-i", "--input", help="input file (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")
     p.add_argument("--beam", type=int, default=None, help="beam size; 1 = greedy (default: the run's decode.beam_size)")
@@ -195,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
     p.set_defaults(func=cmd_translate)
+
+    p = verbs.add_parser("tune", parents=[common], help="choose the length penalty on the validation set",
+                         description="Translate the run's validation set with each length penalty, print BLEU "
+                                     "and chrF, and write the best into RUN/config.yaml (what mt translate uses).")
+    p.add_argument("run", help="run directory (uses checkpoints/best.pt) or a checkpoint file inside one")
+    p.add_argument("--length-penalty", type=float, nargs="+", required=True, metavar="ALPHA",
+                   help="GNMT length penalties to try, e.g. 0.6 0.8 1.0 1.2")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
+    p.set_defaults(func=cmd_tune)
 
     p = verbs.add_parser("evaluate", parents=[common], help="score translations with sacreBLEU",
                          description="BLEU, chrF and TER with sacreBLEU signatures; prints what "

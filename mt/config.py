@@ -155,6 +155,15 @@ class TrainConfig:
     keep_last: int = 5  # numbered checkpoints kept besides the best ones
     keep_best: int = 1  # checkpoints kept by validation BLEU: best.pt, plus best_step_N.pt for the top K if K > 1
     log_every: int = 10  # steps between progress-bar / metrics-log updates
+    # regularisers (all off by default)
+    # subword regularisation: each epoch the training pairs are re-segmented by SentencePiece
+    # sampling with this smoothing alpha (unigram: lower = more varied; bpe: the BPE-dropout
+    # rate); 0 = off. Validation and translation always use the one best segmentation.
+    subword_alpha: float = 0.0
+    subword_nbest: int = -1  # unigram: sample from the n best segmentations; -1 = from all of them
+    rdrop: float = 0.0  # R-Drop: weight of the symmetric KL between two dropout passes; 0 = off
+    word_dropout: float = 0.0  # probability of replacing a source token by <unk> in training; 0 = off
+    average_last: int = 0  # at the end, average the last K numbered checkpoints into checkpoints/avg.pt; 0 = off
 
 
 @dataclass
@@ -237,25 +246,73 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise MTError(f"config file '{path}' not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise MTError(f"config file '{path}': cannot read: {e}") from None
-        try:
-            raw = _parse_yaml(text)
-            raw = {} if raw is None or (isinstance(raw, _Plain) and raw.value is None) else raw
-        except yaml.YAMLError as e:
-            raise MTError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise MTError(f"{path}: expected a mapping of keys at the top level")
+        raw = _read_with_bases(Path(path))
     cli_keys = _apply_overrides(raw, overrides)
     config = _build(Config, raw, "", source, cli_keys)
     _check_values(config, source)
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     _resolve_paths(config, base, cli_keys)
     return config
+
+
+BASE_KEY = "base"  # a config file may extend another: base: multi30k_base.yaml (relative to the file)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MTError(f"config file '{path}' not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MTError(f"config file '{path}': cannot read: {e}") from None
+    try:
+        raw = _parse_yaml(text)
+        raw = {} if raw is None or (isinstance(raw, _Plain) and raw.value is None) else raw
+    except yaml.YAMLError as e:
+        raise MTError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise MTError(f"{path}: expected a mapping of keys at the top level")
+    return raw
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The mapping of ``path`` laid over its ``base:`` file's, recursively.
+
+    Mappings merge key by key, the including file winning; lists and other values are
+    replaced whole. A relative ``data.root`` or ``data.cache_dir`` stays relative to the
+    file that sets it, so a recipe may live in another folder than its base.
+    """
+    if path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in chain + (path.resolve(),))
+        raise MTError(f"{chain[-1]}: {BASE_KEY}: config files include each other in a cycle: {cycle}")
+    raw = _read_yaml(path)
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("root", "cache_dir"):
+            value = data.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                data[key] = str(path.resolve().parent / value)
+    if BASE_KEY not in raw:
+        return raw
+    base = raw.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise MTError(f"{path}: {BASE_KEY}: expected the path of a config file, got {base!r}")
+    base_path = Path(base).expanduser()
+    if not base_path.is_absolute():
+        base_path = path.resolve().parent / base_path
+    if not base_path.exists():
+        raise MTError(f"{path}: {BASE_KEY}: config file '{base}' not found (looked for {base_path})")
+    return _merge(_read_with_bases(base_path, chain + (path.resolve(),)), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
@@ -445,6 +502,13 @@ def _check_values(c: Config, source: str) -> None:
     need(t.lr_schedule != "budget" or bool(t.max_time or t.max_steps), "train.lr_schedule",
          "'budget' needs train.max_time or train.max_steps to decay towards", t.lr_schedule)
     need(t.clip_norm >= 0, "train.clip_norm", "must be >= 0", t.clip_norm)
+    need(0.0 <= t.subword_alpha <= 1.0, "train.subword_alpha", "must be in [0, 1] (0 = off)", t.subword_alpha)
+    need(t.subword_nbest == -1 or t.subword_nbest > 1, "train.subword_nbest",
+         "must be -1 (all segmentations) or > 1", t.subword_nbest)
+    need(t.rdrop >= 0, "train.rdrop", "must be >= 0 (0 = off)", t.rdrop)
+    need(0.0 <= t.word_dropout < 1.0, "train.word_dropout", "must be in [0, 1)", t.word_dropout)
+    need(0 <= t.average_last <= t.keep_last, "train.average_last",
+         f"must be in [0, train.keep_last ({t.keep_last})]: only kept checkpoints can be averaged", t.average_last)
     need(len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),
          "train.adam_betas", "must be two numbers in [0, 1)", t.adam_betas)
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device) is not None, "train.device",

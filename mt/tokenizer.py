@@ -37,6 +37,20 @@ class Tokenizer:
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
 
+    def sample(self, ids: list[int], alpha: float, nbest: int, seed: int) -> list[int]:
+        """Another segmentation of the text of ``ids``, drawn with ``seed`` (subword regularisation).
+
+        Kudo (2018) for unigram models (``nbest`` best segmentations, or all for -1,
+        smoothed by ``alpha``), BPE-dropout (Provilkov et al., 2020) with rate ``alpha`` for
+        BPE models. The text never changes, only where it is cut. Ids with ``<unk>`` come
+        back as they are: their text would not encode to the same ids.
+        """
+        if UNK in ids:
+            return list(ids)
+        spm.set_random_generator_seed(seed)  # one draw per call, so the draw is a function of seed alone
+        return self.sp.encode(self.sp.decode(ids), out_type=int, enable_sampling=True, alpha=alpha,
+                              nbest_size=nbest)
+
     def pieces(self, line: str) -> list[str]:
         return self.sp.encode(line, out_type=str)
 

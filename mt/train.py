@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
@@ -34,7 +35,7 @@ from mt.distributed import Distributed, unshard
 from mt.evaluate import bleu
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
-from mt.tokenizer import PAD, TokenizerPair
+from mt.tokenizer import EOS, PAD, UNK, TokenizerPair
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
 MAX_OVERFLOW_SKIPS = 64  # consecutive fp16 updates skipped by the GradScaler (each halves the scale) before we give up
@@ -105,6 +106,33 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     """Summed cross-entropy against (1 - eps) one-hot + eps uniform; padding ignored."""
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1),
                            ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
+
+
+def rdrop_loss(first: torch.Tensor, second: torch.Tensor, target: torch.Tensor, smoothing: float,
+               weight: float) -> torch.Tensor:
+    """R-Drop (Liang et al., 2021): the mean label-smoothed loss of two dropout passes over the same
+    batch, plus ``weight`` x the symmetric KL divergence between their predictions, summed over the
+    real target positions. Two equal passes with weight 0 give exactly the plain loss."""
+    loss = 0.5 * (label_smoothed_loss(first, target, smoothing) + label_smoothed_loss(second, target, smoothing))
+    if weight == 0:
+        return loss
+    p, q = (F.log_softmax(x.float(), dim=-1) for x in (first, second))  # (B, T, V)
+    kl = 0.5 * (F.kl_div(q, p, log_target=True, reduction="none") +  # KL(p || q)
+                F.kl_div(p, q, log_target=True, reduction="none")).sum(-1)  # + KL(q || p), (B, T)
+    return loss + weight * kl.masked_fill(target == PAD, 0.0).sum()
+
+
+def word_dropout(src: torch.Tensor, p: float) -> torch.Tensor:
+    """Each real source token (not EOS, not padding) becomes <unk> with probability ``p``, so the
+    model learns not to lean on any single word; drawn from torch's RNG (saved in checkpoints)."""
+    drop = (torch.rand(src.shape, device=src.device) < p) & (src != PAD) & (src != EOS)
+    return src.masked_fill(drop, UNK)
+
+
+def sample_seed(seed: int, epoch: int, pair: int, side: str) -> int:
+    """The seed of one pair's subword sample: a function of (seed, epoch, pair), so a resumed run
+    draws the same pieces."""
+    return zlib.crc32(f"{seed}:{epoch}:{pair}:{side}".encode())
 
 
 def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
@@ -283,6 +311,7 @@ class Trainer:
         finite and the update was skipped. An update the fp16 GradScaler skips (overflowing
         gradients) counts in ``overflow_skips``.
         """
+        t = self.config.train
         self.ddp_model.train()
         n_tokens = n_tokens or sum(b.n_tgt_tokens for b in batches)
         total = 0.0
@@ -290,19 +319,26 @@ class Trainer:
             # DDP averages gradients over ranks at the last backward; the world-size factor undoes the mean
             # (one context for forward and backward: a no_sync() object can be entered only once)
             sync = self.ddp_model.no_sync() if self.dist.world > 1 and i < len(batches) - 1 else nullcontext()
+            src = word_dropout(batch.src, t.word_dropout) if t.word_dropout else batch.src
             with sync:
-                with autocast(self.device, self.amp_dtype):
-                    logits = self.ddp_model(batch.src, batch.tgt_in)
-                loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
+                if t.rdrop:  # both dropout passes in one forward over the batch stacked twice
+                    with autocast(self.device, self.amp_dtype):
+                        logits = self.ddp_model(torch.cat([src, src]), torch.cat([batch.tgt_in, batch.tgt_in]))
+                    first, second = logits.chunk(2)
+                    loss = rdrop_loss(first, second, batch.tgt_out, t.label_smoothing, t.rdrop) / n_tokens
+                else:
+                    with autocast(self.device, self.amp_dtype):
+                        logits = self.ddp_model(src, batch.tgt_in)
+                    loss = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing) / n_tokens
                 self.scaler.scale(loss * self.dist.world).backward()
             total += loss.item()
         total = self.dist.all_sum(total)
         if not math.isfinite(total):  # every rank sees the same total, so all skip together
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        if self.config.train.clip_norm > 0:
+        if t.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.clip_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -392,9 +428,12 @@ class Trainer:
                     shards = [ids[self.dist.rank::self.dist.world] for ids in group if len(ids) >= self.dist.world]
                     if not shards:
                         continue
-                    parts = [batch_from_rows(data.rows(ids, "src"), data.rows(ids, "tgt")).to(self.device)
+                    parts = [batch_from_rows(self.rows(ids, "src"), self.rows(ids, "tgt")).to(self.device)
                              for ids in shards]
-                    n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
+                    if t.subword_alpha:  # sampled targets have other lengths than the cached ones
+                        n_tokens = int(self.dist.all_sum(sum(p.n_tgt_tokens for p in parts)))
+                    else:
+                        n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
                     lr = self.set_lr(max_time)
                     skips = self.overflow_skips
                     with self.dist.peers_answer(f"step {self.step + 1}"):
@@ -446,7 +485,58 @@ class Trainer:
         log(f"stopped at step {self.step} ({reason}); checkpoints in {self.run_dir / 'checkpoints'}")
         if self.stop_signal is not None:
             log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
+        elif t.average_last:
+            self.average_last()
         return last_metrics
+
+    def rows(self, ids, side: str) -> list:
+        """The training pairs' token ids on one side: the cached segmentation, or with
+        ``train.subword_alpha`` a segmentation sampled anew for each (seed, epoch, pair).
+
+        Bucketing and the ``data.max_len`` filter see the cached lengths; a sampled
+        segmentation longer than ``data.max_len`` is replaced by the cached one, so
+        max_len stays a bound, while a batch may hold more tokens than train.batch_tokens
+        by what sampling adds.
+        """
+        rows = self.train_data.rows(ids, side)
+        t = self.config.train
+        if not t.subword_alpha:
+            return rows
+        tokenizer = getattr(self.tokenizers, side)
+        sampled = []
+        for pair, row in zip(ids.tolist(), rows):
+            pieces = tokenizer.sample(row.tolist(), t.subword_alpha, t.subword_nbest,
+                                      sample_seed(t.seed, self.epoch, pair, side))
+            sampled.append(pieces if len(pieces) <= self.config.data.max_len else row)
+        return sampled
+
+    def average_last(self) -> None:
+        """Average the last ``train.average_last`` numbered checkpoints into checkpoints/avg.pt and
+        log its validation scores beside best.pt's (``mt translate`` keeps using best.pt)."""
+        k = self.config.train.average_last
+        self.dist.barrier()  # rank 0 has written the checkpoints
+        paths = ckpt.step_checkpoints(self.run_dir)[-k:]
+        if len(paths) < k:
+            log(f"train.average_last={k}: only {len(paths)} numbered checkpoints exist; averaging those")
+        averaged = ckpt.average_checkpoints(paths)
+        target = self.run_dir / "checkpoints" / "avg.pt"
+        if self.dist.main:
+            ckpt.save_checkpoint(averaged, target)
+        record = {"step": self.step, "averaged_steps": [ckpt.step_of(p) for p in paths]}
+        shown = f"averaged {len(paths)} checkpoints -> {target}"
+        if self.valid is not None:
+            trained = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+            self.model.load_state_dict(averaged["model"])
+            metrics = self.validate()
+            self.model.load_state_dict(trained)
+            best = ckpt.best_checkpoints(self.run_dir)
+            record.update({f"avg_{key}": round(value, 4) for key, value in metrics.items()})
+            shown += ": " + ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
+            if best and "valid_bleu" in metrics:
+                record["best_valid_bleu"], record["best_step"] = round(best[0]["score"], 4), best[0]["step"]
+                shown += f"; best.pt (step {best[0]['step']}): valid_bleu {best[0]['score']:.2f}"
+        self.log_metrics(record)
+        log(shown)
 
     def checkpoint(self) -> dict | None:
         """Validate (if there is a validation set), log, and save; every rank validates its share."""

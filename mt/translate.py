@@ -10,17 +10,20 @@ import select
 import sys
 import unicodedata
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
 from mt.batching import make_batch
-from mt.config import Config, config_from_dict
+from mt.config import Config, DecodeConfig, config_from_dict
+from mt.ensemble import Ensemble
 from mt.errors import MTError
 from mt.model import Transformer
 from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
@@ -37,43 +40,38 @@ class Translator:
         self.device, self.amp_dtype = device, amp_dtype
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "fp32",
+    def from_pretrained(cls, path: str | Path | list, device: str = "auto", precision: str = "fp32",
                         threads: int = 0, quantize: str | None = None) -> "Translator":
-        """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one.
+        """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one;
+        a list of them is an ensemble (``mt.ensemble``) sharing one vocabulary.
 
+        The decode settings (beam size, length penalty, ...) are the first run's
+        ``config.yaml`` ``decode`` section, the one place ``mt tune`` writes to.
         ``quantize="int8"``: dynamic int8 quantization of every linear layer (CPU only):
         weights stored in int8, activations quantized on the fly.
         """
-        path = Path(path)
-        if not path.exists():
-            raise MTError(f"run directory or checkpoint '{path}' not found")
-        if path.is_dir():
-            run_dir, checkpoint_file = path, ckpt.best_or_latest(path)
-        else:
-            checkpoint_file = path
-            run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        state = ckpt.load_checkpoint(checkpoint_file)
-        if "model" not in state or "config" not in state:
-            raise MTError(f"'{checkpoint_file}' is not an mt checkpoint")
-        config = config_from_dict(state["config"], str(checkpoint_file))
-        if not path.is_dir() and not (run_dir / "config.yaml").exists():
-            run_dir = Path(config.run_dir)  # a checkpoint copied out of its run: find the run's tokenizer
-        tokenizers = load_tokenizers(run_dir, config.tokenizer.joint)
-        if state.get("vocab") != tokenizers.fingerprint():
-            raise MTError(f"checkpoint '{checkpoint_file}' was trained with another vocabulary than "
-                          f"the tokenizer in '{run_dir}'")
+        paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        if not paths:
+            raise MTError("no run directory or checkpoint given")
+        if quantize not in (None, "int8"):
+            raise MTError(f"quantize: '{quantize}' is not supported; use int8")
         set_threads(threads)
         torch_device = resolve_device(device)
-        model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
-        model.load_state_dict(state["model"])
-        if quantize == "int8":
-            if torch_device.type != "cpu":
-                raise MTError("--quantize int8 is for CPU decoding; use --device cpu")
-            with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
-                warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
-        elif quantize is not None:
-            raise MTError(f"quantize: '{quantize}' is not supported; use int8")
+        if quantize == "int8" and torch_device.type != "cpu":
+            raise MTError("--quantize int8 is for CPU decoding; use --device cpu")
+        loaded = [_load_model(p, quantize) for p in paths]
+        model, tokenizers, config, run_dir = loaded[0]
+        for other_path, (_, other, _, _) in zip(paths[1:], loaded[1:]):
+            for side in ("tgt", "src"):
+                mine, theirs = getattr(tokenizers, side).fingerprint(), getattr(other, side).fingerprint()
+                if mine != theirs:
+                    which = "target" if side == "tgt" else "source"
+                    raise MTError(f"ensemble: '{other_path}' was trained with another {which} vocabulary than "
+                                  f"'{paths[0]}' (tokenizer {theirs} vs {mine}); the models of an ensemble "
+                                  "must share their vocabularies")
+        if len(loaded) > 1:
+            model = Ensemble([m for m, _, _, _ in loaded])
+        config = replace(config, decode=decode_settings(run_dir, config))
         return cls(model.to(torch_device), tokenizers, config, torch_device,
                    resolve_precision(precision, torch_device))
 
@@ -181,6 +179,8 @@ class Translator:
         cross-attention weights (layers, heads, target, source): row t is what the model
         attended to when it produced target piece t.
         """
+        if isinstance(self.model, Ensemble):
+            raise MTError("cross-attention is per model; load one model, not an ensemble, to look at it")
         o = self._options(beam_size)
         src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
         if self.model.max_positions and len(src_ids) > self.model.max_positions:
@@ -229,6 +229,50 @@ def too_long_message(line_numbers: list[int], table: int) -> str:
     more = f" and {len(line_numbers) - 10} more" if len(line_numbers) > 10 else ""
     return (f"input line{'s' if len(line_numbers) > 1 else ''} {', '.join(map(str, line_numbers[:10]))}{more}: "
             f"longer than the model's {table} learned positions (model.max_positions)")
+
+def run_of(path: Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) for a run directory or a checkpoint file."""
+    path = Path(path)
+    if not path.exists():
+        raise MTError(f"run directory or checkpoint '{path}' not found")
+    if path.is_dir():
+        return path, ckpt.best_or_latest(path)
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path
+
+
+def _load_model(path: Path, quantize: str | None) -> tuple[Transformer, TokenizerPair, Config, Path]:
+    """One checkpoint's model (on the CPU), its tokenizers, its config and its run directory."""
+    run_dir, checkpoint_file = run_of(path)
+    state = ckpt.load_checkpoint(checkpoint_file)
+    if "model" not in state or "config" not in state:
+        raise MTError(f"'{checkpoint_file}' is not an mt checkpoint")
+    config = config_from_dict(state["config"], str(checkpoint_file))
+    if not path.is_dir() and not (run_dir / "config.yaml").exists():
+        run_dir = Path(config.run_dir)  # a checkpoint copied out of its run: find the run's tokenizer
+    tokenizers = load_tokenizers(run_dir, config.tokenizer.joint)
+    if state.get("vocab") != tokenizers.fingerprint():
+        raise MTError(f"checkpoint '{checkpoint_file}' was trained with another vocabulary than "
+                      f"the tokenizer in '{run_dir}'")
+    model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+    model.load_state_dict(state["model"])
+    if quantize == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    return model, tokenizers, config, run_dir
+
+
+def decode_settings(run_dir: Path, fallback: Config) -> DecodeConfig:
+    """The decode settings translation uses: ``run_dir/config.yaml``'s (which ``mt tune`` updates),
+    else those saved in the checkpoint (``fallback``), e.g. for a checkpoint copied out of its run."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return fallback.decode
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise MTError(f"'{path}': cannot read the decode settings: {e}".replace("\n", " ")) from None
+    return config_from_dict(raw, str(path)).decode
 
 
 def stdin_batches(fd: int, max_lines: int = 256) -> Iterator[list[str]]:

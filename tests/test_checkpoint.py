@@ -84,3 +84,20 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
 def test_latest_checkpoint_ignores_best_files(tmp_path):
     keep_if_best(tmp_path, fake_state(9), 1.0, keep_best=2)
     assert latest_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_averaging_k_identical_checkpoints_returns_them(tmp_path, k):
+    from mt.checkpoint import average_checkpoints
+
+    torch.manual_seed(0)
+    weights = {"w": torch.randn(5, 3), "b": torch.randn(3), "steps": torch.tensor([4, 5])}
+    paths = []
+    for i in range(k):
+        save_checkpoint({"model": weights, "step": 10 * (i + 1), "config": {}, "vocab": "v", "vocab_sizes": [1, 1]},
+                        tmp_path / f"step_{i}.pt")
+        paths.append(tmp_path / f"step_{i}.pt")
+    averaged = average_checkpoints(paths)
+    assert averaged["model"].keys() == weights.keys() and averaged["step"] == 10 * k
+    for name, tensor in weights.items():
+        assert torch.equal(averaged["model"][name], tensor), name  # exactly, not approximately

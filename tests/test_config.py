@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -217,3 +216,66 @@ def test_learned_positions_must_cover_the_training_lengths(tmp_path, overrides, 
     with pytest.raises(MTError, match=r"c.yaml: " + message):
         load_config(write(tmp_path, MINIMAL), overrides)
     assert load_config(write(tmp_path, MINIMAL), overrides[:2] + ["data.max_len=6"]).model.max_positions == 7
+
+
+def test_base_file_is_merged_under_the_including_file(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text(
+        "data:\n  root: corpora\n  max_len: 50\n  train: {src: t.de, tgt: t.en}\n"
+        "model: {d_model: 128, heads: 2}\ntrain: {max_steps: 100, adam_betas: [0.9, 0.99]}\n")
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("base: ../shared/base.yaml\ndata: {src_lang: fr, train: {src: t.fr}}\n"
+                      "model: {heads: 4}\ntrain: {adam_betas: [0.8, 0.9]}\n")
+    config = load_config(recipe, ["train.max_steps=7"])
+    assert (config.data.src_lang, config.data.max_len) == ("fr", 50)
+    assert (config.model.d_model, config.model.heads) == (128, 4)  # mappings merge key by key
+    assert config.train.adam_betas == [0.8, 0.9] and config.train.max_steps == 7  # lists replaced whole
+    # a relative data.root is relative to the file that sets it (the base), not to the recipe
+    root = tmp_path / "shared" / "corpora"
+    assert (config.data.root, config.data.train.src, config.data.train.tgt) == (
+        str(root), str(root / "t.fr"), str(root / "t.en"))
+
+
+def test_base_cycle_and_missing_base_are_errors_naming_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n" + MINIMAL)
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(MTError) as e:
+        load_config(tmp_path / "a.yaml")
+    assert str(e.value) == (f"{tmp_path / 'b.yaml'}: base: config files include each other in a cycle: "
+                            "a.yaml -> b.yaml -> a.yaml")
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(MTError, match=r"cycle: c.yaml -> c.yaml$"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: nowhere.yaml\n" + MINIMAL)
+    with pytest.raises(MTError, match=rf"^{tmp_path / 'd.yaml'}: base: config file 'nowhere.yaml' not found"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base: [a.yaml]\n" + MINIMAL)
+    with pytest.raises(MTError, match=r"e.yaml: base: expected the path of a config file, got \['a.yaml'\]"):
+        load_config(tmp_path / "e.yaml")
+
+
+DIRECTIONS = ["de_en", "fr_en", "cs_en", "en_de", "en_fr", "en_cs"]
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_recipes_name_their_languages_and_files_truthfully(direction, monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    src, tgt = direction.split("_")
+    config = load_config(REPO / "configs" / f"multi30k_{direction}.yaml")
+    data = config.data
+    assert (data.src_lang, data.tgt_lang) == (src, tgt)
+    shared = (REPO.parent / "shared" / "data" / "multi30k").resolve()
+    for corpus, split in [(data.train, "train"), (data.valid, "val"), (data.test, "test2016")]:
+        assert (corpus.src, corpus.tgt) == (str(shared / f"{split}.{src}"), str(shared / f"{split}.{tgt}"))
+    # defined in updates: the schedule decays over max_steps, no wall-clock budget shapes it
+    assert config.train.max_steps > 0 and config.train.lr_schedule == "budget" and config.train.max_time == ""
+    assert config.run_dir == f"runs/multi30k_{direction}"
+
+
+def test_frozen_recipe_is_the_e6cecd9_de_en_config(monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    frozen = load_config(REPO / "configs" / "frozen" / "multi30k_de_en_e6cecd9.yaml")
+    assert (frozen.model.dropout, frozen.train.max_time, frozen.train.lr_schedule, frozen.train.subword_alpha) == (
+        0.1, "90m", "budget", 0.0)
+    assert Path(frozen.data.train.src) == (REPO.parent / "shared" / "data" / "multi30k" / "train.de").resolve()

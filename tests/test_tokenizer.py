@@ -43,3 +43,17 @@ def test_user_symbols_are_single_pieces(tmp_path):
 def test_a_vocabulary_too_small_for_the_symbols_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(MTError, match=r"tokenizer: SentencePiece training failed \(tokenizer.vocab_size=16\)"):
         train(tmp_path, model_type="unigram", vocab_size=16, user_symbols=[f"<s{i}>" for i in range(20)])
+
+
+def test_subword_sampling_changes_the_pieces_never_the_text(tmp_path):
+    lines = [f"{a}{b} {c}" for a in ("hund", "katze", "haus") for b in ("tür", "garten", "dach")
+             for c in ("läuft", "schläft")] * 20
+    tok = train(tmp_path, lines, model_type="unigram", vocab_size=40)
+    for line in ["hundgarten läuft", "katzetür schläft", "hausdach läuft"]:
+        ids = tok.encode([line])[0]
+        samples = [tok.sample(ids, 0.1, -1, seed) for seed in range(20)]
+        assert all(tok.decode([s])[0] == line for s in samples)  # decode(sample(x)) == x
+        assert len({tuple(s) for s in samples}) > 1  # ... with other pieces
+        assert samples == [tok.sample(ids, 0.1, -1, seed) for seed in range(20)]  # a function of the seed
+    with_unk = [UNK] + tok.encode(["läuft"])[0]
+    assert tok.sample(with_unk, 0.1, -1, 1) == with_unk  # its text would not give the same ids back

@@ -378,3 +378,133 @@ def test_an_update_skipped_by_the_fp16_grad_scaler_is_not_counted_as_a_step(tiny
     assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}  # three real Adam updates
     t = trainer.config.train
     assert trainer.optimizer.param_groups[0]["lr"] == inverse_sqrt_lr(3, t.lr, t.warmup_steps)
+
+
+# ---------------------------------------------------------------- regularisers
+
+
+def test_rdrop_with_weight_zero_is_exactly_the_plain_loss_and_its_kl_is_symmetric():
+    from mt.train import rdrop_loss
+
+    torch.manual_seed(0)
+    logits, other = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    target = torch.tensor([[4, 5, 0], [6, 2, 3]])  # one padding position
+    plain = label_smoothed_loss(logits, target, 0.1)
+    assert torch.equal(rdrop_loss(logits, logits, target, 0.1, 0.0), plain)
+    assert torch.equal(rdrop_loss(logits, logits, target, 0.1, 5.0), plain)  # equal passes: no KL
+    p, q = logits.log_softmax(-1), other.log_softmax(-1)
+    kl = 0.5 * ((p.exp() * (p - q)).sum(-1) + (q.exp() * (q - p)).sum(-1))  # (B, T)
+    kl = kl.masked_fill(target == 0, 0.0).sum()
+    expected = 0.5 * (plain + label_smoothed_loss(other, target, 0.1)) + 2.0 * kl
+    assert rdrop_loss(logits, other, target, 0.1, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert rdrop_loss(logits, other, target, 0.1, 2.0).item() == pytest.approx(
+        rdrop_loss(other, logits, target, 0.1, 2.0).item(), rel=1e-6)
+
+
+def test_rdrop_step_without_dropout_has_the_plain_loss_and_with_dropout_a_larger_one(tiny_config):
+    from mt.batching import make_batch
+
+    batch = make_batch([[5, 6, 7, 3], [8, 9, 3, 0]], [[2, 10, 11, 3], [2, 12, 3, 0]])
+    losses = {}
+    for rdrop, dropout in [(0.0, 0.0), (1.0, 0.0), (0.0, 0.3), (1.0, 0.3)]:
+        trainer = Trainer(tiny_config(f"train.rdrop={rdrop}", f"model.dropout={dropout}",
+                                      "tokenizer.vocab_size=60"), overwrite=True)
+        torch.manual_seed(1)
+        losses[rdrop, dropout] = trainer.train_step([batch])
+    assert losses[1.0, 0.0] == pytest.approx(losses[0.0, 0.0], rel=1e-5)  # two equal passes, no KL
+    assert losses[1.0, 0.3] > losses[0.0, 0.3]  # two different dropout masks: KL > 0
+
+
+def test_word_dropout_replaces_only_real_source_tokens_by_unk():
+    from mt.tokenizer import EOS, PAD, UNK
+    from mt.train import word_dropout
+
+    src = torch.tensor([[5, 6, 7, 8, EOS], [9, 10, EOS, PAD, PAD]])
+    torch.manual_seed(0)
+    assert torch.equal(word_dropout(src, 0.0), src)
+    everything = word_dropout(src, 0.999999)
+    assert everything.tolist() == [[UNK] * 4 + [EOS], [UNK, UNK, EOS, PAD, PAD]]
+    many = word_dropout(torch.full((200, 50), 7), 0.25)
+    assert 0.2 < (many == UNK).float().mean().item() < 0.3
+
+
+def test_subword_sampling_resamples_each_epoch_keeps_the_text_and_resumes_exactly(tiny_config, tmp_path,
+                                                                                  monkeypatch):
+    """Pieces are a function of (seed, epoch, pair): a resumed run ends bitwise equal to an uninterrupted one."""
+    import numpy as np
+
+    from mt.tokenizer import Tokenizer
+
+    options = ["tokenizer.model_type=unigram", "tokenizer.vocab_size=45", "train.subword_alpha=0.1",
+               "model.dropout=0.1", "train.word_dropout=0.1"]
+    trainer = Trainer(tiny_config(*options, f"run_dir={tmp_path / 'look'}"))
+    ids = np.arange(len(trainer.train_data))
+    cached = trainer.train_data.rows(ids, "tgt")
+    sampled = trainer.rows(ids, "tgt")
+    tok = trainer.tokenizers.tgt
+    assert tok.decode(sampled) == tok.decode([r.tolist() for r in cached])
+    assert any(list(s) != r.tolist() for s, r in zip(sampled, cached))
+    assert trainer.rows(ids, "tgt") == sampled
+    trainer.epoch = 1
+    assert trainer.rows(ids, "tgt") != sampled
+
+    straight = tiny_config(*options, "train.max_steps=30", f"run_dir={tmp_path / 'a'}")
+    train(straight)
+    train(tiny_config(*options, "train.max_steps=13", f"run_dir={tmp_path / 'b'}"))
+    train(tiny_config(*options, "train.max_steps=30", f"run_dir={tmp_path / 'b'}"))
+    a = load_checkpoint(latest_checkpoint(tmp_path / "a"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "b"))
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+    def refuse(*args):
+        raise AssertionError("sampled outside of training")
+
+    monkeypatch.setattr(Tokenizer, "sample", refuse)
+    trainer = Trainer(tiny_config(*options, "train.max_steps=30", f"run_dir={tmp_path / 'a'}"))
+    assert "valid_bleu" in trainer.validate()
+    Translator.from_pretrained(tmp_path / "a", threads=1).translate(["der hund läuft im park ."], beam_size=2)
+
+
+def test_average_last_writes_avg_pt_and_logs_its_bleu_beside_best(tiny_config, tmp_path):
+    from mt.checkpoint import best_or_latest
+
+    train(tiny_config("train.max_steps=40", "train.valid_every=10", "train.average_last=3"))
+    run = tmp_path / "run"
+    avg = load_checkpoint(run / "checkpoints" / "avg.pt")
+    last = [load_checkpoint(p)["model"] for p in step_checkpoints(run)[-3:]]
+    assert [p.name for p in step_checkpoints(run)[-3:]] == ["step_0000020.pt", "step_0000030.pt", "step_0000040.pt"]
+    for name, tensor in avg["model"].items():
+        torch.testing.assert_close(tensor, sum(m[name] for m in last) / 3)
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    best = json.loads((run / "checkpoints" / "best.json").read_text())[0]
+    assert record["averaged_steps"] == [20, 30, 40] and "avg_valid_bleu" in record and "avg_valid_nll" in record
+    assert (record["best_valid_bleu"], record["best_step"]) == (round(best["score"], 4), best["step"])
+    assert best_or_latest(run).name == "best.pt"  # mt translate RUN keeps using best.pt
+
+
+def test_average_last_must_fit_in_keep_last(tiny_config):
+    with pytest.raises(MTError, match=r"train.average_last: must be in \[0, train.keep_last \(5\)\]"):
+        tiny_config("train.average_last=6")
+
+
+@pytest.mark.parametrize("recipe", ["multi30k_de_en", "multi30k_fr_en", "multi30k_cs_en", "multi30k_en_de",
+                                    "multi30k_en_fr", "multi30k_en_cs", "frozen/multi30k_de_en_e6cecd9"])
+def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
+    from pathlib import Path
+
+    from conftest import tiny_pairs, write_corpus
+    from mt.config import load_config
+
+    src, tgt = write_corpus(tmp_path / "data", "train", tiny_pairs(20))
+    repo = Path(__file__).resolve().parent.parent
+    config = load_config(repo / "configs" / f"{recipe}.yaml", [
+        f"run_dir={tmp_path / 'run'}", f"data.train.src={src}", f"data.train.tgt={tgt}",
+        f"data.valid.src={src}", f"data.valid.tgt={tgt}", "train.max_steps=2", "train.valid_every=2",
+        "train.max_time=", "train.threads=1", "train.precision=fp32", "tokenizer.vocab_size=60",
+        "decode.max_len_a=0", "decode.max_len_b=3"])
+    metrics = train(config)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"] == 2
+    assert "valid_bleu" in metrics
+    if config.train.average_last:
+        assert (tmp_path / "run" / "checkpoints" / "avg.pt").exists()

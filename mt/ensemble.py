@@ -1,0 +1,85 @@
+"""Ensembles: several trained models decoding as one, by averaging their log-probabilities.
+
+``Ensemble`` offers what the searches of ``mt.search`` use of a ``Transformer``:
+``encode``, ``new_cache``, ``decode`` (and ``forward`` for scoring), with memories that
+index like a tensor and a cache that ``mt.model.reorder_cache`` reorders. So greedy,
+beam and sampling search run over an ensemble unchanged: at every step each model
+decodes with its own encoder output and its own key/value cache, and the search sees
+the mean of the models' log-probabilities over the shared target vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mt.errors import MTError
+from mt.model import Transformer
+
+
+class EnsembleMemory:
+    """Every model's encoder output for the same batch; ``memory[keep]`` selects rows of all of them."""
+
+    def __init__(self, parts: list[torch.Tensor]):
+        self.parts = parts
+
+    def __getitem__(self, index) -> "EnsembleMemory":
+        return EnsembleMemory([m[index] for m in self.parts])
+
+
+class Ensemble(nn.Module):
+    """Models that share a target vocabulary, decoding together."""
+
+    def __init__(self, models: list[Transformer]):
+        super().__init__()
+        if not models:
+            raise MTError("an ensemble needs at least one model")
+        if len({m.output.out_features for m in models}) != 1:
+            raise MTError("an ensemble's models must share one target vocabulary; their output sizes differ: "
+                          + ", ".join(str(m.output.out_features) for m in models))
+        self.models = nn.ModuleList(models)
+
+    def encode(self, src: torch.Tensor) -> tuple[EnsembleMemory, torch.Tensor]:
+        """src (B, S) -> every model's memory, and the padding mask (the same for all: it depends on src only)."""
+        memories, src_mask = [], None
+        for model in self.models:
+            memory, src_mask = model.encode(src)
+            memories.append(memory)
+        return EnsembleMemory(memories), src_mask
+
+    def new_cache(self, *args, **kwargs) -> list:
+        """The models' layer caches one after the other, so ``reorder_cache`` reorders them all."""
+        return [layer for model in self.models for layer in model.new_cache(*args, **kwargs)]
+
+    def _split(self, cache: Optional[list]) -> list:
+        if cache is None:
+            return [None] * len(self.models)
+        parts, start = [], 0
+        for model in self.models:
+            parts.append(cache[start:start + len(model.decoder_layers)])
+            start += len(model.decoder_layers)
+        return parts
+
+    def decode(self, tgt_in: torch.Tensor, memory: EnsembleMemory, src_mask: torch.Tensor,
+               cache: Optional[list] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
+        """tgt_in (B, T) -> the mean of the models' log-probabilities (B, T, V).
+
+        One model's logits pass through unchanged: the search normalises them itself, so
+        an ensemble of one decodes exactly like the model.
+        """
+        if cross_weights is not None:
+            raise MTError("cross-attention weights are per model; look at one model of the ensemble at a time")
+        outputs = [model.decode(tgt_in, part, src_mask, layers)
+                   for model, part, layers in zip(self.models, memory.parts, self._split(cache))]
+        return self._combine(outputs)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self._combine([model(src, tgt_in) for model in self.models])
+
+    @staticmethod
+    def _combine(outputs: list[torch.Tensor]) -> torch.Tensor:
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.stack([F.log_softmax(o.float(), dim=-1) for o in outputs]).mean(0)

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Rebuild the tables of docs/results.md: train every Multi30k recipe, choose the length penalty on
+# val, translate test2016 with best.pt, avg.pt and (de->en) the ensemble of 3 seeds, and score
+# with sacreBLEU, cased and lower-cased. Long: about 15 trainings of up to 90 minutes each on a
+# 2-core CPU with native bf16 (several hours on CPUs without); not for CI. Run it on an otherwise
+# idle machine: the trainings go one at a time, and the training times are part of the table.
+#
+#   scripts/reproduce_results.sh                 # everything
+#   ONLY="de_en en_de" scripts/reproduce_results.sh
+#   RESULTS=runs/results scripts/reproduce_results.sh
+#
+# A training that is interrupted resumes when the script is run again; finished runs are skipped.
+# Choices (length penalty, which checkpoint) are made on val only; test2016 is only scored.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+
+RESULTS=${RESULTS:-runs/results}
+DIRECTIONS=${ONLY:-"de_en en_de fr_en en_fr cs_en en_cs"}
+SEEDS_DE_EN=${SEEDS_DE_EN:-"1 2 3"}            # the recipe's seeds for de->en; they make the ensemble
+BASELINE_SEEDS=${BASELINE_SEEDS:-"1 2"}        # de->en without the regularisers, and the e6cecd9 recipe
+setting() {  # CONFIG KEY: a resolved config value, e.g. setting configs/multi30k_de_en.yaml train.max_steps
+  python -c "import sys; from mt.config import load_config; c = load_config(sys.argv[1])
+for part in sys.argv[2].split('.'): c = getattr(c, part)
+print(c)" "$1" "$2"
+}
+DATA=$(setting configs/multi30k_base.yaml data.root)/multi30k
+mkdir -p "$RESULTS"
+
+train_once() {  # RUN CONFIG [overrides...]: train unless RUN is finished
+  local run=$1 config=$2
+  shift 2
+  if [ -f "$run/.done" ]; then echo "skip: $run is finished" >&2; return; fi
+  echo "train: $run ($config $*)" >&2
+  mt train "$config" "run_dir=$run" "$@" 2> >(tee -a "$run.log" >&2)
+  touch "$run/.done"
+}
+
+tune_once() {  # RUN: choose the length penalty on val (written to RUN/config.yaml)
+  [ -f "$1/tune.json" ] || mt tune "$1" --length-penalty 0.6 0.8 1.0 1.2 | tee "$1.tune.txt"
+}
+
+score() {  # NAME SRC_LANG TGT_LANG MODEL...: translate test2016 and val with MODEL(s), write NAME.json
+  local name=$1 src=$2 tgt=$3
+  shift 3
+  for split in val test2016; do
+    [ -f "$RESULTS/$name.$split.$tgt" ] || mt translate "$@" -i "$DATA/$split.$src" -o "$RESULTS/$name.$split.$tgt"
+  done
+  python - "$RESULTS/$name" "$DATA" "$tgt" "$@" <<'EOF'
+import json, sys
+from sacrebleu.metrics import BLEU, CHRF
+
+out, data, tgt, models = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+record = {"models": models}
+for split in ("val", "test2016"):
+    hyps = open(f"{out}.{split}.{tgt}", encoding="utf-8").read().splitlines()
+    refs = [open(f"{data}/{split}.{tgt}", encoding="utf-8").read().splitlines()]
+    bleu, lc, chrf = BLEU(), BLEU(lowercase=True), CHRF()
+    record[split] = {"bleu": bleu.corpus_score(hyps, refs).score, "chrf": chrf.corpus_score(hyps, refs).score,
+                     "bleu_lc": lc.corpus_score(hyps, refs).score,
+                     "signature": str(bleu.get_signature()), "signature_lc": str(lc.get_signature()),
+                     "signature_chrf": str(chrf.get_signature())}
+json.dump(record, open(f"{out}.json", "w"), indent=1)
+print(f"{out}: test2016 BLEU {record['test2016']['bleu']:.1f} chrF {record['test2016']['chrf']:.1f} "
+      f"(-lc {record['test2016']['bleu_lc']:.1f}); val BLEU {record['val']['bleu']:.1f}", file=sys.stderr)
+EOF
+}
+
+for d in $DIRECTIONS; do
+  src=${d%_*} tgt=${d#*_}
+  seeds=1
+  [ "$d" = de_en ] && seeds=$SEEDS_DE_EN
+  for s in $seeds; do
+    run=$RESULTS/${d}_s$s
+    train_once "$run" "configs/multi30k_$d.yaml" "train.seed=$s"
+    tune_once "$run"
+    score "${d}_s${s}_best" "$src" "$tgt" "$run"
+    score "${d}_s${s}_avg" "$src" "$tgt" "$run/checkpoints/avg.pt"
+  done
+  if [ "$d" = de_en ]; then
+    # shellcheck disable=SC2046
+    score de_en_ensemble3 de en $(for s in $SEEDS_DE_EN; do echo "$RESULTS/de_en_s$s"; done)
+    steps=$(setting configs/multi30k_de_en.yaml train.max_steps)
+    for s in $BASELINE_SEEDS; do
+      # the same recipe without its regularisers (subword sampling, word dropout, R-Drop)
+      run=$RESULTS/de_en_noreg_s$s
+      train_once "$run" configs/multi30k_de_en.yaml "train.seed=$s" \
+        train.subword_alpha=0 train.word_dropout=0 train.rdrop=0
+      tune_once "$run"
+      score "de_en_noreg_s${s}_best" de en "$run"
+      # the e6cecd9 recipe for the same number of updates (its budget schedule then decays over steps)
+      run=$RESULTS/de_en_e6cecd9_s$s
+      train_once "$run" configs/frozen/multi30k_de_en_e6cecd9.yaml "train.seed=$s" "train.max_steps=$steps" \
+        train.max_time= train.average_last=5
+      tune_once "$run"
+      score "de_en_e6cecd9_s${s}_best" de en "$run"
+    done
+  fi
+done
+
+# The rows of docs/results.md, from the JSON records and each run's metrics.jsonl (training time).
+python - "$RESULTS" <<'EOF'
+import json, os, platform, sys
+from pathlib import Path
+
+results = Path(sys.argv[1])
+records = sorted(results.glob("*.json"))
+if not records:
+    sys.exit(f"no scores in {results} yet")
+names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+cpu = names[0] if names else platform.processor()
+flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+isa = "AMX" if "amx_bf16" in flags else "AVX-512 bf16" if "avx512_bf16" in flags else \
+    "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
+print(f"CPU: {cpu}, {os.cpu_count()} cores, ISA: {isa}")
+print("| run | updates | train min | val BLEU | test2016 BLEU | chrF | BLEU -lc |")
+print("|---|---|---|---|---|---|---|")
+for record_file in records:
+    record = json.loads(record_file.read_text())
+    run = Path(record["models"][0].replace("/checkpoints/avg.pt", ""))
+    steps = minutes = "-"
+    if len(record["models"]) == 1 and (run / "metrics.jsonl").exists():
+        last = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"time"' in l][-1]
+        steps, minutes = last["step"], f"{last['time'] / 60:.0f}"
+    v, t = record["val"], record["test2016"]
+    print(f"| {record_file.stem} | {steps} | {minutes} | {v['bleu']:.1f} | {t['bleu']:.1f} | {t['chrf']:.1f} "
+          f"| {t['bleu_lc']:.1f} |")
+print(f"\nSignatures: {t['signature']}; {t['signature_lc']}; {t['signature_chrf']}")
+EOF
