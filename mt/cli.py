@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
-from mt.errors import MTError
+from mt.errors import MTError, WriteError
 
 EXIT_USER_ERROR = 2
 
@@ -57,7 +58,9 @@ def cmd_translate(args: argparse.Namespace) -> None:
         sys.stdout.flush()
     else:
         try:
-            atomic_write_text(args.output, text)
+            atomic_write_text(args.output, text)  # whole or not at all: Ctrl-C or a full disk leaves no partial file
+        except WriteError as e:
+            raise WriteError(f"{e}, or give -o a file on another disk") from None
         except OSError as e:
             raise MTError(f"output file '{args.output}': cannot write: {e}") from None
 
@@ -227,3 +230,8 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader has gone (`mt translate RUN < big | head -3`): it has all it wanted, so stop
+        # quietly; stdout now points at /dev/null so the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
