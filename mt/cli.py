@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
+        if args.func not in (cmd_translate, cmd_evaluate):  # e.g. training: a cut-off run is no success
+            raise
         # the reader has gone (`mt translate RUN < big | head -3`): it has all it wanted, so stop
         # quietly; stdout now points at /dev/null so the interpreter's last flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
