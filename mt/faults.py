@@ -136,4 +136,5 @@ def disk_write_error(path: str | Path, error: OSError, elsewhere: str = "") -> W
     if advice is None:
         return None
     name = errno.errorcode.get(error.errno, str(error.errno))
-    return WriteError(f"cannot write '{path}': {error.strerror} ({name}); {advice}" + (f", {elsewhere}" if elsewhere else ""))
+    then = f", {elsewhere}" if elsewhere else ""
+    return WriteError(f"cannot write '{path}': {error.strerror} ({name}); {advice}{then}")
