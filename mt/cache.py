@@ -9,8 +9,10 @@ and holds only the lengths (2 bytes a side per pair) in memory; a batch reads it
 from the token arrays. Tokenizers are cached the same way under
 ``CACHE/tokenizers/KEY`` (KEY: the training corpora, cleaning and tokenizer settings).
 
-Entries are written to a temporary directory and renamed into place, so a crash or a
-concurrent run never leaves a half-written entry behind.
+Entries are written to a temporary directory (named for its writer's pid, see
+``mt.faults``) and renamed into place, so a crash or a concurrent run never leaves a
+half-written entry behind; the next start removes the temporary directories of writers
+that are gone, never those of a run still writing.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import shutil
 import sys
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from tqdm import tqdm
 from mt.config import CACHE_DIR_ENV, Config, Corpus, DataConfig
 from mt.data import Cleaner, filter_mask, iter_parallel, sample_pairs, source_identity
 from mt.errors import MTError
+from mt.faults import disk_write_error, kill_point, remove_stale_temps, temp_name
 from mt.tokenizer import TokenizerPair, load_tokenizers, model_files, train_tokenizers
 
 FORMAT = 1  # bump when the layout of an entry changes, so old entries are not misread
@@ -57,13 +61,49 @@ def _named_corpora(cfg: DataConfig) -> list[tuple[str, Corpus]]:
 
 
 def _publish(tmp: Path, folder: Path) -> None:
-    """Rename a finished temporary directory into place (another process may have won the race)."""
+    """Rename a finished temporary directory into place (another process may have won the race).
+
+    Its files are fsynced first, so a power cut cannot leave a published entry with empty files.
+    """
+    for path in [*tmp.iterdir(), tmp]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     try:
         os.rename(tmp, folder)
     except OSError:
         if not (folder / "meta.json").exists():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _building(tmp: Path):
+    """Build a cache entry in the temporary directory ``tmp``; it is gone afterwards, published or not.
+
+    A full or read-only cache disk is a one-line error naming the file.
+    """
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process that had our pid
+    try:
+        tmp.mkdir(parents=True)
+        yield
+    except OSError as e:
+        inside = e.filename is None or str(e.filename).startswith(str(tmp.parent.parent))  # not an input file
+        error = disk_write_error(e.filename or tmp, e, f"or set data.cache_dir (or ${CACHE_DIR_ENV}) to another disk")
+        if error is None or not inside:
+            raise
+        raise error from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_entries(config: Config) -> None:
+    """Remove the temporary directories that killed writers left in the cache (live writers' stay)."""
+    for kind in ("tokenizers", "corpora"):
+        for path in remove_stale_temps(cache_dir(config.data) / kind):
+            tqdm.write(f"cache: removed {path.name}, left by a writer that was killed", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -91,15 +131,12 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
             raise MTError("data.train: no training pairs left after cleaning")
         tqdm.write(f"tokenizer: training SentencePiece (vocab {tok.vocab_size}, "
                    f"{'joint' if tok.joint else 'separate'}) on {len(src):,} of {seen:,} pairs", file=sys.stderr)
-        tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        tmp = folder.with_name(temp_name(key))
+        with _building(tmp):
             train_tokenizers(model_files(tmp, tok.joint), tok, src, tgt, threads)
             (tmp / "meta.json").write_text(json.dumps({"sampled_pairs": len(src), "of_pairs": seen}) + "\n")
+            kill_point("cache.tokenizer")
             _publish(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     else:
         tqdm.write(f"tokenizer: reusing {folder}", file=sys.stderr)
     for f in files:
@@ -167,18 +204,15 @@ def corpus_arrays(corpus: Corpus, key: str, config: Config, tokenizers: Tokenize
     name = _key(settings)
     folder = cache_dir(data) / "corpora" / name
     if not (folder / "meta.json").exists():
-        tmp = folder.with_name(f"{name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        tmp = folder.with_name(temp_name(name))
+        with _building(tmp):
             start = time.monotonic()
             n = _encode_into(tmp, corpus, key, config, tokenizers, threads)
             seconds = time.monotonic() - start
             tqdm.write(f"{key}: encoded and cached {n:,} pairs in {seconds:.1f} s "
                        f"({n / max(seconds, 1e-9):,.0f} pairs/s)", file=sys.stderr)
+            kill_point("cache.publish")
             _publish(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return CorpusArrays(folder)
 
 
@@ -226,6 +260,7 @@ def _encode_into(folder: Path, corpus: Corpus, key: str, config: Config, tokeniz
                     totals[side] += int(kept_lens.sum())
                 n_written += len(kept)
                 bar.set_postfix(kept=f"{n_written:,}")
+                kill_point("cache.encode")
     finally:
         for f in files.values():
             f.close()
@@ -304,6 +339,7 @@ def prepare_training_data(config: Config, run_dir: Path, threads: int = 1) -> tu
     The report sums the corpora's cleaning and filtering counts; with several corpora it
     lists each one too.
     """
+    remove_stale_entries(config)
     tokenizers = prepare_tokenizers(config, run_dir, threads)
     named = _named_corpora(config.data)
     corpora = [corpus_arrays(corpus, key, config, tokenizers, threads) for key, corpus in named]

@@ -16,24 +16,50 @@ from pathlib import Path
 import torch
 
 from mt.errors import MTError
+from mt.faults import disk_write_error, kill_point, temp_name
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")  # not best_step_N.pt
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, kind: str = "file") -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    The temporary name carries this process's pid (``mt.faults.owner_tag``), so a later
+    start can remove it if we are killed midway. A full or read-only disk raises a one-line
+    ``WriteError`` naming the path (the old file stays as it was). ``kind`` names the kill
+    points passed on the way (``checkpoint`` or ``file``; see ``mt.faults``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{temp_name(path.name)}.", suffix="")
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(memoryview(data)[:half])
+            kill_point(f"{kind}.partial")
+            f.write(memoryview(data)[half:])
             f.flush()
             os.fsync(f.fileno())
+        kill_point(f"{kind}.synced")
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and (error := disk_write_error(path, e)):
+            raise error from None
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -43,7 +69,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save_checkpoint(state: dict, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), kind="checkpoint")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -72,6 +98,32 @@ def step_of(path: Path) -> int:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     steps = step_checkpoints(run_dir)
     return steps[-1] if steps else None
+
+
+RESUME_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng", "config")
+
+
+def newest_whole_checkpoint(run_dir: Path, warn=print) -> tuple[Path, dict] | None:
+    """The newest numbered checkpoint that loads whole, and its state (None: there is none).
+
+    Atomic writes mean a crash never tears a checkpoint, but a disk can still damage one
+    (or a copy can be cut short): such a checkpoint is skipped, with a warning through
+    ``warn``, for the next newest. If every checkpoint is damaged that is an error.
+    """
+    paths = step_checkpoints(run_dir)
+    for path in reversed(paths):
+        try:
+            state = load_checkpoint(path)
+            if not isinstance(state, dict) or not all(k in state for k in RESUME_KEYS):
+                raise MTError(f"checkpoint '{path}': not a training checkpoint (keys missing)")
+        except MTError as e:
+            warn(f"warning: skipping a damaged checkpoint: {e}")
+            continue
+        return path, state
+    if paths:
+        raise MTError(f"none of the {len(paths)} checkpoints in '{Path(run_dir) / 'checkpoints'}' reads whole; "
+                      "pass --overwrite to start over")
+    return None
 
 
 def best_or_latest(run_dir: Path) -> Path:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
-from mt.errors import MTError
+from mt.errors import MTError, WriteError
 
 EXIT_USER_ERROR = 2
 
@@ -93,7 +94,9 @@ def cmd_translate(args: argparse.Namespace) -> None:
         sys.stdout.flush()
     else:
         try:
-            atomic_write_text(args.output, text)
+            atomic_write_text(args.output, text)  # whole or not at all: Ctrl-C or a full disk leaves no partial file
+        except WriteError as e:
+            raise WriteError(f"{e}, or give -o a file on another disk") from None
         except OSError as e:
             raise MTError(f"output file '{args.output}': cannot write: {e}") from None
     report_too_long()
@@ -287,3 +290,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        if args.func not in (cmd_translate, cmd_evaluate):  # e.g. training: a cut-off run is no success
+            raise
+        # the reader has gone (`mt translate RUN < big | head -3`): it has all it wanted, so stop
+        # quietly; stdout now points at /dev/null so the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

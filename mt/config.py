@@ -141,8 +141,8 @@ class TrainConfig:
     accum_steps: int = 1  # batches whose gradients are summed into one update
     lr: float = 1e-3  # peak learning rate, reached at the end of warmup
     warmup_steps: int = 800
-    # inverse_sqrt: peak * sqrt(warmup / step) after warmup; budget: linear decay to zero
-    # exactly when max_time (else max_steps) runs out
+    # inverse_sqrt: peak * sqrt(warmup / step) after warmup; budget: from the peak at the end of
+    # warmup, linear decay to zero at max_steps (else when max_time runs out)
     lr_schedule: Literal["inverse_sqrt", "budget"] = "inverse_sqrt"
     patience: int = 0  # stop after this many validations without a better BLEU; 0 = never
     adam_betas: list = field(default_factory=lambda: [0.9, 0.98])

@@ -30,9 +30,10 @@ from mt.batching import Batch, batch_from_rows, bucket_batches, bucket_order, ma
 from mt.config import Config, parse_duration, save_config
 from mt.cache import describe, prepare_training_data
 from mt.data import encode_parallel, read_parallel
-from mt.errors import MTError
 from mt.distributed import Distributed, unshard
+from mt.errors import MTError, WriteError
 from mt.evaluate import bleu
+from mt.faults import disk_write_error, remove_stale_temps
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import EOS, PAD, UNK, TokenizerPair
@@ -97,9 +98,16 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
-def budget_lr(step: int, peak: float, warmup: int, progress: float) -> float:
-    """Linear warmup, then linear decay reaching zero when ``progress`` (fraction of the budget) hits 1."""
-    return peak * min(max(step, 1) / max(warmup, 1), 1.0) * max(0.0, 1.0 - progress)
+def budget_lr(step: int, peak: float, warmup: int, left: float) -> float:
+    """Linear warmup to ``peak`` at update ``warmup``, then linear decay to zero at the end of the budget.
+
+    ``left`` is the fraction of the budget after warmup still to go: 1 at update
+    ``warmup``, 0 at the end. Warmup and decay follow each other, so even a short budget
+    reaches the peak.
+    """
+    if step < warmup:
+        return peak * max(step, 1) / warmup
+    return peak * min(max(left, 0.0), 1.0)
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -193,14 +201,16 @@ class Trainer:
                 log(f"--overwrite: removing the previous run in {self.run_dir}")
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir, self.run_dir / "checkpoints"):
+                for path in remove_stale_temps(folder):
+                    log(f"removed {path.name}, left by a writer that was killed")
             if resume_from is None or overwrite:
                 # a tokenizer from a run that never reached a checkpoint may not match this config
                 for stale in self.run_dir.glob("spm*.model"):
                     stale.unlink()
-        if overwrite:
-            resume_from = None
-        state = ckpt.load_checkpoint(resume_from) if resume_from else None
-        if state is not None:
+        state = None
+        if resume_from is not None and not overwrite:
+            resume_from, state = ckpt.newest_whole_checkpoint(self.run_dir, warn=log)
             self._check_compatible(state, resume_from)
         if self.dist.main:  # rank 0 trains the tokenizer; the others then load it
             self.tokenizers, self.train_data, self.valid, report = prepare_data(config, self.run_dir)
@@ -229,6 +239,7 @@ class Trainer:
         self.stop_signal: str | None = None
         self.saved_step = -1
         self.overflow_skips = 0  # updates the fp16 GradScaler skipped (overflowing gradients), this session
+        self.warmup_elapsed: float | None = None  # training time when warmup ended (the time budget's decay starts)
         self.validations_without_gain = 0  # for early stopping (train.patience)
         if state is not None:
             self._restore(state)
@@ -265,6 +276,8 @@ class Trainer:
         self.elapsed, self.best_score = state["elapsed"], state["best_score"]
         self.saved_step = self.step
         self.validations_without_gain = state.get("validations_without_gain", 0)
+        # (a checkpoint from before this key was past warmup or not: decay over the whole time then)
+        self.warmup_elapsed = state.get("warmup_elapsed", 0.0 if self.step >= self.config.train.warmup_steps else None)
         rng, by_rank = state["rng"], state.get("rng_by_rank") or [state["rng"]]
         if len(by_rank) == self.dist.world:
             rng = by_rank[self.dist.rank]
@@ -283,19 +296,25 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed, "best_score": self.best_score,
-            "validations_without_gain": self.validations_without_gain,
+            "validations_without_gain": self.validations_without_gain, "warmup_elapsed": self.warmup_elapsed,
             "rng": rng, "rng_by_rank": self.dist.all_gather(rng),
             "config": self.config.to_dict(), "vocab": self.tokenizers.fingerprint(),
             "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size],
         }
 
     def set_lr(self, max_time: float) -> float:
+        """The learning rate of the coming update (number ``step + 1``), set on the optimizer."""
         t = self.config.train
+        update = self.step + 1
         if t.lr_schedule == "budget":
-            progress = self.elapsed / max_time if max_time else self.step / t.max_steps
-            if max_time and t.max_steps:
-                progress = max(progress, self.step / t.max_steps)
-            lr = budget_lr(self.step + 1, t.lr, t.warmup_steps, progress)
+            if t.max_steps:  # max_time, if also set, only stops training: the same config, the same curve anywhere
+                left = (t.max_steps - update) / max(t.max_steps - t.warmup_steps, 1)
+            else:  # decay over the training time left after the update that ended warmup
+                if update >= t.warmup_steps and self.warmup_elapsed is None:
+                    self.warmup_elapsed = self.elapsed
+                start = self.warmup_elapsed or 0.0
+                left = (max_time - self.elapsed) / max(max_time - start, 1e-9)
+            lr = budget_lr(update, t.lr, t.warmup_steps, left)
         else:
             lr = inverse_sqrt_lr(self.step + 1, t.lr, t.warmup_steps)
         for group in self.optimizer.param_groups:
@@ -390,16 +409,31 @@ class Trainer:
         state = self.state_dict()
         if not self.dist.main:
             return
-        if score is not None:
-            ckpt.keep_if_best(self.run_dir, state, score, self.config.train.keep_best)
-        ckpt.save_checkpoint(state, self.run_dir / "checkpoints" / f"step_{self.step:07d}.pt")
+        try:
+            if score is not None:
+                ckpt.keep_if_best(self.run_dir, state, score, self.config.train.keep_best)
+            ckpt.save_checkpoint(state, self.run_dir / "checkpoints" / f"step_{self.step:07d}.pt")
+        except WriteError as e:
+            raise WriteError(f"{e}, or set run_dir to another disk; training stopped at step {self.step}, "
+                             + self._last_saved()) from None
         ckpt.prune(self.run_dir, self.config.train.keep_last)
+
+    def _last_saved(self) -> str:
+        if self.saved_step <= 0:
+            return "with no checkpoint saved yet"
+        return f"its last checkpoint (step {self.saved_step}) is intact: run the same command to resume from it"
 
     def log_metrics(self, record: dict) -> None:
         if not self.dist.main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if (error := disk_write_error(path, e, "or set run_dir to another disk")) is None:
+                raise
+            raise WriteError(f"{error}; training stopped at step {self.step}, {self._last_saved()}") from None
 
     def run(self) -> dict:
         t = self.config.train

@@ -126,20 +126,60 @@ def test_accumulated_batches_give_the_update_of_one_big_batch(tiny_config, tmp_p
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_budget_schedule_reaches_zero_at_the_end_of_the_budget():
-    from mt.train import budget_lr
-
-    assert budget_lr(50, 1e-3, 100, progress=0.0) == pytest.approx(5e-4)
-    assert budget_lr(200, 1e-3, 100, progress=0.5) == pytest.approx(5e-4)
-    assert budget_lr(300, 1e-3, 100, progress=1.0) == 0.0
+def lrs_by_step(run_dir) -> dict[int, float]:
+    return {r["step"]: r["lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "lr" in r}
 
 
-def test_budget_schedule_by_steps_ends_at_zero(tiny_config, tmp_path):
-    train(tiny_config("train.max_steps=20", "train.lr_schedule=budget", "train.warmup_steps=5"))
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    lrs = [r["lr"] for r in records if "lr" in r]
-    assert lrs[-1] == pytest.approx(0.003 * (1 - 19 / 20))  # step 20 runs with 1/20 of the budget left
-    assert lrs == sorted(lrs, reverse=True)
+def test_budget_schedule_by_steps_peaks_at_the_end_of_warmup_and_ends_at_zero(tiny_config, tmp_path):
+    """max_steps sets the curve; max_time is only a guard (1 hour here: it never binds)."""
+    train(tiny_config("train.max_steps=10", "train.max_time=1h", "train.lr_schedule=budget",
+                      "train.warmup_steps=4", "train.log_every=1"))
+    lrs = lrs_by_step(tmp_path / "run")
+    assert lrs[4] == 0.003 and lrs[10] == 0.0  # the peak exactly at update 4, zero at the last
+    expected = {s: 0.003 * s / 4 if s < 4 else 0.003 * (10 - s) / 6 for s in range(1, 11)}
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_budget_schedule_by_time_peaks_at_the_end_of_warmup_and_decays_over_the_time_left(
+        tiny_config, tmp_path, monkeypatch):
+    """A clock that advances one second per update: update u starts at u - 1 s, warmup ends at 3 s,
+    so the decay spans the 7 s left of the 10 s budget, and training stops after update 10."""
+    from types import SimpleNamespace
+
+    import mt.train as train_module
+
+    trainer = Trainer(tiny_config("train.max_time=10s", "train.lr_schedule=budget", "train.warmup_steps=4",
+                                  "train.log_every=1"))
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(monotonic=lambda: float(trainer.step)))
+    trainer.run()
+    lrs = lrs_by_step(tmp_path / "run")
+    assert lrs[4] == 0.003
+    expected = {u: 0.003 * u / 4 if u < 4 else 0.003 * (11 - u) / 7 for u in range(1, 11)}
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["warmup_elapsed"] == 3.0
+
+
+def test_budget_schedule_by_time_continues_after_a_resume(tiny_config, tmp_path, monkeypatch):
+    """The time warmup ended is saved, so a resumed run decays from the same point."""
+    from types import SimpleNamespace
+
+    import mt.train as train_module
+
+    def clock() -> float:
+        if trainer.step == 6 and first_session:  # interrupted after update 6, past warmup
+            trainer.stop_signal = "SIGTERM"
+        return float(trainer.step)
+
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(monotonic=clock))
+    for first_session in (True, False):
+        trainer = Trainer(tiny_config("train.max_time=10s", "train.lr_schedule=budget", "train.warmup_steps=4",
+                                      "train.log_every=1"))
+        trainer.run()
+        assert trainer.step == (6 if first_session else 10)
+    lrs = lrs_by_step(tmp_path / "run")
+    assert lrs == pytest.approx({u: 0.003 * u / 4 if u < 4 else 0.003 * (11 - u) / 7 for u in range(1, 11)},
+                                rel=1e-12, abs=0)
 
 
 def test_early_stopping_after_patience_validations(tiny_config, tmp_path):

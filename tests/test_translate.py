@@ -260,3 +260,95 @@ def test_seeded_samples_do_not_depend_on_how_the_input_arrives(trained_run, tmp_
     translator = Translator.from_pretrained(run_dir)
     assert translator.sample(lines[:40], temperature=3, seed=7) == out[:40]
     assert translator.sample(lines[25:40], temperature=3, seed=7, first_line=25, batch_tokens=30) == out[25:40]
+
+
+def big_input(tmp_path, pairs, lines: int):
+    path = tmp_path / "big.de"
+    path.write_text("".join(pairs[i % len(pairs)][0] + "\n" for i in range(lines)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("source", ["stdin", "-i"])
+def test_a_pipe_closed_by_head_ends_translation_quietly(trained_run, tmp_path, source):
+    """`mt translate RUN < big | head -3`: the output (10,000 lines, ~250 kB) is far more than
+    a pipe holds, so mt must meet the closed pipe; it stops with status 0 and says nothing."""
+    run_dir, pairs, _, _ = trained_run
+    big = big_input(tmp_path, pairs, 10_000)
+    args = [sys.executable, "-m", "mt", "translate", str(run_dir), "--beam", "1", "--threads", "1"]
+    with open(big, "rb") as stdin:
+        mt = subprocess.Popen(args + (["-i", str(big)] if source == "-i" else []), stdin=stdin,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-3"], stdin=mt.stdout, stdout=subprocess.PIPE)
+    mt.stdout.close()  # head alone holds the read end now
+    try:
+        out, _ = head.communicate(timeout=120)
+        err = mt.stderr.read()
+        code = mt.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("mt translate | head -3 hung for 120 s")
+    finally:
+        mt.kill()
+        head.kill()
+    assert out.decode().splitlines() == [pairs[i][1] for i in range(3)]
+    assert code == 0
+    assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Exception ignored" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_ctrl_c_while_translating_to_a_file_leaves_no_partial_file_and_exits_130(trained_run, tmp_path, existing):
+    """SIGINT once the progress bar shows translation has begun (beam 5 over 20,000 lines takes
+    far longer than a signal to arrive): exit 130, and the output is as before, or absent."""
+    import select
+    import signal
+
+    run_dir, pairs, _, _ = trained_run
+    big = big_input(tmp_path, pairs, 20_000)
+    out = tmp_path / "out.en"
+    if existing:
+        out.write_text("an earlier translation\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "mt", "translate", str(run_dir), "-i", str(big), "-o", str(out),
+                             "--beam", "5", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = b""
+    try:
+        while b"translate:" not in err:  # the bar appears once the sentences are read and decoding starts
+            assert select.select([proc.stderr], [], [], 120)[0], "no progress bar within 120 s"
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"mt translate ended before translating: {err.decode()[-2000:]}"
+            err += chunk
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("mt translate did not stop within 120 s of SIGINT")
+    finally:
+        proc.kill()
+    err += rest
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert err.decode().rstrip().endswith("interrupted") and b"Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big.de"] + (["out.en"] if existing else []))
+    if existing:
+        assert out.read_text(encoding="utf-8") == "an earlier translation\n"
+
+
+def test_a_full_disk_under_the_output_is_one_line_and_keeps_the_old_file(trained_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import mt.checkpoint
+
+    run_dir, pairs, _, _ = trained_run
+    (tmp_path / "in.de").write_text(pairs[0][0] + "\n", encoding="utf-8")
+    out = tmp_path / "out.en"
+    out.write_text("old\n", encoding="utf-8")
+
+    def disk_full(name):
+        if name == "file.partial":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mt.checkpoint, "kill_point", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["translate", str(run_dir), "-i", str(tmp_path / "in.de"), "-o", str(out), "--threads", "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot write '{out}': No space left on device (ENOSPC); the disk is full: free some space on it, "
+        "or give -o a file on another disk")
+    assert out.read_text(encoding="utf-8") == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.de", "out.en"]
