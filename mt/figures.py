@@ -116,7 +116,7 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
     for name in wanted:
         if name == "positional_encoding.png":
             table = model.positions(100).detach().numpy()  # (100, d_model)
-            dims = [d for d in (0, 1, 8, 9, 32, d_model // 2) if d < d_model]
+            dims = sorted({0, 1, d_model // 16 // 2 * 2, d_model // 4 // 2 * 2, d_model // 2 // 2 * 2} - {d_model})
             kind = "sinusoidal, sin/cos interleaved" if config.model.positions == "sinusoidal" else "learned"
             save(name, plot.draw_positional_encoding(table, dims, f"positions 0-99, d_model={d_model} ({kind})",
                                                      size(name)))
@@ -156,8 +156,8 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
                    f"budget: the same warmup, then linear to 0 at step {last}":
                    (steps, [budget_lr(s, t.lr, t.warmup_steps, s / last) for s in steps])}
             save(name, plot.draw_lr_schedules((paper_steps, paper_lr(paper_steps)), run,
-                                              f"this run's settings (lr {t.lr:g}, warmup {t.warmup_steps}), "
-                                              f"{last} steps; it used {t.lr_schedule}", size(name)))
+                                              f"this run's settings: lr {t.lr:g}, warmup {t.warmup_steps}, {last} steps\n"
+                                              f"(the run itself used {t.lr_schedule})", size(name)))
         elif name == "label_smoothing.png":
             eps, vocab = config.train.label_smoothing, tok.tgt.vocab_size
             src = torch.tensor([tok.src.encode([valid_src[0]])[0] + [EOS]])

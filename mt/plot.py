@@ -251,6 +251,7 @@ def draw_lr_schedules(paper: tuple[np.ndarray, np.ndarray], run: dict[str, tuple
     run_ax.set(xlabel="step", ylabel="learning rate", title=run_title)
     run_ax.legend(fontsize=8)
     for ax in (paper_ax, run_ax):
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     return fig
