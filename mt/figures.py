@@ -181,7 +181,7 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
             minutes = max([r.get("time", 0.0) for r in train_records + valid_records]) / 60
             save(name, plot.draw_loss_curves(train_points, valid_points,
                                              smoothed_target_entropy(eps, tok.tgt.vocab_size), eps,
-                                             f"{run_dir.name}: {train_points[-1][0] if train_points else 0} steps, "
+                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} steps, "
                                              f"{minutes:.1f} min of training", size(name)))
         elif name == "beam_tree.png":
             src = torch.tensor([tok.src.encode([sentence])[0] + [EOS]])

@@ -287,7 +287,7 @@ def draw_loss_curves(train: list[tuple[int, float]], valid: list[tuple[int, floa
     if train:
         ax.plot(*zip(*train), linewidth=0.8, label="training loss: label-smoothed, dropout on, one batch at a time")
     if valid:
-        ax.plot(*zip(*valid), "o-", markersize=6, color="tab:red",
+        ax.plot(*zip(*valid), "o-" if len(valid) > 2 else "o", markersize=6, color="tab:red",  # 2 points: no trend line
                 label="validation loss: plain NLL (cross-entropy vs one-hot), no dropout, whole set")
     if eps > 0:
         ax.axhline(floor, linestyle="--", color="tab:gray",
