@@ -126,8 +126,10 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
             batch = make_batch(src_ids, tgt_ids)
             pad = padding_mask(batch.src)[:, 0, 0, :].numpy()  # (B, S)
             shortest = min(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-            src_pieces = [tok.src.sp.id_to_piece(i) for i in batch.src[shortest].tolist()]
-            encoder_mask = np.broadcast_to(pad[shortest][None, :], (pad.shape[1], pad.shape[1]))
+            real = len(src_ids[shortest])
+            shown = min(pad.shape[1], real + 6)  # its real keys and a few padded ones; the real queries
+            src_pieces = [tok.src.sp.id_to_piece(i) for i in batch.src[shortest, :shown].tolist()]
+            encoder_mask = np.broadcast_to(pad[shortest][None, :shown], (real, shown))
             tgt_in = batch.tgt_in[0][batch.tgt_in[0] != 0].tolist()
             causal = causal_mask(len(tgt_in), torch.device("cpu"))[0, 0].numpy()
             save(name, plot.draw_masks(pad, [len(s) for s in src_ids], encoder_mask, src_pieces, causal,

@@ -189,7 +189,8 @@ def draw_positional_encoding(table: np.ndarray, dims: list[int], title: str, siz
 def draw_masks(padding: np.ndarray, lengths: list[int], encoder_mask: np.ndarray, src_pieces: list[str],
                causal: np.ndarray, tgt_pieces: list[str], size: tuple[float, float]):
     """A real batch's masks: padding (sentences x source positions), the padding mask as one
-    encoder query x key map, and the decoder's causal mask. Dark = may attend (True)."""
+    encoder query x key map (its real queries; ``src_pieces`` are its keys), and the decoder's
+    causal mask. Dark = may attend (True)."""
     fig = _new_figure(*size)
     axes = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
     cmap = "Greens"
@@ -198,8 +199,8 @@ def draw_masks(padding: np.ndarray, lengths: list[int], encoder_mask: np.ndarray
                 title=f"padding mask of a batch (B={len(lengths)}, S={padding.shape[1]})")
     axes[0].set_yticks(range(len(lengths)), [f"{i + 1}: {n} real" for i, n in enumerate(lengths)], fontsize=8)
     for ax, mask, rows, cols, title in [
-            (axes[1], encoder_mask, src_pieces, src_pieces, "encoder self-attention, shortest sentence:\n"
-                                                           "padded keys hidden, no look-ahead mask"),
+            (axes[1], encoder_mask, src_pieces[:encoder_mask.shape[0]], src_pieces,
+             "encoder self-attention, shortest sentence:\npadded keys hidden, no look-ahead mask"),
             (axes[2], causal, tgt_pieces, tgt_pieces, "decoder self-attention: causal mask\n"
                                                       "(query t sees keys <= t)")]:
         ax.imshow(mask, cmap=cmap, vmin=0, vmax=1.4, interpolation="nearest")
