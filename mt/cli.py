@@ -154,11 +154,26 @@ def cmd_attention(args: argparse.Namespace) -> None:
     from mt.translate import Translator
 
     translator = Translator.from_pretrained(args.model, device=args.device)
-    src_tokens, tgt_tokens, weights = translator.cross_attention(args.sentence, beam_size=args.beam)
-    if not args.grid:
-        select_attention(weights, args.layer, args.head)  # a bad --layer/--head fails before any drawing
-    attention_heatmap(weights, src_tokens, tgt_tokens, args.output, layer=args.layer, head=args.head, grid=args.grid)
-    print(f"{translator.tokenizers.tgt.sp.decode_pieces(tgt_tokens[:-1])}\n-> {args.output}", file=sys.stderr)
+    queries, keys, weights = translator.attention(args.sentence, kind=args.kind, beam_size=args.beam)
+    if not args.grid:  # a bad --layer/--head fails before any drawing
+        select_attention(weights, args.layer, args.head, stack="encoder" if args.kind == "encoder" else "decoder")
+    attention_heatmap(weights, keys, queries, args.output, layer=args.layer, head=args.head, grid=args.grid,
+                      kind=args.kind)
+    if args.kind == "encoder":
+        print(f"{' '.join(queries)}\n-> {args.output}", file=sys.stderr)
+    else:
+        produced = queries[:-1] if args.kind == "cross" else queries[1:]  # without </s> / <s>
+        print(f"{translator.tokenizers.tgt.sp.decode_pieces(produced)}\n-> {args.output}", file=sys.stderr)
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mt.figures import make_figures
+
+    output = Path(args.output or Path(args.run_dir) / "figures")
+    for path in make_figures(args.run_dir, output, sentence=args.sentence, beam_size=args.beam, only=args.only):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -176,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,translate,tune,evaluate,average,plot,attention,export}")
+                                  metavar="{train,translate,tune,evaluate,average,plot,attention,figures,export}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -249,18 +264,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/learning_curves.png)")
     p.set_defaults(func=cmd_plot)
 
-    p = verbs.add_parser("attention", parents=[common], help="draw a sentence's cross-attention as a PNG heatmap",
-                         description="Translate one sentence and draw where the decoder looked (needs the plot "
-                                     "extra: pip install 'mt[plot]'). Default: averaged over layers and heads.")
+    p = verbs.add_parser("attention", parents=[common], help="draw a sentence's attention as a PNG heatmap",
+                         description="Translate one sentence and draw its attention weights (needs the plot "
+                                     "extra: pip install 'mt[plot]'): cross-attention (where the decoder looked "
+                                     "in the source), encoder self-attention or decoder masked self-attention. "
+                                     "Default: averaged over layers and heads.")
     p.add_argument("model", help="run directory or checkpoint file")
     p.add_argument("sentence", help="the source sentence")
     p.add_argument("-o", "--output", default="attention.png", help="PNG file (default: attention.png)")
-    p.add_argument("--layer", type=int, default=None, help="decoder layer, from 1 (default: mean of all)")
+    p.add_argument("--kind", choices=["cross", "encoder", "decoder"], default="cross",
+                   help="cross-attention (default), encoder self-attention or decoder masked self-attention")
+    p.add_argument("--layer", type=int, default=None, help="layer, from 1 (default: mean of all)")
     p.add_argument("--head", type=int, default=None, help="attention head, from 1 (default: mean of all)")
     p.add_argument("--grid", action="store_true", help="one map per head of every layer")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.set_defaults(func=cmd_attention)
+
+    p = verbs.add_parser("figures", parents=[common], help="draw the figures of the guided tour from a run (PNGs)",
+                         description="Draw every figure of docs/transformer.md from a trained run directory: "
+                                     "positional encodings, masks, score variance, the three kinds of attention, "
+                                     "learning-rate schedules, label smoothing, learning curves and a beam-search "
+                                     "tree. Needs the plot extra (pip install 'mt[plot]').")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="directory for the PNGs (default: RUN_DIR/figures)")
+    p.add_argument("--sentence", default=None,
+                   help="source sentence for the attention maps and the beam tree (default: first validation line)")
+    p.add_argument("--beam", type=int, default=3, help="beam size of the drawn search tree (default 3)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME.png", help="draw only these figures")
+    p.set_defaults(func=cmd_figures)
 
     p = verbs.add_parser("export", parents=[common], help="export a model for a serving engine (CTranslate2)",
                          description="Write the model as a CTranslate2 model directory (needs the ctranslate2 "

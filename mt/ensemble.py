@@ -40,6 +40,9 @@ class Ensemble(nn.Module):
             raise MTError("an ensemble's models must share one target vocabulary; their output sizes differ: "
                           + ", ".join(str(m.output.out_features) for m in models))
         self.models = nn.ModuleList(models)
+        # the decoding limit: the shortest learned-positions table among the models (None: no table)
+        tables = [m.max_positions for m in models if m.max_positions is not None]
+        self.max_positions = min(tables) if tables else None
 
     def encode(self, src: torch.Tensor) -> tuple[EnsembleMemory, torch.Tensor]:
         """src (B, S) -> every model's memory, and the padding mask (the same for all: it depends on src only)."""

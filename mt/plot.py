@@ -24,8 +24,9 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def select_attention(weights, layer: int | None = None, head: int | None = None) -> np.ndarray:
-    """(layers, heads, T, S) cross-attention weights -> the (T, S) map to draw.
+def select_attention(weights, layer: int | None = None, head: int | None = None,
+                     stack: str = "decoder") -> np.ndarray:
+    """(layers, heads, T, S) attention weights of the ``stack`` -> the (T, S) map to draw.
 
     ``layer`` and ``head`` count from 1; a missing one is averaged over, so each row
     still sums to 1.
@@ -34,7 +35,7 @@ def select_attention(weights, layer: int | None = None, head: int | None = None)
     layers, heads = w.shape[:2]
     if layer is not None:
         if not 1 <= layer <= layers:
-            raise MTError(f"--layer {layer}: the decoder has {layers} layers (1-{layers})")
+            raise MTError(f"--layer {layer}: the {stack} has {layers} layers (1-{layers})")
         w = w[layer - 1:layer]
     if head is not None:
         if not 1 <= head <= heads:
@@ -51,36 +52,53 @@ def _draw_map(ax, w: np.ndarray, src_tokens: list[str], tgt_tokens: list[str], t
     return image
 
 
-def attention_heatmap(weights, src_tokens: list[str], tgt_tokens: list[str], path: str | Path,
-                      layer: int | None = None, head: int | None = None, grid: bool = False) -> Path:
-    """Draw cross-attention as a heatmap PNG: target tokens down, source tokens across.
+ATTENTION_KINDS = {  # kind -> (title, x label: the keys, y label: the queries)
+    "cross": ("cross-attention", "source piece (keys, values: the encoder output)",
+              "target piece being produced (queries)"),
+    "encoder": ("encoder self-attention", "source piece (keys)", "source piece (queries)"),
+    "decoder": ("decoder masked self-attention", "decoder input (keys; later pieces are masked)",
+                "decoder input (queries; position t predicts piece t+1)"),
+}
 
-    ``weights`` (layers, heads, T, S): row t is what the decoder looked at while producing
-    target token t. By default the map is averaged over layers and heads; ``layer``/``head``
-    (from 1) pick one, ``grid`` draws every head of every layer.
+
+def attention_heatmap(weights, src_tokens: list[str], tgt_tokens: list[str], path: str | Path,
+                      layer: int | None = None, head: int | None = None, grid: bool = False,
+                      kind: str = "cross", size: tuple[float, float] | None = None, dpi: int = 120) -> Path:
+    """Draw attention weights as a heatmap PNG: query pieces down, key pieces across.
+
+    ``weights`` (layers, heads, T, S): row t is what query t looked at; for cross-attention
+    (``kind``, the default) the queries are the target pieces (``tgt_tokens``) and the keys the
+    source pieces (``src_tokens``); for ``encoder`` and ``decoder`` self-attention both are the
+    same pieces. By default the map is averaged over layers and heads; ``layer``/``head``
+    (from 1) pick one, ``grid`` draws every head of every layer. ``size`` (inches) fixes the
+    figure's size instead of fitting it to the sentence.
     """
     w = np.asarray(weights, dtype=np.float64)
     layers, heads, T, S = w.shape
     if (T, S) != (len(tgt_tokens), len(src_tokens)):
-        raise ValueError(f"weights are {T} x {S} but there are {len(tgt_tokens)} target and "
-                         f"{len(src_tokens)} source tokens")
+        raise ValueError(f"weights are {T} x {S} but there are {len(tgt_tokens)} query and "
+                         f"{len(src_tokens)} key tokens")
+    name, x_label, y_label = ATTENTION_KINDS[kind]
     cell = 0.28  # inches per token
     if grid:
-        fig = _new_figure(max(4.0, heads * (1.0 + cell * S)), max(3.0, layers * (1.0 + cell * T)))
+        fig = _new_figure(*(size or (max(4.0, heads * (1.0 + cell * S)), max(3.0, layers * (1.0 + cell * T)))))
         axes = fig.subplots(layers, heads, squeeze=False)
         for i in range(layers):
             for j in range(heads):
                 image = _draw_map(axes[i][j], w[i, j], src_tokens, tgt_tokens, f"layer {i + 1}, head {j + 1}")
+        fig.suptitle(name)
+        fig.supxlabel(x_label, fontsize=9)
+        fig.supylabel(y_label, fontsize=9)
     else:
         title = ("layer " + (str(layer) if layer else "mean") + ", head " + (str(head) if head else "mean"))
-        fig = _new_figure(max(4.0, 1.5 + cell * S), max(3.0, 1.2 + cell * T))
+        fig = _new_figure(*(size or (max(4.0, 1.5 + cell * S), max(3.0, 1.2 + cell * T))))
         ax = fig.subplots()
-        image = _draw_map(ax, select_attention(w, layer, head), src_tokens, tgt_tokens, "cross-attention, " + title)
-        ax.set_xlabel("source")
-        ax.set_ylabel("target")
+        image = _draw_map(ax, select_attention(w, layer, head), src_tokens, tgt_tokens, f"{name}, {title}")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
     fig.colorbar(image, ax=fig.axes, shrink=0.8)
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     return path
 
 
@@ -140,3 +158,188 @@ def plot_learning_curves(run_dir: Path, output: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(output, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- the tour's figures (mt figures)
+
+
+def save_png(fig, path: str | Path, dpi: int) -> Path:
+    """Write a figure as a PNG of exactly figsize x dpi pixels, atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def draw_positional_encoding(table: np.ndarray, dims: list[int], title: str, size: tuple[float, float]):
+    """The position table (positions x d_model) as a heatmap, and a few of its dimensions as curves."""
+    fig = _new_figure(*size)
+    heat_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.2, 1])
+    image = heat_ax.imshow(table, cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    heat_ax.set(xlabel="dimension (even: sin, odd: cos)", ylabel="position", title=title)
+    fig.colorbar(image, ax=heat_ax, shrink=0.8)
+    for dim in dims:
+        curve_ax.plot(table[:, dim], label=f"dim {dim} ({'sin' if dim % 2 == 0 else 'cos'})", linewidth=1)
+    curve_ax.set(xlabel="position", ylabel="value", title="a few dimensions: lower dimensions turn faster")
+    curve_ax.legend(fontsize=8, loc="lower left")
+    curve_ax.grid(alpha=0.3)
+    return fig
+
+
+def draw_masks(padding: np.ndarray, lengths: list[int], encoder_mask: np.ndarray, src_pieces: list[str],
+               causal: np.ndarray, tgt_pieces: list[str], size: tuple[float, float]):
+    """A real batch's masks: padding (sentences x source positions), the padding mask as one
+    encoder query x key map (its real queries; ``src_pieces`` are its keys), and the decoder's
+    causal mask. Dark = may attend (True)."""
+    fig = _new_figure(*size)
+    axes = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
+    cmap = "Greens"
+    axes[0].imshow(padding, cmap=cmap, vmin=0, vmax=1.4, aspect="auto", interpolation="nearest")
+    axes[0].set(xlabel="source position", ylabel="sentence in the batch",
+                title=f"padding mask of a batch (B={len(lengths)}, S={padding.shape[1]})")
+    axes[0].set_yticks(range(len(lengths)), [f"{i + 1}: {n} real" for i, n in enumerate(lengths)], fontsize=8)
+    for ax, mask, rows, cols, title in [
+            (axes[1], encoder_mask, src_pieces[:encoder_mask.shape[0]], src_pieces,
+             "encoder self-attention, shortest sentence:\npadded keys hidden, no look-ahead mask"),
+            (axes[2], causal, tgt_pieces, tgt_pieces, "decoder self-attention: causal mask\n"
+                                                      "(query t sees keys <= t)")]:
+        ax.imshow(mask, cmap=cmap, vmin=0, vmax=1.4, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set(xlabel="key", ylabel="query")
+    fig.suptitle("green: True, may attend; white: False, masked (score set to -inf, weight exactly 0)", fontsize=10)
+    return fig
+
+
+def draw_score_variance(d_ks: list[int], unscaled: list[float], scaled: list[float], max_unscaled: list[float],
+                        max_scaled: list[float], model_d_k: int, size: tuple[float, float]):
+    """Variance of q.k for random unit-variance q, k, with and without / sqrt(d_k), and what it does to softmax."""
+    fig = _new_figure(*size)
+    var_ax, sat_ax = fig.subplots(1, 2)
+    var_ax.plot(d_ks, unscaled, "o-", label="q . k")
+    var_ax.plot(d_ks, scaled, "s-", label="q . k / sqrt(d_k)")
+    var_ax.set(xscale="log", yscale="log", xlabel="d_k", ylabel="variance of the score (measured)",
+               title="random q, k with unit-variance components")
+    var_ax.set_xticks(d_ks, [str(d) for d in d_ks])
+    for d, u, s in zip(d_ks, unscaled, scaled):
+        if d == model_d_k:
+            var_ax.annotate(f"d_k={d} (this model): {u:.1f}", (d, u), textcoords="offset points", xytext=(-60, 12),
+                            fontsize=8, arrowprops={"arrowstyle": "->"})
+            var_ax.annotate(f"{s:.2f}", (d, s), textcoords="offset points", xytext=(0, 10), fontsize=8)
+    var_ax.legend(fontsize=8)
+    var_ax.grid(alpha=0.3)
+    sat_ax.plot(d_ks, max_unscaled, "o-", label="softmax(q . K)")
+    sat_ax.plot(d_ks, max_scaled, "s-", label="softmax(q . K / sqrt(d_k))")
+    sat_ax.set(xscale="log", xlabel="d_k", ylabel="mean largest weight over 10 keys", ylim=(0, 1.05),
+               title="unscaled scores saturate the softmax (one weight -> 1)")
+    sat_ax.set_xticks(d_ks, [str(d) for d in d_ks])
+    sat_ax.legend(fontsize=8)
+    sat_ax.grid(alpha=0.3)
+    return fig
+
+
+def draw_lr_schedules(paper: tuple[np.ndarray, np.ndarray], run: dict[str, tuple[np.ndarray, np.ndarray]],
+                      run_title: str, size: tuple[float, float]):
+    """The paper's learning-rate schedule beside the ones this run could use."""
+    fig = _new_figure(*size)
+    paper_ax, run_ax = fig.subplots(1, 2)
+    paper_ax.plot(*paper, color="tab:gray")
+    paper_ax.set(xlabel="step", ylabel="learning rate",
+                 title="the paper: d_model^-0.5 min(step^-0.5, step warmup^-1.5)\n(d_model 512, warmup 4000)")
+    for name, (x, y) in run.items():
+        run_ax.plot(x, y, label=name)
+    run_ax.set(xlabel="step", ylabel="learning rate", title=run_title)
+    run_ax.legend(fontsize=8)
+    for ax in (paper_ax, run_ax):
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    return fig
+
+
+def draw_label_smoothing(pieces: list[str], one_hot: np.ndarray, smoothed: np.ndarray, model: np.ndarray,
+                         eps: float, vocab: int, size: tuple[float, float]):
+    """Target distributions over a few vocabulary entries: one-hot, label-smoothed, and the model's prediction."""
+    fig = _new_figure(*size)
+    ax = fig.subplots()
+    x = np.arange(len(pieces))
+    floor = 1e-6
+    for offset, values, label in [(-0.27, one_hot, "one-hot target"),
+                                  (0.0, smoothed, f"label-smoothed target (eps={eps:g})"),
+                                  (0.27, model, "the model's softmax")]:
+        ax.bar(x + offset, np.maximum(values, floor), width=0.27, label=label, bottom=0)
+    ax.set_yscale("log")
+    ax.set_ylim(floor, 1.5)
+    ax.set_xticks(x, pieces, rotation=45, fontsize=8)
+    ax.set(ylabel="probability (log scale)",
+           title=f"one target position; every one of the {vocab} vocabulary entries gets eps/V = {eps / vocab:.2g}, "
+                 f"the right one 1 - eps + eps/V")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def draw_loss_curves(train: list[tuple[int, float]], valid: list[tuple[int, float]], floor: float, eps: float,
+                     title: str, size: tuple[float, float]):
+    """Training loss (label-smoothed, dropout on, one batch at a time) against validation NLL."""
+    fig = _new_figure(*size)
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train), linewidth=0.8, label="training loss: label-smoothed, dropout on, one batch at a time")
+    if valid:
+        ax.plot(*zip(*valid), "o-" if len(valid) > 2 else "o", markersize=6, color="tab:red",  # 2 points: no trend line
+                label="validation loss: plain NLL (cross-entropy vs one-hot), no dropout, whole set")
+    if eps > 0:
+        ax.axhline(floor, linestyle="--", color="tab:gray",
+                   label=f"lowest label-smoothed loss possible: entropy of the smoothed target = {floor:.2f}")
+    ax.set(xlabel="step", ylabel="loss per target token (nats)", title=title)
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+BEAM_COLOURS = {"kept": "tab:green", "finished": "tab:blue", "pruned": "tab:gray"}
+
+
+def draw_beam_tree(steps: list[list[tuple[list[str], float, str]]], beam_size: int, title: str,
+                   size: tuple[float, float]):
+    """A beam search as a tree: one column per step, its 2k best candidates from best (top) down.
+
+    ``steps[t]``: (prefix pieces, cumulative log-probability, status) for each candidate of step t.
+    """
+    fig = _new_figure(*size)
+    ax = fig.subplots()
+    where = {(): (0.0, 0.0)}
+    ax.text(0, 0, "<s>", ha="center", va="center", fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "black"})
+    for t, candidates in enumerate(steps, 1):
+        for rank, (prefix, score, status) in enumerate(sorted(candidates, key=lambda c: -c[1])):
+            x, y = float(t), -float(rank)
+            parent = where.get(tuple(prefix[:-1]))
+            colour = BEAM_COLOURS[status]
+            if parent is not None:
+                ax.plot([parent[0] + 0.28, x - 0.28], [parent[1], y], color=colour, linewidth=0.8,
+                        alpha=0.9 if status != "pruned" else 0.4)
+            if status == "kept":
+                where[tuple(prefix)] = (x, y)
+            ax.text(x, y, f"{prefix[-1]}\n{score:.2f}", ha="center", va="center", fontsize=6.5,
+                    color="black" if status != "pruned" else "dimgray",
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": colour,
+                          "linewidth": 1.2 if status != "pruned" else 0.6})
+    ax.set_xlim(-0.5, len(steps) + 0.5)
+    ax.set_ylim(-2 * beam_size + 0.4, 0.6)
+    ax.set_xticks(range(len(steps) + 1), [str(t) for t in range(len(steps) + 1)])
+    ax.set_yticks([])
+    ax.set_xlabel("step (target pieces so far); each box: the new piece and the prefix's log-probability")
+    ax.set_title(title, fontsize=10)
+    for status, colour in BEAM_COLOURS.items():
+        ax.plot([], [], color=colour, label={"kept": f"kept in the beam (the {beam_size} best non-EOS)",
+                                             "finished": "ended with </s>: a finished hypothesis",
+                                             "pruned": f"pruned (the other {beam_size} of the 2k={2 * beam_size} best; "
+                                                       f"the rest of k x V never shown)"}[status])
+    ax.legend(fontsize=8, loc="lower left")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    return fig

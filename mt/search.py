@@ -130,7 +130,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha
 @torch.no_grad()
 def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
-               no_repeat_ngram: int = 0) -> list[list[tuple[float, list[int]]]]:
+               no_repeat_ngram: int = 0, trace: list | None = None) -> list[list[tuple[float, list[int]]]]:
     """Keep the ``beam_size`` best prefixes per sentence; return its finished hypotheses, best first.
 
     Each step scores all k x V extensions and takes the top 2k: those ending in EOS
@@ -138,6 +138,8 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     penalty), the best k others continue. A sentence is done when it has k finished
     hypotheses (as in fairseq); with k = 1 this is exactly greedy search.
     Scores are length-normalised log-probabilities.
+    ``trace``: if a list, each step appends what it considered (see ``trace_step``);
+    None (the default) costs nothing.
     """
     k, B = beam_size, src.size(0)
     memory, src_mask = model.encode(src)  # one row per sentence: the beams share it (see decode)
@@ -171,6 +173,8 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
                 sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
         next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, k)
         next_beam, next_token = top_beam.gather(1, pick), top_token.gather(1, pick)
+        if trace is not None:
+            trace.append(trace_step(step, alive_list, tokens, top_beam, top_token, top_scores, pick, k))
         done = torch.tensor([len(finished[s]) >= k for s in alive_list], device=src.device)
         keep = (~done).nonzero().flatten()
         if keep.numel() == 0:
@@ -183,6 +187,34 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
             memory, src_mask = memory[keep], src_mask[keep]
             reorder_cache(cache, keep, parts=("cross",))
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
+
+
+def trace_step(step: int, alive: list[int], tokens: torch.Tensor, top_beam: torch.Tensor, top_token: torch.Tensor,
+               top_scores: torch.Tensor, pick: torch.Tensor, k: int) -> dict:
+    """One beam-search step as data, for drawing the search tree (``mt figures``).
+
+    For each sentence still searching (key: its index in the batch), the 2k best
+    extensions of its beams: (prefix without BOS, cumulative log-probability, status),
+    status ``kept`` (continues in the beam), ``finished`` (ended with EOS among the k best)
+    or ``pruned`` (dropped here; the other k x V - 2k extensions were dropped by the top-2k).
+    """
+    w = tokens.size(0) // len(alive)
+    kept, out = pick.tolist(), {}
+    for i, sentence in enumerate(alive):
+        candidates = []
+        for j in range(top_token.size(1)):
+            score = top_scores[i, j].item()
+            token = top_token[i, j].item()
+            prefix = tokens[i * w + top_beam[i, j], 1:].tolist() + [token]
+            if j in kept[i] and score > float("-inf"):
+                status = "kept"
+            elif token == EOS and j < k and score > float("-inf"):
+                status = "finished"
+            else:
+                status = "pruned"
+            candidates.append((prefix, score, status))
+        out[sentence] = candidates
+    return {"step": step, "sentences": out}
 
 
 def decode_corpus(search: Callable[..., list], sources: list[list[int]], device: torch.device,

@@ -197,6 +197,48 @@ class Translator:
                 torch.cat(weights).float().cpu())  # (layers, h, T, S)
 
     @torch.no_grad()
+    def attention(self, line: str, kind: str = "cross",
+                  beam_size: int | None = None) -> tuple[list[str], list[str], torch.Tensor]:
+        """Translate one sentence and return one kind of attention over it, for drawing.
+
+        ``kind``: ``encoder`` (source self-attention: queries and keys are source pieces),
+        ``decoder`` (masked self-attention: queries and keys are the decoder's input,
+        ``<s>`` y1 ... yn) or ``cross`` (queries: the target pieces produced, keys: source
+        pieces; the same as ``cross_attention``). Returns (query pieces, key pieces,
+        weights (layers, heads, queries, keys)).
+        """
+        if kind == "cross":
+            src_tokens, tgt_tokens, weights = self.cross_attention(line, beam_size)
+            return tgt_tokens, src_tokens, weights
+        if kind not in ("encoder", "decoder"):
+            raise MTError(f"--kind {kind}: choose encoder, decoder or cross")
+        o = self._options(beam_size)
+        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
+        src = torch.tensor([src_ids], device=self.device)
+        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
+                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+                          no_repeat_ngram=o["no_repeat_ngram"])[0]
+        layers = self.model.encoder_layers if kind == "encoder" else self.model.decoder_layers
+        weights: list[torch.Tensor] = []
+
+        def ask_for_weights(module, args, kwargs):  # the ``weights`` argument of MultiHeadAttention.forward
+            return args, {**kwargs, "weights": weights}
+
+        hooks = [layer.self_attn.register_forward_pre_hook(ask_for_weights, with_kwargs=True) for layer in layers]
+        try:
+            memory, src_mask = self.model.encode(src)
+            if kind == "decoder":
+                self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if kind == "encoder":
+            tokens = [self.tokenizers.src.sp.id_to_piece(i) for i in src_ids]
+        else:
+            tokens = [self.tokenizers.tgt.sp.id_to_piece(i) for i in [BOS] + hyp]
+        return tokens, tokens, torch.cat(weights).float().cpu()  # (layers, h, L, L)
+
+    @torch.no_grad()
     def score(self, sources: list[str], targets: list[str]) -> list[float]:
         """Log-probability of each target sentence (with its EOS) given its source, under the model."""
         if len(sources) != len(targets):

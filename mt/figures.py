@@ -1,0 +1,200 @@
+"""The figures of the guided tour (docs/transformer.md), drawn from a trained run: ``mt figures``.
+
+Each figure is computed from the run's own model, tokenizer, config and metrics, so a
+reader who trained the demo can regenerate every picture of the tour. Drawing is in
+``mt.plot`` (matplotlib, the optional ``plot`` extra); this module gathers the numbers.
+Every figure has a fixed size (``FIGURES``), whatever the model or sentence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mt import plot
+from mt.batching import causal_mask, make_batch, padding_mask
+from mt.data import read_parallel
+from mt.errors import MTError
+from mt.search import beam_nbest
+from mt.tokenizer import BOS, EOS
+from mt.train import budget_lr, inverse_sqrt_lr
+
+DPI = 100
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file name in the output directory
+    width: float  # inches; pixels = inches x DPI
+    height: float
+    shows: str
+
+    @property
+    def pixels(self) -> tuple[int, int]:
+        return round(self.width * DPI), round(self.height * DPI)
+
+
+FIGURES = [
+    Figure("positional_encoding.png", 11, 4, "the position table as a heatmap and a few dimensions as curves"),
+    Figure("masks.png", 12, 4.5, "padding and causal masks of a real validation batch"),
+    Figure("score_variance.png", 11, 4, "variance of q.k with and without / sqrt(d_k); softmax saturation"),
+    Figure("attention_encoder.png", 12, 6.5, "encoder self-attention, every head of every layer"),
+    Figure("attention_decoder.png", 12, 6.5, "decoder masked self-attention, every head of every layer"),
+    Figure("attention_cross.png", 12, 6.5, "cross-attention, every head of every layer"),
+    Figure("lr_schedules.png", 11, 4, "the paper's learning-rate schedule, mt's inverse_sqrt and budget"),
+    Figure("label_smoothing.png", 9, 4, "one-hot vs label-smoothed target, and the model's prediction"),
+    Figure("learning_curves.png", 9, 4.5, "training vs validation loss of the run"),
+    Figure("beam_tree.png", 14, 7, "a beam search for one sentence: kept, finished and pruned candidates"),
+]
+BY_NAME = {f.name: f for f in FIGURES}
+
+
+def score_statistics(d_k: int, n: int = 4000, keys: int = 10, seed: int = 0) -> tuple[float, float, float, float]:
+    """For random q, k with N(0, 1) components: the variance of q.k and of q.k / sqrt(d_k), and the
+    mean largest softmax weight over ``keys`` keys for each (how saturated the softmax is)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, 1, d_k, generator=gen, dtype=torch.float64)
+    k = torch.randn(n, keys, d_k, generator=gen, dtype=torch.float64)
+    scores = (q * k).sum(-1)  # (n, keys)
+    scaled = scores / math.sqrt(d_k)
+    return (scores.var().item(), scaled.var().item(),
+            scores.softmax(-1).max(-1).values.mean().item(), scaled.softmax(-1).max(-1).values.mean().item())
+
+
+def smoothed_target_entropy(eps: float, vocab: int) -> float:
+    """The lowest label-smoothed cross-entropy any model can reach: the entropy of (1 - eps) one-hot + eps / V."""
+    right, other = 1 - eps + eps / vocab, eps / vocab
+    return -(right * math.log(right) + ((vocab - 1) * other * math.log(other) if other > 0 else 0.0))
+
+
+def paper_lr(step: np.ndarray, d_model: int = 512, warmup: int = 4000) -> np.ndarray:
+    """Section 5.3 of the paper: d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    return d_model ** -0.5 * np.minimum(step ** -0.5, step * warmup ** -1.5)
+
+
+def _validation_pairs(translator, count: int) -> tuple[list[str], list[str]]:
+    cfg = translator.config.data
+    if not cfg.valid.is_set():
+        raise MTError(f"'{translator.config.run_dir}': the run has no data.valid; mt figures draws its masks "
+                      "and default sentence from the validation set")
+    src, tgt = read_parallel(cfg.valid, "data.valid", cfg.src_lang, cfg.tgt_lang)
+    return src[:count], tgt[:count]
+
+
+def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None = None,
+                 beam_size: int = 3, only: list[str] | None = None) -> list[Path]:
+    """Draw every figure of ``FIGURES`` (or those named in ``only``) from ``run_dir`` into ``output``.
+
+    ``sentence`` (default: the first validation source line) is the one whose attention
+    and beam search are drawn; the beam tree uses ``beam_size`` (small, to stay readable).
+    """
+    from mt.plot import read_metrics
+    from mt.translate import Translator
+
+    run_dir, output = Path(run_dir), Path(output)
+    unknown = sorted(set(only or []) - set(BY_NAME))
+    if unknown:
+        raise MTError(f"unknown figure {', '.join(unknown)}; the figures are {', '.join(BY_NAME)}")
+    translator = Translator.from_pretrained(run_dir, device="cpu")
+    model, config, tok = translator.model, translator.config, translator.tokenizers
+    valid_src, valid_tgt = _validation_pairs(translator, 6)
+    sentence = sentence or valid_src[0]
+    output.mkdir(parents=True, exist_ok=True)
+    d_model, heads = config.model.d_model, config.model.heads
+    written = []
+
+    def save(name: str, fig) -> None:
+        written.append(plot.save_png(fig, output / name, DPI))
+
+    def size(name: str) -> tuple[float, float]:
+        return BY_NAME[name].width, BY_NAME[name].height
+
+    wanted = [f.name for f in FIGURES if only is None or f.name in only]
+    for name in wanted:
+        if name == "positional_encoding.png":
+            table = model.positions(100).detach().numpy()  # (100, d_model)
+            dims = sorted({0, 1, d_model // 16 // 2 * 2, d_model // 4 // 2 * 2, d_model // 2 // 2 * 2} - {d_model})
+            kind = "sinusoidal, sin/cos interleaved" if config.model.positions == "sinusoidal" else "learned"
+            save(name, plot.draw_positional_encoding(table, dims, f"positions 0-99, d_model={d_model} ({kind})",
+                                                     size(name)))
+        elif name == "masks.png":
+            src_ids = [ids + [EOS] for ids in tok.src.encode(valid_src)]
+            tgt_ids = [[BOS] + ids + [EOS] for ids in tok.tgt.encode(valid_tgt)]
+            batch = make_batch(src_ids, tgt_ids)
+            pad = padding_mask(batch.src)[:, 0, 0, :].numpy()  # (B, S)
+            shortest = min(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+            real = len(src_ids[shortest])
+            shown = min(pad.shape[1], real + 6)  # its real keys and a few padded ones; the real queries
+            src_pieces = [tok.src.sp.id_to_piece(i) for i in batch.src[shortest, :shown].tolist()]
+            encoder_mask = np.broadcast_to(pad[shortest][None, :shown], (real, shown))
+            tgt_in = batch.tgt_in[0][batch.tgt_in[0] != 0].tolist()
+            causal = causal_mask(len(tgt_in), torch.device("cpu"))[0, 0].numpy()
+            save(name, plot.draw_masks(pad, [len(s) for s in src_ids], encoder_mask, src_pieces, causal,
+                                       [tok.tgt.sp.id_to_piece(i) for i in tgt_in], size(name)))
+        elif name == "score_variance.png":
+            d_ks = [8, 16, 32, 64, 128, 256, 512]
+            d_k = d_model // heads
+            if d_k not in d_ks:
+                d_ks = sorted(d_ks + [d_k])
+            stats = [score_statistics(d) for d in d_ks]
+            save(name, plot.draw_score_variance(d_ks, *[[s[i] for s in stats] for i in range(4)], d_k, size(name)))
+        elif name.startswith("attention_"):
+            kind = name[len("attention_"):-len(".png")]
+            queries, keys, weights = translator.attention(sentence, kind=kind)
+            w, h = size(name)
+            written.append(plot.attention_heatmap(weights, keys, queries, output / name, grid=True, kind=kind,
+                                                  size=(w, h), dpi=DPI))
+        elif name == "lr_schedules.png":
+            t = config.train
+            train_records, _ = read_metrics(run_dir)
+            last = max([r["step"] for r in train_records] + [t.max_steps, 4 * t.warmup_steps, 100])
+            steps = np.arange(1, last + 1)
+            paper_steps = np.arange(1, 100_001)
+            run = {f"inverse_sqrt (mt's default): peak {t.lr:g} at step {t.warmup_steps}":
+                   (steps, [inverse_sqrt_lr(s, t.lr, t.warmup_steps) for s in steps]),
+                   f"budget: the same warmup, then linear to 0 at step {last}":
+                   (steps, [budget_lr(s, t.lr, t.warmup_steps, (last - s) / max(last - t.warmup_steps, 1)) for s in steps])}
+            save(name, plot.draw_lr_schedules((paper_steps, paper_lr(paper_steps)), run,
+                                              f"this run's settings: lr {t.lr:g}, warmup {t.warmup_steps}, {last} steps\n"
+                                              f"(the run itself used {t.lr_schedule})", size(name)))
+        elif name == "label_smoothing.png":
+            eps, vocab = config.train.label_smoothing, tok.tgt.vocab_size
+            src = torch.tensor([tok.src.encode([valid_src[0]])[0] + [EOS]])
+            tgt = tok.tgt.encode([valid_tgt[0]])[0]
+            position = min(1, len(tgt) - 1)  # predict the second target piece from <s> y1
+            with torch.no_grad():
+                logits = model(src, torch.tensor([[BOS] + tgt[:position]]))[0, -1].float()
+            probs = logits.softmax(-1).numpy()
+            right = tgt[position]
+            others = [i for i in np.argsort(-probs).tolist() if i != right][:9]
+            ids = [right] + others
+            one_hot = np.array([1.0] + [0.0] * len(others))
+            smoothed = np.array([1 - eps + eps / vocab] + [eps / vocab] * len(others))
+            pieces = [f"{tok.tgt.sp.id_to_piece(i)}" + (" (target)" if i == right else "") for i in ids]
+            save(name, plot.draw_label_smoothing(pieces, one_hot, smoothed, probs[ids], eps, vocab, size(name)))
+        elif name == "learning_curves.png":
+            train_records, valid_records = read_metrics(run_dir)
+            eps = config.train.label_smoothing
+            train_points = sorted({r["step"]: r["train_loss"] for r in train_records}.items())
+            valid_points = sorted({r["step"]: r["valid_nll"] for r in valid_records}.items())
+            minutes = max([r.get("time", 0.0) for r in train_records + valid_records]) / 60
+            save(name, plot.draw_loss_curves(train_points, valid_points,
+                                             smoothed_target_entropy(eps, tok.tgt.vocab_size), eps,
+                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} steps, "
+                                             f"{minutes:.1f} min of training", size(name)))
+        elif name == "beam_tree.png":
+            src = torch.tensor([tok.src.encode([sentence])[0] + [EOS]])
+            d = config.decode
+            trace: list[dict] = []
+            hyps = beam_nbest(model, src, beam_size=beam_size, alpha=d.length_penalty, max_len_a=d.max_len_a,
+                              max_len_b=d.max_len_b, trace=trace)[0]
+            piece = tok.tgt.sp.id_to_piece
+            steps = [[([piece(i) for i in prefix], score, status) for prefix, score, status in step["sentences"][0]]
+                     for step in trace if 0 in step["sentences"]]
+            best = tok.tgt.decode([hyps[0][1]])[0] if hyps else ""
+            save(name, plot.draw_beam_tree(steps, beam_size, f"beam search, k={beam_size}, length penalty "
+                                           f"alpha={d.length_penalty:g}: \"{sentence}\" -> \"{best}\"", size(name)))
+    return written
