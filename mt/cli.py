@@ -12,9 +12,10 @@ EXIT_USER_ERROR = 2
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mt.config import load_config
+
+    config = load_config(args.config, args.overrides)  # before torch is imported: config errors answer at once
     from mt.train import train
 
-    config = load_config(args.config, args.overrides)
     train(config, overwrite=args.overwrite)
 
 
