@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
@@ -33,7 +32,7 @@ from mt.errors import MTError
 from mt.evaluate import bleu
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
-from mt.tokenizer import PAD, TokenizerPair
+from mt.tokenizer import TokenizerPair
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
 
@@ -147,12 +146,6 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
 def budget_lr(step: int, peak: float, warmup: int, progress: float) -> float:
     """Linear warmup, then linear decay reaching zero when ``progress`` (fraction of the budget) hits 1."""
     return peak * min(max(step, 1) / max(warmup, 1), 1.0) * max(0.0, 1.0 - progress)
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Summed cross-entropy against (1 - eps) one-hot + eps uniform; padding ignored."""
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1),
-                           ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
 
 
 def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
@@ -324,9 +317,9 @@ class Trainer:
         for i, batch in enumerate(batches):
             # DDP averages gradients over ranks at the last backward; the world-size factor undoes the mean
             sync = self.ddp_model.no_sync() if self.dist.world > 1 and i < len(batches) - 1 else nullcontext()
-            with sync, autocast(self.device, self.amp_dtype):
-                logits = self.ddp_model(batch.src, batch.tgt_in)
-            loss = label_smoothed_loss(logits, batch.tgt_out, self.config.train.label_smoothing) / n_tokens
+            with sync, autocast(self.device, self.amp_dtype):  # the loss without materialising the logits
+                loss = self.ddp_model(batch.src, batch.tgt_in, batch.tgt_out, self.config.train.label_smoothing)
+            loss = loss / n_tokens
             with sync:
                 self.scaler.scale(loss * self.dist.world).backward()
             total += loss.item()
@@ -356,8 +349,7 @@ class Trainer:
         for ids in batches[rank::world]:
             batch = make_batch([encoded.src[i] for i in ids], [encoded.tgt[i] for i in ids]).to(self.device)
             with autocast(self.device, self.amp_dtype):
-                logits = self.model(batch.src, batch.tgt_in)
-            total += label_smoothed_loss(logits, batch.tgt_out, 0.0).item()
+                total += self.model(batch.src, batch.tgt_in, batch.tgt_out).item()
             tokens += batch.n_tgt_tokens
         total, tokens = self.dist.all_sum(total), self.dist.all_sum(tokens)
         result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}
