@@ -6,6 +6,7 @@ import sys
 import traceback
 
 from mt.errors import MTError
+from mt.memory import tune_allocator
 
 EXIT_USER_ERROR = 2
 
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
+    tune_allocator()  # the command's choice, not a side effect of importing mt
     try:
         args.func(args)
     except MTError as e:

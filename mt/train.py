@@ -30,6 +30,7 @@ from mt.cache import describe, prepare_training_data
 from mt.data import encode_parallel, read_parallel
 from mt.errors import MTError
 from mt.evaluate import bleu
+from mt.memory import release_free_memory
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import TokenizerPair
@@ -465,6 +466,7 @@ class Trainer:
     def checkpoint(self) -> dict | None:
         """Validate (if there is a validation set), log, and save; every rank validates its share."""
         metrics = self.validate() if self.valid is not None else None
+        release_free_memory()  # the decode's many small tensors, freed but still held by the allocator
         if metrics is not None and self.dist.main:
             record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                       **{k: round(v, 4) for k, v in metrics.items()}}
