@@ -69,25 +69,6 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.heads, self.d_k).transpose(1, 2)  # (B, h, L, d_k)
 
-    @staticmethod
-    def append_to_cache(cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write L new keys/values after the ``cache["len"]`` cached ones; return all of them as views.
-
-        The buffers have room for more positions than are used and double when full, so a
-        step writes one position instead of copying the whole prefix (``torch.cat``).
-        """
-        t, L = cache.get("len", 0), k.size(2)
-        if "k" not in cache or cache["k"].size(2) < t + L:
-            B, h, _, d_k = k.shape
-            for name in ("k", "v"):
-                grown = k.new_empty(B, h, max(16, 2 * (t + L)), d_k)  # (B, h, capacity, d_k)
-                if t:
-                    grown[:, :, :t] = cache[name][:, :, :t]
-                cache[name] = grown
-        cache["k"][:, :, t:t + L], cache["v"][:, :, t:t + L] = k, v
-        cache["len"] = t + L
-        return cache["k"][:, :, :t + L], cache["v"][:, :, :t + L]
-
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, memory: Optional[torch.Tensor] = None,
                 cache: Optional[dict] = None, is_causal: bool = False,
                 weights: Optional[list] = None) -> torch.Tensor:
@@ -97,7 +78,10 @@ class MultiHeadAttention(nn.Module):
         if not self.cross:
             q, k, v = map(self.split_heads, self.qkv_proj(x).split(self.d_model, dim=-1))
             if cache is not None:  # append this step's keys/values to the prefix's
-                k, v = self.append_to_cache(cache, k, v)  # (B, h, t+L, d_k)
+                if "k" in cache:
+                    k = torch.cat([cache["k"], k], dim=2)  # (B, h, t+1, d_k)
+                    v = torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
         else:
             q = self.split_heads(self.q_proj(x))
             if cache is not None and "k" in cache:  # encoder keys/values were computed at step 0
@@ -316,7 +300,7 @@ class Transformer(nn.Module):
     def decoder_states(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
                        cache: Optional[Cache] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
         """``decode`` without the output projection: the final states (B, T, d)."""
-        start = 0 if cache is None else cache[0]["self"].get("len", 0)
+        start = 0 if cache is None or "k" not in cache[0]["self"] else cache[0]["self"]["k"].size(2)
         y = self.embed(self.tgt_embed, tgt_in, start)
         for i, layer in enumerate(self.decoder_layers):
             y = layer(y, memory, src_mask, cache=None if cache is None else cache[i], cross_weights=cross_weights)
@@ -345,5 +329,4 @@ def reorder_cache(cache: Cache, index: torch.Tensor, parts: tuple[str, ...] = ("
     for layer in cache:
         for part in parts:
             for name, tensor in layer[part].items():
-                if isinstance(tensor, torch.Tensor):  # not the cached length
-                    layer[part][name] = tensor.index_select(0, index)
+                layer[part][name] = tensor.index_select(0, index)
