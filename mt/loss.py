@@ -26,9 +26,8 @@ CHUNK_ROWS = 1024  # rows of logits alive at a time: 1024 x 8k fp32 = 32 MB
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
-                chunk_rows: int) -> torch.Tensor:
+                chunk_rows: int, needs_grad: bool) -> torch.Tensor:
         # hidden (N, d), weight (V, d), target (N,) -> summed loss over non-PAD rows, a scalar
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         V = weight.size(0)
         autocast = torch.is_autocast_enabled(hidden.device.type)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -59,7 +58,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -70,8 +69,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: tor
     ``F.cross_entropy(hidden @ weight.T, target, ignore_index=PAD, label_smoothing=smoothing,
     reduction="sum")`` without holding all the logits.
     """
+    # gradients are computed with the loss, so only when autograd will ask for them (not in validation)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, target.reshape(-1),
-                                     float(smoothing), chunk_rows)
+                                     float(smoothing), chunk_rows, needs_grad)
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -31,12 +31,16 @@ def test_fused_loss_and_gradients_equal_the_written_out_loss(smoothing, chunk_ro
     assert fused_h[[3, 10, 11, 36]].abs().max() == 0  # padding rows get no gradient
 
 
-def test_fused_loss_without_gradients_and_on_batch_shapes():
+def test_fused_loss_without_gradients_and_on_batch_shapes(monkeypatch):
     hidden, weight, target = _inputs()
-    with torch.no_grad():
+    products = []
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(1) or real_matmul(a, b))
+    with torch.no_grad():  # validation: the logits' product only, no gradient products
         fused = linear_cross_entropy(hidden.view(1, 37, 16), weight, target.view(1, 37), 0.1, chunk_rows=5)
-        assert not fused.requires_grad
-        torch.testing.assert_close(fused, label_smoothed_loss(hidden @ weight.t(), target, 0.1))
+    assert not fused.requires_grad and len(products) == 8  # one per chunk of 5 rows
+    monkeypatch.undo()
+    torch.testing.assert_close(fused, label_smoothed_loss(hidden @ weight.t(), target, 0.1))
 
 
 def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
