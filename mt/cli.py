@@ -7,15 +7,17 @@ import sys
 import traceback
 
 from mt.errors import MTError, WriteError
+from mt.memory import tune_allocator
 
 EXIT_USER_ERROR = 2
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mt.config import load_config
+
+    config = load_config(args.config, args.overrides)  # before torch is imported: config errors answer at once
     from mt.train import train
 
-    config = load_config(args.config, args.overrides)
     train(config, overwrite=args.overwrite)
 
 
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
+    tune_allocator()  # the command's choice, not a side effect of importing mt
     try:
         args.func(args)
     except MTError as e:

@@ -17,6 +17,7 @@ from torch import nn
 
 from mt.batching import causal_mask, padding_mask
 from mt.config import ModelConfig
+from mt.loss import linear_cross_entropy
 
 Cache = list  # one {"self": {...}, "cross": {...}} dict of keys/values per decoder layer
 
@@ -296,15 +297,26 @@ class Transformer(nn.Module):
         Right padding needs no extra self-attention mask: under the causal mask a real
         target position only ever sees earlier, real positions.
         """
+        return self.output(self.decoder_states(tgt_in, memory, src_mask, cache, cross_weights))
+
+    def decoder_states(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+                       cache: Optional[Cache] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
+        """``decode`` without the output projection: the final states (B, T, d)."""
         start = 0 if cache is None or "k" not in cache[0]["self"] else cache[0]["self"]["k"].size(2)
         y = self.embed(self.tgt_embed, tgt_in, start)
         for i, layer in enumerate(self.decoder_layers):
             y = layer(y, memory, src_mask, cache=None if cache is None else cache[i], cross_weights=cross_weights)
-        return self.output(self.decoder_norm(y))
+        return self.decoder_norm(y)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: Optional[torch.Tensor] = None,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+        """Logits (B, T, V); given ``tgt_out``, instead the summed label-smoothed cross-entropy
+        against it (padding ignored), computed without holding all the logits (``mt.loss``)."""
         memory, src_mask = self.encode(src)
-        return self.decode(tgt_in, memory, src_mask)
+        if tgt_out is None:
+            return self.decode(tgt_in, memory, src_mask)
+        return linear_cross_entropy(self.decoder_states(tgt_in, memory, src_mask), self.output.weight, tgt_out,
+                                    label_smoothing)
 
     def new_cache(self) -> Cache:
         return [{"self": {}, "cross": {}} for _ in self.decoder_layers]

@@ -34,6 +34,8 @@ from mt.distributed import Distributed, unshard
 from mt.errors import MTError, WriteError
 from mt.evaluate import bleu
 from mt.faults import disk_write_error, remove_stale_temps
+from mt.loss import label_smoothed_loss
+from mt.memory import release_free_memory
 from mt.model import Transformer
 from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import EOS, PAD, UNK, TokenizerPair
@@ -108,12 +110,6 @@ def budget_lr(step: int, peak: float, warmup: int, left: float) -> float:
     if step < warmup:
         return peak * max(step, 1) / warmup
     return peak * min(max(left, 0.0), 1.0)
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Summed cross-entropy against (1 - eps) one-hot + eps uniform; padding ignored."""
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1),
-                           ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
 
 
 def rdrop_loss(first: torch.Tensor, second: torch.Tensor, target: torch.Tensor, smoothing: float,
@@ -230,8 +226,10 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:  # only the training step; validation and decoding run the plain model
             self.ddp_model = torch.compile(self.ddp_model, dynamic=True)
+        # fused: one kernel over all parameters instead of ~10 tensor ops per parameter (3.7x on CPU)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
-                                          eps=t.adam_eps, weight_decay=t.weight_decay)
+                                          eps=t.adam_eps, weight_decay=t.weight_decay,
+                                          fused=self.device.type in ("cpu", "cuda"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.elapsed = 0.0  # training wall time over all sessions of this run
@@ -346,9 +344,8 @@ class Trainer:
                     first, second = logits.chunk(2)
                     loss = rdrop_loss(first, second, batch.tgt_out, t.label_smoothing, t.rdrop) / n_tokens
                 else:
-                    with autocast(self.device, self.amp_dtype):
-                        logits = self.ddp_model(src, batch.tgt_in)
-                    loss = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing) / n_tokens
+                    with autocast(self.device, self.amp_dtype):  # the loss without materialising the logits
+                        loss = self.ddp_model(src, batch.tgt_in, batch.tgt_out, t.label_smoothing) / n_tokens
                 self.scaler.scale(loss * self.dist.world).backward()
             total += loss.item()
         total = self.dist.all_sum(total)
@@ -380,8 +377,7 @@ class Trainer:
         for ids in batches[rank::world]:
             batch = make_batch([encoded.src[i] for i in ids], [encoded.tgt[i] for i in ids]).to(self.device)
             with autocast(self.device, self.amp_dtype):
-                logits = self.model(batch.src, batch.tgt_in)
-            total += label_smoothed_loss(logits, batch.tgt_out, 0.0).item()
+                total += self.model(batch.src, batch.tgt_in, batch.tgt_out).item()
             tokens += batch.n_tgt_tokens
         total, tokens = self.dist.all_sum(total), self.dist.all_sum(tokens)
         result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}
@@ -575,6 +571,7 @@ class Trainer:
     def checkpoint(self) -> dict | None:
         """Validate (if there is a validation set), log, and save; every rank validates its share."""
         metrics = self.validate() if self.valid is not None else None
+        release_free_memory()  # the decode's many small tensors, freed but still held by the allocator
         if metrics is not None and self.dist.main:
             record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                       **{k: round(v, 4) for k, v in metrics.items()}}

@@ -89,10 +89,17 @@ def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
+    fused = not isinstance(model, TorchTransformer)  # mt's model computes its loss without the full logits
+
     def step():
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = model(src, tgt[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, s["vocab"]), tgt[:, 1:].reshape(-1), label_smoothing=0.1)
+            if fused:
+                loss = model(src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
+            else:
+                logits = model(src, tgt[:, :-1])
+        if not fused:
+            loss = F.cross_entropy(logits.float().reshape(-1, s["vocab"]), tgt[:, 1:].reshape(-1),
+                                   label_smoothing=0.1)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -33,3 +33,13 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" in result.stderr
     assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize("argv, status", [(["--help"], 0), (["translate", "--help"], 0), (["translate"], 2),
+                                          (["train", "missing.yaml"], 2), (["frobnicate"], 2)])
+def test_help_and_argument_errors_never_import_torch(argv, status):
+    # torch takes seconds to import; `mt --help` and a mistyped command should not wait for it
+    probe = ("import sys\nfrom mt.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    code = e.code\nelse:\n    code = 0\nprint('torch' in sys.modules, code, file=sys.stderr)\n")
+    result = run_process([sys.executable, "-c", probe, *argv], f"mt {' '.join(argv)}")
+    assert result.stderr.splitlines()[-1] == f"False {status}", result.stderr

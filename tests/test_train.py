@@ -7,7 +7,8 @@ import torch
 from mt.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints
 from mt.errors import MTError
 from mt.distributed import unshard
-from mt.train import Trainer, inverse_sqrt_lr, label_smoothed_loss, train
+from mt.loss import label_smoothed_loss
+from mt.train import Trainer, inverse_sqrt_lr, train
 from mt.translate import Translator
 
 
@@ -191,16 +192,16 @@ def test_early_stopping_after_patience_validations(tiny_config, tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_training(tiny_config, monkeypatch):
-    import mt.train as train_module
+    import mt.model as model_module
 
-    real = train_module.label_smoothed_loss
+    real = model_module.linear_cross_entropy
     calls = {"n": 0}
 
-    def sometimes_nan(logits, target, smoothing):
+    def sometimes_nan(hidden, weight, target, smoothing):
         calls["n"] += 1
-        return real(logits, target, smoothing) * (float("nan") if calls["n"] == 2 or calls["n"] >= 4 else 1.0)
+        return real(hidden, weight, target, smoothing) * (float("nan") if calls["n"] == 2 or calls["n"] >= 4 else 1.0)
 
-    monkeypatch.setattr(train_module, "label_smoothed_loss", sometimes_nan)
+    monkeypatch.setattr(model_module, "linear_cross_entropy", sometimes_nan)
     trainer = Trainer(tiny_config("train.max_steps=100", "train.valid_every=1000"))
     with pytest.raises(MTError, match=r"training diverged: 5 non-finite losses in a row"):
         trainer.run()

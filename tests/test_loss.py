@@ -1,0 +1,56 @@
+"""The fused output projection + cross-entropy equals the written-out loss, in value and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mt.loss import label_smoothed_loss, linear_cross_entropy
+from mt.tokenizer import PAD
+
+
+def _inputs(n=37, d=16, V=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g, requires_grad=True)
+    weight = torch.randn(V, d, generator=g, requires_grad=True)
+    target = torch.randint(4, V, (n,), generator=g)
+    target[[i for i in (3, 10, 11, 36) if i < n]] = PAD  # padding rows contribute nothing
+    return hidden, weight, target
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_rows", [1, 8, 1024])  # 37 rows: uneven last chunk, one chunk
+def test_fused_loss_and_gradients_equal_the_written_out_loss(smoothing, chunk_rows):
+    hidden, weight, target = _inputs()
+    expected = label_smoothed_loss(hidden @ weight.t(), target, smoothing)
+    grad_h, grad_w = torch.autograd.grad(expected * 3.0, (hidden, weight))
+    fused = linear_cross_entropy(hidden, weight, target, smoothing, chunk_rows=chunk_rows)
+    fused_h, fused_w = torch.autograd.grad(fused * 3.0, (hidden, weight))  # the outer factor reaches the grads
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_h, grad_h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_w, grad_w, rtol=1e-5, atol=1e-5)
+    assert fused_h[[3, 10, 11, 36]].abs().max() == 0  # padding rows get no gradient
+
+
+def test_fused_loss_without_gradients_and_on_batch_shapes(monkeypatch):
+    hidden, weight, target = _inputs()
+    products = []
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(1) or real_matmul(a, b))
+    with torch.no_grad():  # validation: the logits' product only, no gradient products
+        fused = linear_cross_entropy(hidden.view(1, 37, 16), weight, target.view(1, 37), 0.1, chunk_rows=5)
+    assert not fused.requires_grad and len(products) == 8  # one per chunk of 5 rows
+    monkeypatch.undo()
+    torch.testing.assert_close(fused, label_smoothed_loss(hidden @ weight.t(), target, 0.1))
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
+    hidden, weight, target = _inputs(n=9, d=8, V=20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(hidden, weight, target, 0.1, chunk_rows=4)
+    fused_h, fused_w = torch.autograd.grad(fused, (hidden, weight))
+    assert fused.dtype == torch.float32 and fused_h.dtype == fused_w.dtype == torch.float32
+    expected = label_smoothed_loss(hidden @ weight.t(), target, 0.1)
+    grad_h, grad_w = torch.autograd.grad(expected, (hidden, weight))
+    torch.testing.assert_close(fused, expected, rtol=2e-2, atol=0.1)
+    torch.testing.assert_close(fused_h, grad_h, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(fused_w, grad_w, rtol=5e-2, atol=5e-2)
