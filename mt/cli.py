@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("translate", parents=[common], help="translate a file or stdin",
-                         description="Translate one sentence per line. Output line i translates input line i.")
+                         description="Translate one sentence per line. Output line i translates input line i. "
+                                     "(mt serve with several run directories serves several language "
+                                     "pairs, one run each; it never combines runs.)")
     p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
     p.add_argument("-i", "--input", help="input file (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout); written atomically")

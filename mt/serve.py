@@ -210,7 +210,7 @@ class App:
         await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
         gone.cancel()
         if not answer.done():  # the client went away: the worker skips the job if it has not started it
-            job.cancelled = True
+            model.worker.cancel(job)
             answer.cancel()
             raise ClientGone
         try:

@@ -70,6 +70,12 @@ class ModelWorker:
             self.cond.notify_all()
         return job.future
 
+    def cancel(self, job: Job) -> None:
+        """The client went away: the worker drops the job if it has not started it."""
+        with self.cond:
+            job.cancelled = True
+            self.cond.notify_all()
+
     def queued(self) -> int:
         with self.cond:
             return len(self.queue)
