@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,6 +361,8 @@ class App:
             raise ApiError(400, f"Invalid request: no model with id {model_id!r} (ids are 0..{len(self.models) - 1})")
         model = self.models[model_id]
         texts = [x["src"] for x in inputs]
+        if self.limits.batch_limit != -1 and len(texts) > self.limits.batch_limit:
+            raise ApiError(400, f"Invalid request: request ({len(texts)}) exceeds text limit ({self.limits.batch_limit})")
         for text in texts:
             if self.limits.char_limit != -1 and len(text) > self.limits.char_limit:
                 raise ApiError(400, f"Invalid request: request ({len(text)}) exceeds text limit ({self.limits.char_limit})")
@@ -527,23 +530,43 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     import uvicorn
 
     api_keys = read_api_keys(api_keys_file) if api_keys_file else None
+    sock = bind(host, port)  # before the models load: a busy port fails at once
     models = load_models(specs, device=device, precision=precision, threads=threads, quantize=quantize,
                          max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens)
     app = App(models, limits, api_keys).starlette()
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+    config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=None, lifespan="off")
-    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:  # uvicorn says nothing when given a socket
+                print(f"mt serve: listening on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    server = Server(config)
     for m in models:
         print(f"serving {m.source}->{m.target} from {m.run}", file=sys.stderr)
     # uvicorn re-raises the signal that stopped it once it is done; these handlers make that
     # a no-op, so a graceful stop ends with status 0 after the workers have finished.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         for m in models:
             m.worker.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not server.started:
-        raise MTError(f"could not listen on {host}:{port} (see the message above)")
+        sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise MTError(f"--host {host} --port {port}: cannot listen there: {e.strerror or e}") from None
+    return sock

@@ -48,8 +48,8 @@ def start_server(run: str, threads: int, max_queue: int) -> tuple[subprocess.Pop
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", run, "--port", str(port), "--threads", str(threads),
                              "--max-queue", str(max_queue)], stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # uvicorn announces the address once it listens
-        if "Uvicorn running on" in line:
+    for line in proc.stderr:  # mt serve announces the address once it listens
+        if "mt serve: listening on" in line:
             break
     else:
         raise SystemExit(f"mt serve exited with {proc.wait()} before listening")

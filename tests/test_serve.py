@@ -36,14 +36,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``mt serve`` in its own process; ready when uvicorn says it is listening."""
+    """``mt serve`` in its own process; ready when it says it is listening."""
 
     def __init__(self, *args: str, timeout: float = 120):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", *args, "--port", str(self.port),
                                       "--threads", "1"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        self.log = self._read_until("Uvicorn running on", timeout)
+        self.log = self._read_until("mt serve: listening on", timeout)
 
     def _read_until(self, marker: str, timeout: float) -> str:
         import time
@@ -346,6 +346,17 @@ def test_sigterm_stops_gracefully(run):
     code, log = srv.stop(signal.SIGTERM)
     assert code == 0, log
     assert "Finished server process" in log
+
+
+def test_a_busy_port_is_a_one_line_error(run):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "mt", "serve", str(run[0]), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"error: --host 127.0.0.1 --port {port}: cannot listen there: Address already in use\n"
 
 
 def test_missing_serve_extra_says_how_to_install(monkeypatch, capsys):
