@@ -265,7 +265,8 @@ class App:
                                         f"({self.limits.char_limit})")
         detected = None
         if source == "auto":
-            detected = detect_language("\n".join(texts), self.sources)[0]
+            into_target = [src for src in self.sources if (src, target) in self.pairs]  # candidates that can answer
+            detected = detect_language("\n".join(texts), into_target or self.sources)[0]
             source_code = detected["language"]
         else:
             source_code = source
