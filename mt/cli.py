@@ -186,6 +186,16 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"ctranslate2.Translator('{out}').translate_batch([...]))", file=sys.stderr)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from mt.serve import Limits, serve
+
+    limits = Limits(char_limit=args.char_limit, batch_limit=args.batch_limit, max_tokens=args.max_tokens,
+                    max_body=args.max_body)
+    serve(args.runs, host=args.host, port=args.port, api_keys_file=args.api_keys, limits=limits,
+          device=args.device, precision=args.precision, threads=args.threads, quantize=args.quantize,
+          max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,translate,tune,evaluate,average,plot,attention,figures,export}")
+                                  metavar="{train,translate,tune,evaluate,average,plot,attention,figures,export,serve}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -205,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("translate", parents=[common], help="translate a file or stdin",
                          description="Translate one sentence per line. Output line i translates input line i. "
-                                     "Several models translate as an ensemble (their log-probabilities averaged).")
+                                     "Several models translate as an ensemble (their log-probabilities averaged); "
+                                     "mt serve with several run directories serves several language "
+                                     "pairs, one run each, and never combines runs.")
     p.add_argument("models", nargs="+", metavar="model",
                    help="run directory (uses checkpoints/best.pt) or a checkpoint file; several: an ensemble")
     p.add_argument("-i", "--input", help="input file (default: stdin)")
@@ -306,6 +318,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store weights quantized (default: fp32; CTranslate2 can also quantize when loading)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("serve", parents=[common], help="serve models over HTTP (LibreTranslate API) with a web page",
+                         description="Serve each run directory as one language pair: LibreTranslate's API "
+                                     "(/translate, /languages, /detect, ...), OpenNMT-py's /translator/translate, "
+                                     "and a page at / that translates as you type and shows the cross-attention. "
+                                     "Several runs mean several language pairs (not an ensemble); two runs of "
+                                     "one pair are an error. Needs the serve extra: pip install 'mt[serve]'.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR[=SRC:TGT]",
+                   help="run directory; its config's data.src_lang/data.tgt_lang name the pair unless "
+                        "=SRC:TGT is given, e.g. runs/demo_de_en=de:en")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000, as LibreTranslate)")
+    p.add_argument("--api-keys", default=None, metavar="FILE",
+                   help="require an api_key from this file (one per line): 400 without one, 403 for a wrong one")
+    p.add_argument("--char-limit", type=int, default=5000, help="characters per text (-1 = no limit)")
+    p.add_argument("--batch-limit", type=int, default=100, help="texts per request when q is a list (-1 = no limit)")
+    p.add_argument("--max-tokens", type=int, default=8192, help="source subword tokens per request")
+    p.add_argument("--max-body", type=int, default=4 << 20, help="bytes per request body (default 4 MiB)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting per model; more get 429 with Retry-After (default 64)")
+    p.add_argument("--gather-ms", type=float, default=5.0,
+                   help="how long a worker waits for more requests to batch with the first (default 5 ms)")
+    p.add_argument("--gather-tokens", type=int, default=4096,
+                   help="source tokens a worker gathers at most into one decoding round (default 4096)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

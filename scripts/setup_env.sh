@@ -6,7 +6,7 @@ if [ ! -f "$repo_root/.venv/.mt-installed" ] || [ "$repo_root/pyproject.toml" -n
   echo "setting up $repo_root/.venv (first run only)..." >&2
   python3 -m venv "$repo_root/.venv"
   "$repo_root/.venv/bin/pip" install -q --disable-pip-version-check "${MT_TORCH:-torch==2.13.0}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$repo_root/.venv/bin/pip" install -q --disable-pip-version-check -e "$repo_root[dev,plot,ctranslate2]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$repo_root/.venv/bin/pip" install -q --disable-pip-version-check -e "$repo_root[dev,plot,ctranslate2,serve]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$repo_root/.venv/bin/python" -c "import mt, torch, sentencepiece, sacrebleu, datasets" \
     || { echo "error: installing mt into $repo_root/.venv failed (see pip's messages above)" >&2; exit 1; }
   touch "$repo_root/.venv/.mt-installed"

@@ -1,0 +1,146 @@
+"""`mt serve` under load: 1, 8 and 32 clients sending test2016 sentences (one per request) to
+a server on localhost; requests/s, sentences/s, latency p50/p99, errors, the server's peak
+RSS. The ceiling: the same sentences through `mt translate`'s Translator in one process,
+and the latency of translating one sentence directly.
+
+    python scripts/bench_serve.py runs/demo [--sentences 400] [--threads 2] [--concurrency 1 8 32]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from mt.data import read_lines
+from mt.translate import Translator
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def isa() -> str:
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "pre-AVX2"
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def start_server(run: str, threads: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", run, "--port", str(port), "--threads", str(threads),
+                             "--max-queue", str(max_queue)], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # mt serve announces the address once it listens
+        if "mt serve: listening on" in line:
+            break
+    else:
+        raise SystemExit(f"mt serve exited with {proc.wait()} before listening")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(url: str, sentences: list[str], clients: int) -> dict:
+    """``clients`` threads, each with its own connection, share the sentences (one per request)."""
+    latencies, errors, outputs = [], [], [None] * len(sentences)
+    lock, next_index = threading.Lock(), [0]
+
+    def client():
+        with httpx.Client(timeout=600) as http:
+            while True:
+                with lock:
+                    i = next_index[0]
+                    next_index[0] += 1
+                if i >= len(sentences):
+                    return
+                start = time.perf_counter()
+                r = http.post(url + "/translate", json={"q": sentences[i], "source": "de", "target": "en"})
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    if r.status_code == 200:
+                        outputs[i] = r.json()["translatedText"]
+                    else:
+                        errors.append(r.status_code)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"clients": clients, "wall": wall, "rps": len(sentences) / wall, "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99), "errors": len(errors), "outputs": outputs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--data", default=os.environ.get("MT_DATA_ROOT", "../shared/data"))
+    parser.add_argument("--sentences", type=int, default=400, help="the first N sentences of test2016")
+    parser.add_argument("--single", type=int, default=100, help="sentences for the one-at-a-time latencies")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, server and ceiling alike")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    sentences = read_lines(Path(args.data) / "multi30k" / "test2016.de")[:args.sentences]
+    load1 = os.getloadavg()[0]
+    print(f"# {cpu_name()} ({isa()}), {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
+          f"load average {load1:.1f} at start")
+
+    translator = Translator.from_pretrained(args.run, threads=args.threads)
+    translator.translate(sentences[:8])  # warm up
+    start = time.perf_counter()
+    reference = translator.translate(sentences)
+    ceiling = len(sentences) / (time.perf_counter() - start)
+    single = []
+    for s in sentences[:args.single]:
+        start = time.perf_counter()
+        translator.translate([s])
+        single.append(time.perf_counter() - start)
+    print(f"mt translate, one process: {ceiling:.1f} sentences/s; one sentence at a time: "
+          f"p50 {1000 * percentile(single, 50):.1f} ms, p99 {1000 * percentile(single, 99):.1f} ms")
+    del translator
+
+    proc, url = start_server(args.run, args.threads, max_queue=max(args.concurrency) * 2)
+    try:
+        load(url, sentences[:8], 1)  # warm up
+        print("| clients | requests/s | sentences/s | % of mt translate | p50 ms | p99 ms | errors | same output |")
+        print("|---|---|---|---|---|---|---|---|")
+        for clients in args.concurrency:
+            r = load(url, sentences, clients)
+            same = sum(a == b for a, b in zip(r["outputs"], reference))
+            print(f"| {clients} | {r['rps']:.1f} | {r['rps']:.1f} | {100 * r['rps'] / ceiling:.0f}% | "
+                  f"{1000 * r['p50']:.1f} | {1000 * r['p99']:.1f} | {r['errors']} | {same}/{len(sentences)} |")
+        print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB; load average {os.getloadavg()[0]:.1f} at the end")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+if __name__ == "__main__":
+    main()
