@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
-    tune_allocator()  # the command's choice, not a side effect of importing mt
     try:
+        tune_allocator()  # the command's choice, not a side effect of importing mt
         args.func(args)
     except MTError as e:
         if debug:

@@ -1,15 +1,23 @@
-"""How the ``mt`` command has the C allocator hand freed tensor memory back to the system.
+"""How the ``mt`` command sets up the C allocator: fast steps, bounded memory.
 
 glibc serves allocations of 128 KB and more with mmap, but after the first such block is
-freed it raises that threshold to the block's size, up to 32 MB. From then on the tensors of
-a training step (a few MB each, a new size with every batch shape) come from the heap, whose
-free holes are kept, not returned: the Multi30k recipe ends up holding twice the memory it
-uses, and more the longer it runs (docs/benchmarks.md, "Memory"). A fixed threshold of 1 MB
-(setting it also stops the adjustment) maps every large tensor and unmaps it when freed.
+freed it raises that threshold to the block's size, up to 32 MB, and it trims the top of
+its heap whenever 64 MB there are free. So a training step's tensors (a few MB each, a new
+size with every batch shape) come from the heap, its holes are kept, and the memory held
+grows with every new largest batch shape or validation; freed blocks at the top go back to
+the system and are faulted in again, page by page, the next step.
+
+Two settings were measured (docs/benchmarks.md, "Memory" and "The allocator's price"):
+mapping every block of 1 MB and more (``mmap1m``) keeps the resident set at what is in use,
+but then every large tensor of every step is a fresh mapping the kernel faults in and zeroes:
+240,000 page faults a step, 29% slower training. ``heap`` (the default) serves everything
+from the heap and never trims it, so a warm step reuses memory without a fault, and
+``release_free_memory`` hands the free pages back after each validation. ``$MT_ALLOCATOR``
+picks another mode (``mmap1m``, ``mmap1m+thp``: the same on transparent huge pages,
+``glibc``: its own defaults); ``MALLOC_MMAP_THRESHOLD_`` in the environment wins over both.
 
 The ``mt`` command calls ``tune_allocator`` once; importing ``mt`` changes nothing, so a
-program that uses mt as a library keeps its own allocator settings. ``MALLOC_MMAP_THRESHOLD_``
-in the environment wins over ours.
+program that uses mt as a library keeps its own allocator settings.
 """
 from __future__ import annotations
 
@@ -17,8 +25,11 @@ import ctypes
 import os
 import platform
 
-M_MMAP_THRESHOLD = -3  # mallopt parameter numbers, from glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, from glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20
+# $MT_ALLOCATOR: what the mt command sets (scripts/bench_allocator.py measures each)
+ALLOCATOR_MODES = ("heap", "mmap1m", "mmap1m+thp", "glibc")
+DEFAULT_ALLOCATOR = "heap"
 
 
 def _glibc():
@@ -31,10 +42,18 @@ def _glibc():
 
 
 def tune_allocator() -> bool:
-    """Map tensors of 1 MB and more and unmap them when freed; True if the setting was made."""
+    """Apply ``$MT_ALLOCATOR`` (default ``heap``) to glibc's malloc; True if a setting was made."""
+    mode = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR)
+    if mode not in ALLOCATOR_MODES:
+        from mt.errors import MTError
+        raise MTError(f"MT_ALLOCATOR={mode!r}: expected one of {', '.join(ALLOCATOR_MODES)}")
     libc = _glibc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if libc is None or mode == "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
+    if mode == "heap":  # everything from the heap, never trimmed: no page faults once warm
+        return libc.mallopt(M_MMAP_THRESHOLD, 256 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+    if mode.endswith("+thp"):  # read by PyTorch at its first allocation, so before torch is imported
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     return libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 

@@ -1,6 +1,7 @@
 """The allocator setting of the ``mt`` command: large freed blocks go back to the system."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ import pytest
 from mt import memory
 
 PROBE = """
-import ctypes, sys
-from mt.memory import tune_allocator
-if sys.argv[1] == "tuned":
+import ctypes, os, sys
+from mt.memory import release_free_memory, tune_allocator
+if sys.argv[1] != "untuned":
+    os.environ["MT_ALLOCATOR"] = sys.argv[1]
     assert tune_allocator()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -27,20 +29,24 @@ before = rss_mb()
 blocks = [touched(3 << 20) for _ in range(40)]  # 120 MB, like a training step's activations
 for p in blocks[:-1]:  # the newest block stays alive, as tensors do across steps
     libc.free(p)
+if sys.argv[2:] == ["release"]:
+    release_free_memory()  # what Trainer.checkpoint does after a validation
 print(round(rss_mb() - before))
 """
 
 
-def _held_mb(mode: str) -> int:
-    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120)
+def _held_mb(*mode: str) -> int:
+    result = subprocess.run([sys.executable, "-c", PROBE, *mode], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
 
 
 @pytest.mark.skipif(memory._glibc() is None, reason="glibc's mallopt only")
-def test_tuned_allocator_returns_freed_large_blocks():
-    assert _held_mb("default") >= 100  # the freed 117 MB stay resident below the live block
-    assert _held_mb("tuned") <= 10  # each block was mapped and is unmapped when freed
+def test_allocator_modes_keep_or_return_freed_large_blocks():
+    assert _held_mb("untuned") >= 100  # the freed 117 MB stay resident below the live block
+    assert _held_mb("mmap1m") <= 10  # each block was mapped and is unmapped when freed
+    assert _held_mb("heap") >= 100  # kept for the next step: reused without page faults
+    assert _held_mb("heap", "release") <= 10  # ... until the trim after a validation
 
 
 def test_environment_setting_wins(monkeypatch):
@@ -56,3 +62,28 @@ def test_the_mt_command_tunes_the_allocator(monkeypatch, tmp_path):
     with pytest.raises(SystemExit):  # the files do not exist: the verb fails after the setting was made
         mt.cli.main(["evaluate", "-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp")])
     assert calls == [1]
+
+
+def test_unknown_allocator_mode_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import mt.cli
+
+    monkeypatch.setenv("MT_ALLOCATOR", "jemalloc")
+    with pytest.raises(SystemExit) as exit_info:
+        mt.cli.main(["evaluate", "-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp")])
+    assert exit_info.value.code == 2
+    assert "MT_ALLOCATOR='jemalloc': expected one of heap, mmap1m, mmap1m+thp, glibc" in capsys.readouterr().err
+
+
+
+def test_allocator_modes(monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "")  # so that teardown restores its absence
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    monkeypatch.setenv("MT_ALLOCATOR", "glibc")
+    assert memory.tune_allocator() is False  # glibc's own thresholds: nothing set
+    monkeypatch.setenv("MT_ALLOCATOR", "mmap1m")
+    assert memory.tune_allocator() is True
+    assert "THP_MEM_ALLOC_ENABLE" not in os.environ
+    monkeypatch.setenv("MT_ALLOCATOR", "mmap1m+thp")
+    assert memory.tune_allocator() is True
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"  # read by torch at its first allocation

@@ -1,0 +1,103 @@
+"""Training speed, page faults and memory of `mt train` under different allocator settings.
+
+Each variant is an environment for the `mt train` process (glibc's mmap/trim thresholds,
+PyTorch's transparent-huge-page allocation). Variants run one after another, ``--repeats``
+rounds interleaved (A B C A B C ...), each a fresh `mt train` of ``--steps`` updates in a
+temporary run directory on the same cached data. Per run: real target tokens/s over the
+steps after ``--warmup`` (from metrics.jsonl's 10-step windows), minor page faults per step,
+kernel (system) CPU seconds per step, and peak RSS (the child's ``ru_maxrss``). Prints the
+medians per variant and their ratios to the first one, with the CPU, its ISA and the load.
+
+    python scripts/bench_allocator.py configs/frozen/multi30k_de_en_e6cecd9.yaml --steps 80 --repeats 2
+
+Variants (``--variants`` picks some):
+  mmap1m       what `mt` sets today: glibc maps every block of 1 MB and more, unmaps it when freed
+  mmap1m+thp   the same, and PyTorch allocates blocks of 2 MB and more on transparent huge pages
+  heap         every block from glibc's heap, which is never trimmed (no faults once warm)
+  glibc        glibc's own dynamic thresholds (MALLOC_MMAP_THRESHOLD_ unset; mt's setting off)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "mmap1m": {"MT_ALLOCATOR": "mmap1m"},
+    "mmap1m+thp": {"MT_ALLOCATOR": "mmap1m+thp"},
+    "heap": {"MT_ALLOCATOR": "heap"},
+    "glibc": {"MT_ALLOCATOR": "glibc"},
+}
+
+
+def machine() -> str:
+    name, flags = platform.machine(), set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, {os.cpu_count()} CPUs, ISA {'+'.join(isa) or 'baseline'}"
+
+
+def one_run(config: str, env_extra: dict, steps: int, warmup: int, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as run_dir:
+        env = {**os.environ, **env_extra}
+        command = [sys.executable, "-m", "mt", "train", config, f"run_dir={run_dir}", f"train.max_steps={steps}",
+                   "train.max_time=", "train.valid_every=1000000", "train.average_last=0", "train.log_every=10",
+                   *overrides, "--overwrite"]
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        stderr = child.stderr.read()
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"mt train failed ({' '.join(command)}):\n{stderr[-2000:]}")
+        records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+        windows = [r for r in records if "tgt_tokens_per_s" in r and r["step"] > warmup]
+    # tokens/s over the measured steps: total tokens / total time of the 10-step windows
+    seconds = [b["time"] - a["time"] for a, b in zip(windows, windows[1:])]
+    tokens = [b["tgt_tokens_per_s"] * s for b, s in zip(windows[1:], seconds)]
+    return {"tok_s": sum(tokens) / sum(seconds), "minflt_per_step": usage.ru_minflt / steps,
+            "sys_s_per_step": usage.ru_stime / steps, "user_s_per_step": usage.ru_utime / steps,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of tokens/s")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    print(f"machine: {machine()}; load {os.getloadavg()[0]:.1f} at the start")
+    results: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for round_ in range(args.repeats):
+        for variant in args.variants:
+            start = time.monotonic()
+            r = one_run(args.config, VARIANTS[variant], args.steps, args.warmup, args.overrides)
+            results[variant].append(r)
+            print(f"round {round_ + 1} {variant:<11} {r['tok_s']:7.0f} tok/s  {r['minflt_per_step']:9.0f} faults/step  "
+                  f"sys {r['sys_s_per_step']:.3f} s/step  user {r['user_s_per_step']:.3f} s/step  "
+                  f"peak {r['peak_rss_mb']:.0f} MB  ({time.monotonic() - start:.0f} s)", flush=True)
+    print(f"\nmedians over {args.repeats} rounds, steps {args.warmup + 1}-{args.steps}; "
+          f"load {os.getloadavg()[0]:.1f} at the end")
+    base = statistics.median(r["tok_s"] for r in results[args.variants[0]])
+    print("| variant | real target tok/s | vs first | minor faults/step | system s/step | user s/step | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, runs in results.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"| {variant} | {med['tok_s']:,.0f} | {med['tok_s'] / base:.2f}x | {med['minflt_per_step']:,.0f} | "
+              f"{med['sys_s_per_step']:.3f} | {med['user_s_per_step']:.3f} | {med['peak_rss_mb']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
