@@ -15,6 +15,8 @@ Variants (``--variants`` picks some):
   mmap1m+thp   the same, and PyTorch allocates blocks of 2 MB and more on transparent huge pages
   heap         every block from glibc's heap, which is never trimmed (no faults once warm)
   glibc        glibc's own dynamic thresholds (MALLOC_MMAP_THRESHOLD_ unset; mt's setting off)
+  heap+arena1  heap, with one malloc arena for all threads (MALLOC_ARENA_MAX=1)
+  heap8m       blocks of 8 MB and more mapped, the rest from the untrimmed heap
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ VARIANTS = {
     "mmap1m+thp": {"MT_ALLOCATOR": "mmap1m+thp"},
     "heap": {"MT_ALLOCATOR": "heap"},
     "glibc": {"MT_ALLOCATOR": "glibc"},
+    # experiments through glibc's own environment variables
+    "heap+arena1": {"MT_ALLOCATOR": "heap", "MALLOC_ARENA_MAX": "1"},
+    "heap8m": {"MT_ALLOCATOR": "glibc", "MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
 }
 
 
