@@ -6,7 +6,8 @@ counters (``/mt/stats``): decoding rounds, sentences per round, and the share of
 the worker spent decoding.
 
     python scripts/bench_serve.py runs/demo [--sentences 400] [--threads 2] [--concurrency 1 8 32]
-        [--server "--gather-window-ms 5" --server ""]   # several server settings, one run
+        [--server="--gather-window-ms 5" --server=""]   # several server settings in one run
+        [--server="OMP_WAIT_POLICY=PASSIVE"]            # NAME=VALUE first: the server's environment
 """
 from __future__ import annotations
 
@@ -50,8 +51,12 @@ def start_server(run: str, threads: int, max_queue: int, extra: list[str]) -> tu
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = dict(os.environ)
+    while extra and "=" in extra[0] and not extra[0].startswith("-"):  # NAME=VALUE first: the server's environment
+        name, value = extra.pop(0).split("=", 1)
+        env[name] = value
     proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", run, "--port", str(port), "--threads", str(threads),
-                             "--max-queue", str(max_queue), *extra], stderr=subprocess.PIPE, text=True)
+                             "--max-queue", str(max_queue), *extra], stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # mt serve announces the address once it listens
         if "mt serve: listening on" in line:
             break
