@@ -193,7 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     max_body=args.max_body)
     serve(args.runs, host=args.host, port=args.port, api_keys_file=args.api_keys, limits=limits,
           device=args.device, precision=args.precision, threads=args.threads, quantize=args.quantize,
-          max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens)
+          max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens,
+          gather_window_ms=args.gather_window_ms)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model; more get 429 with Retry-After (default 64)")
     p.add_argument("--gather-ms", type=float, default=5.0,
-                   help="how long a worker waits for more requests to batch with the first (default 5 ms)")
+                   help="a worker starts decoding once no request has come for this long (default 5 ms)")
+    p.add_argument("--gather-window-ms", type=float, default=50.0,
+                   help="while requests keep coming, a worker gathers at most this long from the first (default 50 ms)")
     p.add_argument("--gather-tokens", type=int, default=4096,
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -96,7 +96,7 @@ def parse_run_spec(spec: str) -> tuple[str, str | None, str | None]:
 
 def load_models(specs: list[str], device: str = "auto", precision: str = "fp32", threads: int = 0,
                 quantize: str | None = None, max_queue: int = 64, gather_ms: float = 5.0,
-                gather_tokens: int = 4096) -> list[ServedModel]:
+                gather_tokens: int = 4096, gather_window_ms: float = 50.0) -> list[ServedModel]:
     """Load each run and start its worker; two runs of one pair are an error (no ensembles here)."""
     from mt.serve_worker import ModelWorker
     from mt.translate import Translator
@@ -113,8 +113,8 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
         seen[src, tgt] = run
         models.append(ServedModel(run, src, tgt, None))
     for model, translator in zip(models, translators):
-        model.worker = ModelWorker(translator, max_queue=max_queue, gather_ms=gather_ms,
-                                   gather_tokens=gather_tokens, name=f"{model.source}-{model.target}")
+        model.worker = ModelWorker(translator, max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
+                                   gather_window_ms=gather_window_ms, name=f"{model.source}-{model.target}")
     return models
 
 
@@ -178,6 +178,27 @@ class App:
 
     # -------------------------------------------------------- helpers
 
+    def announced(self, endpoint):
+        """Wrap a route that queues a job: from the moment the request reaches it until its job
+        is queued (or it fails), every worker knows one more request is on its way, and keeps
+        gathering for it (``ModelWorker.expect``; the model is known only once it is parsed)."""
+        async def handler(request: Request) -> Response:
+            request.state.on_its_way = True
+            for m in self.models:
+                m.worker.expect(1)
+            try:
+                return await endpoint(request)
+            finally:
+                self.arrived(request)
+        return handler
+
+    def arrived(self, request: Request) -> None:
+        """The request's job is queued (or will never be): withdraw its announcement, once."""
+        if getattr(request.state, "on_its_way", False):
+            request.state.on_its_way = False
+            for m in self.models:
+                m.worker.expect(-1)
+
     def check_key(self, params: dict) -> None:
         if self.api_keys is None:
             return
@@ -206,6 +227,8 @@ class App:
             future = model.worker.submit(job)
         except QueueFull as e:
             raise ApiError(429, f"Slowdown: {e}; retry later", {"Retry-After": "1"}) from None
+        finally:
+            self.arrived(request)
         answer = asyncio.ensure_future(asyncio.wrap_future(future))
         gone = asyncio.ensure_future(_disconnected(request))
         await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -340,6 +363,17 @@ class App:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def stats(self, request: Request) -> Response:
+        """What each worker did so far: decoding rounds, jobs, sentences, the largest round, seconds
+        spent from the oldest job's arrival to its round's start (gathering and queueing), and
+        decoding; with the jobs queued now (to find where the time goes under load)."""
+        out = []
+        for m in self.models:
+            with m.worker.cond:
+                out.append({"source": m.source, "target": m.target, "queued": len(m.worker.queue),
+                            **m.worker.stats})
+        return JSONResponse(out)
+
     # -------------------------------------------------------- OpenNMT-py and mt's own routes
 
     async def opennmt_translate(self, request: Request) -> Response:
@@ -430,12 +464,13 @@ class App:
 
         routes = [
             ("/", self.page, "GET"), ("/static/{name}", static, "GET"),
-            ("/translate", self.translate, "POST"), ("/detect", self.detect, "POST"),
+            ("/translate", self.announced(self.translate), "POST"), ("/detect", self.detect, "POST"),
             ("/languages", self.languages, "GET"), ("/frontend/settings", self.frontend_settings, "GET"),
             ("/health", self.health, "GET"),
-            ("/translator/translate", self.opennmt_translate, "POST"),
+            ("/translator/translate", self.announced(self.opennmt_translate), "POST"),
             ("/translator/models", self.opennmt_models, "GET"),
-            ("/mt/models", self.models_info, "GET"), ("/mt/attention", self.attention, "POST"),
+            ("/mt/models", self.models_info, "GET"), ("/mt/attention", self.announced(self.attention), "POST"),
+            ("/mt/stats", self.stats, "GET"),
         ]
         app = Starlette(routes=[Route(path, _guarded(fn), methods=[method]) for path, fn, method in routes])
 
@@ -525,7 +560,7 @@ def read_api_keys(path: str) -> set[str]:
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_file: str | None = None,
           limits: Limits | None = None, device: str = "auto", precision: str = "fp32", threads: int = 0,
           quantize: str | None = None, max_queue: int = 64, gather_ms: float = 5.0, gather_tokens: int = 4096,
-          log_level: str = "info") -> None:
+          gather_window_ms: float = 50.0, log_level: str = "info") -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish what is queued and return."""
     require_web_stack()
     import uvicorn
@@ -533,7 +568,8 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     api_keys = read_api_keys(api_keys_file) if api_keys_file else None
     sock = bind(host, port)  # before the models load: a busy port fails at once
     models = load_models(specs, device=device, precision=precision, threads=threads, quantize=quantize,
-                         max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens)
+                         max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
+                         gather_window_ms=gather_window_ms)
     app = App(models, limits, api_keys).starlette()
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=None, lifespan="off")

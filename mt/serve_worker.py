@@ -2,14 +2,24 @@
 the requests queued, many requests at a time.
 
 Requests wait on a bounded queue (a full queue refuses at once, the server answers 429).
-When a request arrives the worker waits a short gather window (from that request's arrival)
-for more, up to a token budget, takes the queued jobs that have the same decoding options
-as the first one, and decodes all their sentences together: ``Translator`` sorts them by
-length into batches and returns them in order, so every job gets its own answers back.
-A job whose client went away before the worker reached it is dropped unseen.
+The gathering rule: when a job is queued the worker keeps gathering while more keep coming,
+and starts decoding as soon as the queue has been still for ``gather_quiet`` (the queue
+stopped growing) with no request announced by the server still on its way (parsed but not
+yet queued, see ``expect``), or when the window ``gather_window`` since the first job's
+arrival has passed, or when the queued jobs hold ``gather_tokens`` source tokens. So one
+lone request waits only the quiet time, and a burst of requests (32 clients whose answers
+came back together send their next ones within a few milliseconds) is decoded together
+instead of as a small batch and then the rest. The worker then takes the queued jobs that
+have the same decoding options as the first one and decodes all their sentences together:
+``Translator`` sorts them by length into batches and returns them in order, so every job
+gets its own answers back. A job whose client went away before the worker reached it is
+dropped unseen. ``stats`` counts what the worker did (``/mt/stats``; ``MT_SERVE_DEBUG=1``
+logs each round to stderr).
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -46,19 +56,39 @@ class Job:
 
 
 class ModelWorker:
-    """The thread that owns one ``Translator``; ``submit`` jobs from any thread."""
+    """The thread that owns one ``Translator``; ``submit`` jobs from any thread.
+
+    ``gather_ms``: the queue must stay still this long (no new job, none announced) before
+    the worker starts; ``gather_window_ms``: the longest it gathers, from the first job's
+    arrival; ``gather_tokens``: it starts at once when the queue holds this many tokens.
+    """
 
     def __init__(self, translator: Translator, max_queue: int = 64, gather_ms: float = 5.0,
-                 gather_tokens: int = 4096, name: str = "model"):
+                 gather_tokens: int = 4096, name: str = "model", gather_window_ms: float = 50.0):
         self.translator, self.max_queue = translator, max_queue
-        self.gather_s, self.gather_tokens = gather_ms / 1000.0, gather_tokens
+        self.gather_quiet, self.gather_tokens = gather_ms / 1000.0, gather_tokens
+        self.gather_window = max(gather_window_ms, gather_ms) / 1000.0
         self.queue: deque[Job] = deque()
         self.cond = threading.Condition()
         self.stopping = False
+        self.expected = 0  # requests the server is preparing that may come here (see expect)
+        self.last_arrival = 0.0
+        self.stats = {"rounds": 0, "jobs": 0, "sentences": 0, "largest_round": 0,
+                      "gather_seconds": 0.0, "decode_seconds": 0.0}
+        self.debug = os.environ.get("MT_SERVE_DEBUG", "") not in ("", "0")
         # Called with each batch of jobs before it is decoded (tests hold the worker here).
         self.before_batch: Callable[[list[Job]], None] | None = None
+        # Called (under the lock) each time the gathering rule waits, with the reason (tests).
+        self.on_gather_wait: Callable[[str], None] | None = None
         self.thread = threading.Thread(target=self._run, name=f"mt-serve-{name}", daemon=True)
         self.thread.start()
+
+    def expect(self, n: int) -> None:
+        """The server announces ``n`` requests on their way (reading, parsing, tokenizing;
+        ``-n`` when each is queued or refused): the worker keeps gathering while any is."""
+        with self.cond:
+            self.expected += n
+            self.cond.notify_all()
 
     def submit(self, job: Job) -> Future:
         with self.cond:
@@ -67,6 +97,7 @@ class ModelWorker:
             if len(self.queue) >= self.max_queue:
                 raise QueueFull(f"the translation queue is full ({self.max_queue} requests waiting)")
             self.queue.append(job)
+            self.last_arrival = time.monotonic()
             self.cond.notify_all()
         return job.future
 
@@ -92,18 +123,34 @@ class ModelWorker:
             self.cond.notify_all()
         self.thread.join(timeout)
 
+    def _gather_reason(self, now: float) -> tuple[str, float]:
+        """Why the worker should keep gathering and until when; ("", 0) when it should start."""
+        if self.stopping or sum(j.tokens for j in self.queue) >= self.gather_tokens:
+            return "", 0.0
+        window_end = self.queue[0].arrived + self.gather_window
+        if now >= window_end:
+            return "", 0.0
+        if self.expected > 0:  # announced requests are on their way: wait for them (or the window)
+            return "expected", window_end
+        quiet_end = self.last_arrival + self.gather_quiet
+        if now < quiet_end:
+            return "growing", min(quiet_end, window_end)
+        return "", 0.0
+
     def _take(self) -> list[Job] | None:
-        """The next batch: wait for a job, then the gather window, then jobs with its options."""
+        """The next batch: wait for a job, gather while more keep coming, then take the jobs with its options."""
         with self.cond:
             self.cond.wait_for(lambda: self.queue or self.stopping)
             if not self.queue:
                 return None  # stopping and nothing left
-            deadline = self.queue[0].arrived + self.gather_s
-            while not self.stopping and sum(j.tokens for j in self.queue) < self.gather_tokens:
-                left = deadline - time.monotonic()
-                if left <= 0:
+            while True:
+                now = time.monotonic()
+                reason, until = self._gather_reason(now)
+                if not reason:
                     break
-                self.cond.wait(left)
+                if self.on_gather_wait is not None:
+                    self.on_gather_wait(reason)
+                self.cond.wait(until - now)
             first = self.queue.popleft()
             batch, budget, rest = [first], first.tokens, deque()
             while self.queue:
@@ -125,14 +172,34 @@ class ModelWorker:
                 batch = [job for job in batch if not job.cancelled and job.future.set_running_or_notify_cancel()]
                 if not batch:
                     continue
+                started = time.monotonic()
                 try:
                     results = self._decode(batch)
                 except Exception as e:  # a bad batch fails its requests, never the worker
                     for job in batch:
                         job.future.set_exception(e)
                     continue
+                self._count(batch, started)
                 for job, result in zip(batch, results):
                     job.future.set_result(result)
+
+    def _count(self, batch: list[Job], started: float) -> None:
+        decode = time.monotonic() - started
+        gather = started - min(job.arrived for job in batch)
+        sentences = sum(len(job.sentences) for job in batch)
+        with self.cond:
+            st = self.stats
+            st["rounds"] += 1
+            st["jobs"] += len(batch)
+            st["sentences"] += sentences
+            st["largest_round"] = max(st["largest_round"], sentences)
+            st["gather_seconds"] += gather
+            st["decode_seconds"] += decode
+            queued = len(self.queue)
+        if self.debug:
+            print(f"mt serve: {threading.current_thread().name}: {len(batch)} jobs, {sentences} sentences, "
+                  f"oldest waited {1000 * gather:.1f} ms, decoded in {1000 * decode:.1f} ms, {queued} queued",
+                  file=sys.stderr, flush=True)
 
     def _decode(self, batch: list[Job]) -> list:
         if batch[0].kind == "attention":

@@ -1,15 +1,20 @@
 """`mt serve` under load: 1, 8 and 32 clients sending test2016 sentences (one per request) to
 a server on localhost; requests/s, sentences/s, latency p50/p99, errors, the server's peak
 RSS. The ceiling: the same sentences through `mt translate`'s Translator in one process,
-and the latency of translating one sentence directly.
+and the latency of translating one sentence directly. For each level, the worker's own
+counters (``/mt/stats``): decoding rounds, sentences per round, and the share of the wall time
+the worker spent decoding.
 
     python scripts/bench_serve.py runs/demo [--sentences 400] [--threads 2] [--concurrency 1 8 32]
+        [--server="--gather-window-ms 5" --server=""]   # several server settings in one run
+        [--server="OMP_WAIT_POLICY=PASSIVE"]            # NAME=VALUE first: the server's environment
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -42,12 +47,16 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def start_server(run: str, threads: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(run: str, threads: int, max_queue: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = dict(os.environ)
+    while extra and "=" in extra[0] and not extra[0].startswith("-"):  # NAME=VALUE first: the server's environment
+        name, value = extra.pop(0).split("=", 1)
+        env[name] = value
     proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", run, "--port", str(port), "--threads", str(threads),
-                             "--max-queue", str(max_queue)], stderr=subprocess.PIPE, text=True)
+                             "--max-queue", str(max_queue), *extra], stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # mt serve announces the address once it listens
         if "mt serve: listening on" in line:
             break
@@ -106,6 +115,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=100, help="sentences for the one-at-a-time latencies")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, server and ceiling alike")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--server", action="append", default=None, metavar="ARGS",
+                        help="extra mt serve options, e.g. \"--gather-window-ms 5\"; repeat to compare settings "
+                             "in one run (default: one server with the defaults)")
     args = parser.parse_args()
     sentences = read_lines(Path(args.data) / "multi30k" / "test2016.de")[:args.sentences]
     load1 = os.getloadavg()[0]
@@ -124,19 +136,40 @@ def main() -> None:
         single.append(time.perf_counter() - start)
     print(f"mt translate, one process: {ceiling:.1f} sentences/s; one sentence at a time: "
           f"p50 {1000 * percentile(single, 50):.1f} ms, p99 {1000 * percentile(single, 99):.1f} ms")
-    del translator
 
-    proc, url = start_server(args.run, args.threads, max_queue=max(args.concurrency) * 2)
+    for extra in args.server or [""]:
+        bench_server(args, extra, sentences, reference, ceiling)
+    start = time.perf_counter()  # again: under a moving load, how far the ceiling drifted
+    translator.translate(sentences)
+    print(f"\nmt translate again at the end: {len(sentences) / (time.perf_counter() - start):.1f} sentences/s; "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def worker_stats(http: httpx.Client, url: str) -> dict:
+    return http.get(url + "/mt/stats").json()[0]
+
+
+def bench_server(args, extra: str, sentences: list[str], reference: list[str], ceiling: float) -> None:
+    proc, url = start_server(args.run, args.threads, max(args.concurrency) * 2, shlex.split(extra))
     try:
         load(url, sentences[:8], 1)  # warm up
-        print("| clients | requests/s | sentences/s | % of mt translate | p50 ms | p99 ms | errors | same output |")
-        print("|---|---|---|---|---|---|---|---|")
-        for clients in args.concurrency:
-            r = load(url, sentences, clients)
-            same = sum(a == b for a, b in zip(r["outputs"], reference))
-            print(f"| {clients} | {r['rps']:.1f} | {r['rps']:.1f} | {100 * r['rps'] / ceiling:.0f}% | "
-                  f"{1000 * r['p50']:.1f} | {1000 * r['p99']:.1f} | {r['errors']} | {same}/{len(sentences)} |")
-        print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB; load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"\nmt serve {extra or '(defaults)'}")
+        print("| clients | requests/s | sentences/s | % of mt translate | p50 ms | p99 ms | errors | same output "
+              "| rounds | sentences/round | worker decoding |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        with httpx.Client() as http:
+            for clients in args.concurrency:
+                before = worker_stats(http, url)
+                r = load(url, sentences, clients)
+                after = worker_stats(http, url)
+                rounds = after["rounds"] - before["rounds"]
+                per_round = (after["sentences"] - before["sentences"]) / max(rounds, 1)
+                busy = (after["decode_seconds"] - before["decode_seconds"]) / r["wall"]
+                same = sum(a == b for a, b in zip(r["outputs"], reference))
+                print(f"| {clients} | {r['rps']:.1f} | {r['rps']:.1f} | {100 * r['rps'] / ceiling:.0f}% | "
+                      f"{1000 * r['p50']:.1f} | {1000 * r['p99']:.1f} | {r['errors']} | {same}/{len(sentences)} | "
+                      f"{rounds} | {per_round:.1f} | {100 * busy:.0f}% |", flush=True)
+        print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB")
     finally:
         proc.terminate()
         proc.wait(60)

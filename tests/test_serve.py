@@ -509,6 +509,91 @@ def test_closing_a_worker_finishes_what_is_queued(run):
     assert [f.result(0)[0][0] for f in [first] + queued] == [pairs[i][1] for i in (0, 1, 2)]
 
 
+def test_the_gathering_rule(run):
+    """Wait while the queue grows (until it has been still for gather_ms) or while the server
+    announces requests on their way, never past the window, never past the token budget."""
+    from mt.serve_worker import Job
+
+    models = load_models([str(run[0])], threads=1, gather_ms=5, gather_window_ms=50, gather_tokens=100)
+    worker = models[0].worker
+    try:
+        with worker.cond:  # the worker thread waits on this lock: it sees none of this
+            t0 = 1000.0
+            worker.queue.append(Job("translate", ["a"], 10, arrived=t0))
+            worker.last_arrival = t0
+            assert worker._gather_reason(t0 + 0.001) == ("growing", t0 + 0.005)  # a lone job: the quiet time
+            assert worker._gather_reason(t0 + 0.005) == ("", 0.0)  # then at once, not the window
+            worker.expected = 1
+            assert worker._gather_reason(t0 + 0.010) == ("expected", t0 + 0.050)  # one on its way: wait for it
+            assert worker._gather_reason(t0 + 0.050) == ("", 0.0)  # but not past the window
+            worker.expected = 0
+            worker.queue.append(Job("translate", ["b"], 10, arrived=t0 + 0.040))
+            worker.last_arrival = t0 + 0.040
+            assert worker._gather_reason(t0 + 0.042) == ("growing", t0 + 0.045)  # still growing
+            worker.last_arrival = t0 + 0.048
+            assert worker._gather_reason(t0 + 0.049) == ("growing", t0 + 0.050)  # the window ends it
+            worker.queue.append(Job("translate", ["c"], 80, arrived=t0 + 0.049))
+            assert worker._gather_reason(t0 + 0.049) == ("", 0.0)  # the token budget is full: start
+            worker.queue.clear()
+    finally:
+        worker.close(30)
+
+
+def test_a_lone_job_does_not_wait_for_the_window(run):
+    from mt.serve_worker import Job
+
+    _, pairs = run
+    models = load_models([str(run[0])], threads=1, gather_ms=0, gather_window_ms=600_000)
+    worker = models[0].worker
+    waits = []
+    worker.on_gather_wait = waits.append
+    try:
+        answer = worker.submit(Job("translate", [pairs[0][0]], 5)).result(60)  # a 10-minute window would time out
+        assert answer == [[pairs[0][1]]]
+        assert waits == []
+    finally:
+        worker.close(30)
+
+
+def test_the_worker_gathers_the_requests_the_server_announced(run):
+    from mt.serve_worker import Job
+
+    _, pairs = run
+    models = load_models([str(run[0])], threads=1, gather_ms=0, gather_window_ms=600_000)
+    worker = models[0].worker
+    waiting = threading.Event()
+    worker.on_gather_wait = lambda reason: reason == "expected" and waiting.set()
+    hold = Hold(worker)
+    hold.release()  # only count the batches
+    try:
+        worker.expect(1)  # the server is reading a second request
+        first = worker.submit(Job("translate", [pairs[0][0]], 5))
+        assert waiting.wait(60), "the worker did not wait for the announced request"
+        second = worker.submit(Job("translate", [pairs[1][0]], 5))
+        worker.expect(-1)
+        assert [first.result(60), second.result(60)] == [[[pairs[0][1]]], [[pairs[1][1]]]]
+        assert hold.batches == [2]  # decoded together, not the first alone
+        assert worker.stats["rounds"] == 1 and worker.stats["jobs"] == 2 and worker.stats["sentences"] == 2
+    finally:
+        worker.close(30)
+
+
+def test_stats_count_rounds_and_announcements_are_withdrawn(run):
+    _, pairs = run
+    models = load_models([str(run[0])], threads=1)
+    srv = InProcessServer(models)
+    try:
+        body = {"q": f"{pairs[0][0]}\n{pairs[1][0]}", "source": "de", "target": "en"}
+        assert post(srv.url, "/translate", json=body).status_code == 200
+        assert error_of(post(srv.url, "/translate", json={**body, "target": "xx"}), 400) == "xx is not supported"
+        stats = httpx.get(srv.url + "/mt/stats").json()
+        assert [(s["source"], s["target"], s["rounds"], s["jobs"], s["sentences"], s["largest_round"], s["queued"])
+                for s in stats] == [("de", "en", 1, 1, 2, 2, 0)]
+        assert models[0].worker.expected == 0  # the answered and the refused request both withdrew
+    finally:
+        srv.close()
+
+
 # ---------------------------------------------------------------- the page in a real browser
 
 
