@@ -215,7 +215,8 @@ class SinusoidalPositions(nn.Module):
 
     def forward(self, length: int, start: int = 0) -> torch.Tensor:
         if start + length > self.table.size(0):  # sinusoids extend to any length
-            self.table = self._table(2 * (start + length)).to(self.table.device)
+            with torch.inference_mode(False):  # a normal tensor even when grown while decoding, so training can use it
+                self.table = self._table(2 * (start + length)).to(self.table.device)
         return self.table[start:start + length]  # (L, d)
 
 

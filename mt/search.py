@@ -2,6 +2,8 @@
 
 Both are batched: each step runs the decoder on one new token per hypothesis, and
 sentences that have finished leave the batch, so the work per step keeps shrinking.
+They run under ``torch.inference_mode``, not ``no_grad``: a decoder step is some 150 small
+operators, and inference mode skips their autograd view and version-counter bookkeeping.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ class Sampler:
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).to(logits.device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
                   min_len: int = 0, no_repeat_ngram: int = 0, sampler: Sampler | None = None) -> list[list[int]]:
     """The most probable next token at every step (or, with ``sampler``, a drawn one).
@@ -118,7 +120,7 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                 max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
                 no_repeat_ngram: int = 0) -> list[list[int]]:
@@ -127,7 +129,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha
             beam_nbest(model, src, beam_size, alpha, max_len_a, max_len_b, min_len, no_repeat_ngram)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
                no_repeat_ngram: int = 0, trace: list | None = None) -> list[list[tuple[float, list[int]]]]:
