@@ -58,17 +58,14 @@ def resolve(precision: str, quantize: str | None, tuned: str | None,
         return precision, quantize, name, None
     if quantize:  # --quantize int8 given with auto: int8 is the mode asked for
         return "fp32", quantize, quantize, None
-    note = None
-    if tuned is not None and unavailable_reason(tuned, device) is None:
+    if tuned is None:  # never measured: fp32, also where bf16 is native, since nobody checked its BLEU
+        return "fp32", None, "fp32", None
+    why = unavailable_reason(tuned, device)
+    if why is None:
         options = mode_options(tuned)
         return options["precision"], options["quantize"], tuned, None
-    if tuned is not None:
-        note = (f"decode.mode {tuned} (measured by mt tune) does not suit this machine: "
-                f"{unavailable_reason(tuned, device)}; --precision auto uses fp32")
-    elif available_modes(device) != ["fp32", "int8"]:  # bf16 native or a GPU: fp32 may not be the fastest
-        note = ("this run's decode.mode was never measured: --precision auto uses fp32; "
-                "mt tune RUN --modes measures which mode keeps BLEU and is fastest here")
-    return "fp32", None, "fp32", note
+    return "fp32", None, "fp32", (f"decode.mode {tuned} (measured by mt tune) does not suit this machine: {why}; "
+                                  "--precision auto uses fp32")
 
 
 def choose(table: list[dict], tolerance: float = BLEU_TOLERANCE) -> dict:

@@ -68,13 +68,10 @@ def test_resolve_auto_falls_back_to_fp32_where_the_tuned_mode_does_not_suit(monk
     assert resolve("auto", None, "fp16", CPU)[:3] == ("fp32", None, "fp32")
 
 
-def test_an_untuned_run_is_fp32_quietly_without_native_bf16_and_with_a_note_where_bf16_is_native(monkeypatch):
-    monkeypatch.setattr(mt.decode_mode, "cpu_supports_bf16", lambda: False)
-    assert resolve("auto", None, None, CPU) == ("fp32", None, "fp32", None)
-    monkeypatch.setattr(mt.decode_mode, "cpu_supports_bf16", lambda: True)
-    precision, quantize, mode, note = resolve("auto", None, None, CPU)
-    assert (precision, quantize, mode) == ("fp32", None, "fp32")  # bf16's BLEU was never measured
-    assert note.startswith("this run's decode.mode was never measured: --precision auto uses fp32; mt tune RUN --modes")
+@pytest.mark.parametrize("bf16_native", [False, True])
+def test_an_untuned_run_is_fp32_also_where_bf16_is_native(monkeypatch, bf16_native):
+    monkeypatch.setattr(mt.decode_mode, "cpu_supports_bf16", lambda: bf16_native)
+    assert resolve("auto", None, None, CPU) == ("fp32", None, "fp32", None)  # bf16's BLEU was never measured
 
 
 def test_decode_mode_is_validated_naming_the_key(tiny_config):
