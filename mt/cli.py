@@ -52,6 +52,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.models, device=args.device, precision=args.precision,
                                            threads=args.threads, quantize=args.quantize)
+    if translator.mode_note:
+        print(f"note: {translator.mode_note}", file=sys.stderr)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
     too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
 
@@ -105,13 +107,22 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from mt.tune import format_table, tune_length_penalty
+    if args.length_penalty is None and args.modes is None:
+        raise MTError("tune: give --length-penalty ALPHA ... and/or --modes [MODE ...]")
+    from mt.tune import format_mode_table, format_table, tune_length_penalty, tune_modes
 
-    table, best = tune_length_penalty(args.run, args.length_penalty, beam_size=args.beam, device=args.device,
-                                      threads=args.threads, progress=True)
-    print(format_table(table, best))
-    print(f"wrote decode.length_penalty: {best['length_penalty']:g} (beam {best['beam_size']}) to the run's "
-          "config.yaml", file=sys.stderr)
+    if args.length_penalty is not None:  # first: the modes are then measured with the chosen penalty
+        table, best = tune_length_penalty(args.run, args.length_penalty, beam_size=args.beam, device=args.device,
+                                          threads=args.threads, progress=True)
+        print(format_table(table, best))
+        print(f"wrote decode.length_penalty: {best['length_penalty']:g} (beam {best['beam_size']}) to the run's "
+              "config.yaml", file=sys.stderr)
+    if args.modes is not None:
+        table, best, info = tune_modes(args.run, args.modes, device=args.device, threads=args.threads,
+                                       repeats=args.repeats, progress=True)
+        print(format_mode_table(table, best, info))
+        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision auto loads)",
+              file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -236,17 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="with --sample: random seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="fp32, bf16, fp16, or auto (default): the run's decode.mode, the fastest mode within 0.2 "
+                        "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
+                        "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
     p.set_defaults(func=cmd_translate)
 
-    p = verbs.add_parser("tune", parents=[common], help="choose the length penalty on the validation set",
+    p = verbs.add_parser("tune", parents=[common],
+                         help="choose the length penalty and the decode mode on the validation set",
                          description="Translate the run's validation set with each length penalty, print BLEU "
-                                     "and chrF, and write the best into RUN/config.yaml (what mt translate uses).")
+                                     "and chrF, and write the best into RUN/config.yaml (what mt translate uses). "
+                                     "--modes: translate it in each decode mode, print sentences/s and BLEU with "
+                                     "the CPU and its ISA, and write the fastest mode whose BLEU is within 0.2 of "
+                                     "fp32's as decode.mode (what --precision auto loads).")
     p.add_argument("run", help="run directory (uses checkpoints/best.pt) or a checkpoint file inside one")
-    p.add_argument("--length-penalty", type=float, nargs="+", required=True, metavar="ALPHA",
+    p.add_argument("--length-penalty", type=float, nargs="+", default=None, metavar="ALPHA",
                    help="GNMT length penalties to try, e.g. 0.6 0.8 1.0 1.2")
+    p.add_argument("--modes", nargs="*", default=None, metavar="MODE",
+                   help="decode modes to measure, from fp32 int8 bf16 fp16 (fp32 always; none given: every "
+                        "mode this machine runs natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA)")
+    p.add_argument("--repeats", type=int, default=1, help="with --modes: timed rounds per mode (median; default 1)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
@@ -346,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gather-tokens", type=int, default=4096,
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="fp32, bf16, fp16, or auto (default): the run's decode.mode, the fastest mode within 0.2 "
+                        "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
+                        "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
     p.set_defaults(func=cmd_serve)

@@ -166,6 +166,9 @@ class TrainConfig:
     average_last: int = 0  # at the end, average the last K numbered checkpoints into checkpoints/avg.pt; 0 = off
 
 
+DECODE_MODES = ("fp32", "int8", "bf16", "fp16")  # the order `mt tune --modes` measures them in; fp32 first
+
+
 @dataclass
 class DecodeConfig:
     beam_size: int = 5
@@ -175,6 +178,9 @@ class DecodeConfig:
     min_len: int = 0  # no EOS before this many tokens
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size (0 = off)
     batch_tokens: int = 6000  # source tokens x beam per decoding batch
+    # what `--precision auto` loads: fp32, int8, bf16 or fp16, the fastest mode within 0.2 validation
+    # BLEU of fp32 as `mt tune RUN --modes` measured it on its machine; null = never measured (fp32)
+    mode: Optional[str] = None
 
 
 @dataclass
@@ -518,6 +524,9 @@ def _check_values(c: Config, source: str) -> None:
          (d.min_len, d.no_repeat_ngram))
     need(d.max_len_a >= 0 and d.max_len_b >= 0, "decode.max_len_a", "max_len_a and max_len_b must be >= 0",
          (d.max_len_a, d.max_len_b))
+    need(d.mode is None or d.mode in DECODE_MODES, "decode.mode",
+         f"must be one of {', '.join(DECODE_MODES)} (written by mt tune RUN --modes) or null (never measured)",
+         d.mode)
     try:
         parse_duration(t.max_time)
         dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")

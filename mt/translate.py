@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
+from mt import decode_mode
 from mt.batching import make_batch
 from mt.config import Config, DecodeConfig, config_from_dict
 from mt.ensemble import Ensemble
@@ -35,9 +36,10 @@ class Translator:
     """A trained model with its tokenizers, ready to translate lists of sentences."""
 
     def __init__(self, model: Transformer, tokenizers: TokenizerPair, config: Config, device: torch.device,
-                 amp_dtype: torch.dtype | None = None):
+                 amp_dtype: torch.dtype | None = None, mode: str = "fp32", mode_note: str | None = None):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
         self.device, self.amp_dtype = device, amp_dtype
+        self.mode, self.mode_note = mode, mode_note  # e.g. "int8"; why auto did not load the tuned mode
 
     @classmethod
     def from_pretrained(cls, path: str | Path | list, device: str = "auto", precision: str = "fp32",
@@ -48,7 +50,9 @@ class Translator:
         The decode settings (beam size, length penalty, ...) are the first run's
         ``config.yaml`` ``decode`` section, the one place ``mt tune`` writes to.
         ``quantize="int8"``: dynamic int8 quantization of every linear layer (CPU only):
-        weights stored in int8, activations quantized on the fly.
+        weights stored in int8, activations quantized on the fly. ``precision="auto"`` (without
+        ``quantize``) loads the run's ``decode.mode``, measured by ``mt tune RUN --modes``, where
+        this device has it, else fp32 (``mt.decode_mode.resolve``).
         """
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
@@ -59,7 +63,7 @@ class Translator:
         torch_device = resolve_device(device)
         if quantize == "int8" and torch_device.type != "cpu":
             raise MTError("--quantize int8 is for CPU decoding; use --device cpu")
-        loaded = [_load_model(p, quantize) for p in paths]
+        loaded = [_load_model(p) for p in paths]
         model, tokenizers, config, run_dir = loaded[0]
         for other_path, (_, other, _, _) in zip(paths[1:], loaded[1:]):
             for side in ("tgt", "src"):
@@ -69,11 +73,12 @@ class Translator:
                     raise MTError(f"ensemble: '{other_path}' was trained with another {which} vocabulary than "
                                   f"'{paths[0]}' (tokenizer {theirs} vs {mine}); the models of an ensemble "
                                   "must share their vocabularies")
-        if len(loaded) > 1:
-            model = Ensemble([m for m, _, _, _ in loaded])
         config = replace(config, decode=decode_settings(run_dir, config))
+        precision, quantize, mode, note = decode_mode.resolve(precision, quantize, config.decode.mode, torch_device)
+        models = [quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
+        model = Ensemble(models) if len(models) > 1 else models[0]
         return cls(model.to(torch_device), tokenizers, config, torch_device,
-                   resolve_precision(precision, torch_device))
+                   resolve_precision(precision, torch_device), mode, note)
 
     def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
                   max_len_a: float | None = None, max_len_b: int | None = None, min_len: int | None = None,
@@ -282,7 +287,7 @@ def run_of(path: Path) -> tuple[Path, Path]:
     return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path
 
 
-def _load_model(path: Path, quantize: str | None) -> tuple[Transformer, TokenizerPair, Config, Path]:
+def _load_model(path: Path) -> tuple[Transformer, TokenizerPair, Config, Path]:
     """One checkpoint's model (on the CPU), its tokenizers, its config and its run directory."""
     run_dir, checkpoint_file = run_of(path)
     state = ckpt.load_checkpoint(checkpoint_file)
@@ -297,11 +302,15 @@ def _load_model(path: Path, quantize: str | None) -> tuple[Transformer, Tokenize
                       f"the tokenizer in '{run_dir}'")
     model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
     model.load_state_dict(state["model"])
-    if quantize == "int8":
-        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
     return model, tokenizers, config, run_dir
+
+
+def quantize_int8(model: Transformer) -> Transformer:
+    """Dynamic int8 quantization of every linear layer: weights stored in int8, activations
+    quantized on the fly (CPU)."""
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def decode_settings(run_dir: Path, fallback: Config) -> DecodeConfig:

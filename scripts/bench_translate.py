@@ -1,7 +1,10 @@
 """Translation speed and BLEU on Multi30k test2016 for a trained run, in one process:
-greedy and beam 5 for mt fp32, bf16 (only where the CPU has native bf16, or with
---force-bf16), int8, and CTranslate2 fp32 and int8 on the model exported by `mt export`;
-plus how many greedy lines mt fp32 and CTranslate2 fp32 agree on.
+greedy and beam 5 for mt fp32, int8 and bf16 (bf16 only where the CPU has native bf16, or
+with --force-bf16), and CTranslate2 in each CPU compute type it supports here (float32, int8,
+int16, and bfloat16 / int8_bfloat16 where available) on the model exported by `mt export`;
+then the issue's ratios: mt fp32 / CTranslate2 fp32, and the best mt mode (the fastest whose
+BLEU is within 0.2 of mt fp32's, the rule of `mt tune --modes`) / CTranslate2's fastest compute
+type, for greedy and beam 5, with the CPU, its ISA and whether bf16 is native.
 
     python scripts/bench_translate.py runs/m30k_main [--repeats 3] [--no-ct2]
 """
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -17,19 +19,12 @@ from pathlib import Path
 
 import torch
 
+from mt import decode_mode
 from mt.data import read_lines
 from mt.evaluate import bleu
 from mt.translate import Translator
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+CT2_CPU_TYPES = ("float32", "int8", "int16", "bfloat16", "int8_bfloat16")  # int8_float32 = int8 on a CPU
 
 
 def timed(translate, repeats: int) -> tuple[list[str], float]:
@@ -58,20 +53,23 @@ def main() -> None:
     if args.limit:
         src, refs = src[:args.limit], refs[:args.limit]
     torch.set_num_threads(args.threads)
-    print(f"# {cpu_name()}, {os.cpu_count()} logical CPUs, {args.threads} threads, torch {torch.__version__}; "
-          f"{args.model}, test2016 ({len(src)} sentences), median of {args.repeats}")
+    info = decode_mode.machine()
+    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 ({len(src)} sentences), median of {args.repeats}")
     print("| engine | variant | search | sentences/s | target tokens/s | BLEU |")
     print("|---|---|---|---|---|---|")
+    rows: list[dict] = []
 
     def report(engine: str, variant: str, beam: int, hyps: list[str], seconds: float, tokenizer) -> None:
         tokens = sum(len(ids) + 1 for ids in tokenizer.encode(hyps))  # + EOS
+        rows.append({"engine": engine, "mode": variant, "beam": beam, "sentences_per_s": len(src) / seconds,
+                     "bleu": bleu(hyps, refs)})
         print(f"| {engine} | {variant} | {'greedy' if beam == 1 else f'beam {beam}'} | {len(src) / seconds:.1f} | "
-              f"{tokens / seconds:,.0f} | {bleu(hyps, refs):.2f} |", flush=True)
+              f"{tokens / seconds:,.0f} | {rows[-1]['bleu']:.2f} |", flush=True)
 
-    variants = [("fp32", dict()), ("bf16", dict(precision="bf16")), ("int8", dict(quantize="int8"))]
+    variants = [("fp32", dict()), ("int8", dict(quantize="int8")), ("bf16", dict(precision="bf16"))]
     notes = []
-    if not (args.force_bf16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        variants.pop(1)
+    if not (args.force_bf16 or info["bf16_native"]):
+        variants.pop(2)
         notes.append("mt bf16 skipped: this CPU has no native bf16 (emulated bf16 is many times slower "
                        "than fp32); --force-bf16 runs it anyway")
     greedy_mt = None
@@ -98,7 +96,8 @@ def main() -> None:
         pieces = [translator.tokenizers.src.pieces(line) for line in src]
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = export_ctranslate2(args.model, Path(tmp) / "ct2")
-            for compute_type in ("float32", "int8"):
+            supported = ctranslate2.get_supported_compute_types("cpu")
+            for compute_type in [t for t in CT2_CPU_TYPES if t in supported]:
                 ct2 = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
                                              intra_threads=args.threads, inter_threads=1)
                 ct2.translate_batch(pieces[:50], beam_size=5)  # warm-up
@@ -116,6 +115,31 @@ def main() -> None:
                                        f"({100 * same / len(src):.1f}%)")
     for note in notes:
         print(f"# {note}")
+    print_ratios(rows)
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """The issue's two ratios of sentences/s per search, when both engines ran."""
+    ct2 = [row for row in rows if row["engine"] == "CTranslate2"]
+    if not ct2:
+        return
+    cells = {"fp32": [], "best": []}
+    for beam in (1, 5):
+        mt_rows = [row for row in rows if row["engine"] == "mt" and row["beam"] == beam]
+        ct2_rows = [row for row in ct2 if row["beam"] == beam]
+        mt_fp32 = next(row for row in mt_rows if row["mode"] == "fp32")
+        ct2_fp32 = next(row for row in ct2_rows if row["mode"] == "fp32")
+        best = decode_mode.choose(mt_rows)
+        fastest = max(ct2_rows, key=lambda row: row["sentences_per_s"])
+        cells["fp32"].append(f"{mt_fp32['sentences_per_s'] / ct2_fp32['sentences_per_s']:.2f}x")
+        cells["best"].append(f"{best['sentences_per_s'] / fastest['sentences_per_s']:.2f}x "
+                             f"(mt {best['mode']} / CTranslate2 {fastest['mode']})")
+    print()
+    print("| ratio of sentences/s | greedy | beam 5 |")
+    print("|---|---|---|")
+    print(f"| mt fp32 / CTranslate2 fp32 | {' | '.join(cells['fp32'])} |")
+    print(f"| best mt mode with BLEU within {decode_mode.BLEU_TOLERANCE:g} of mt fp32 / fastest CTranslate2 "
+          f"compute type | {' | '.join(cells['best'])} |")
 
 
 if __name__ == "__main__":

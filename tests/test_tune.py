@@ -4,11 +4,13 @@ import shutil
 import pytest
 import yaml
 
+import mt.decode_mode
+import mt.tune
 from mt.cli import main
 from mt.errors import MTError
 from mt.evaluate import bleu
 from mt.translate import Translator
-from mt.tune import tune_length_penalty
+from mt.tune import tune_length_penalty, tune_modes
 
 
 @pytest.fixture
@@ -66,3 +68,104 @@ def test_a_run_without_a_validation_set_is_an_error(run_copy):
     (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(MTError, match=r"data.valid is not set; tuning needs a validation set"):
         tune_length_penalty(run_dir, [1.0], threads=1)
+
+
+# ---------------------------------------------------------------- mt tune --modes
+
+FAKE_SECONDS = {"fp32": 2.0, "int8": 1.0}  # int8 twice as fast: it is chosen when its BLEU keeps up
+
+
+def fake_timing(monkeypatch, seconds=FAKE_SECONDS):
+    """The real translations, with made-up times (the choice must not depend on the machine's load)."""
+    calls = []
+
+    def timed(translator, sources, progress):
+        calls.append(translator.mode)
+        return translator.translate(sources), seconds[translator.mode]
+
+    monkeypatch.setattr(mt.tune, "timed_translate", timed)
+    return calls
+
+
+def test_tune_modes_measures_each_mode_on_valid_and_writes_the_choice(run_copy, monkeypatch):
+    run_dir, pairs = run_copy
+    calls = fake_timing(monkeypatch)
+    monkeypatch.setattr(mt.decode_mode, "cpu_supports_bf16", lambda: False)
+    table, best, info = tune_modes(run_dir, threads=1, repeats=2)
+    assert [row["mode"] for row in table] == ["fp32", "int8"]  # no bf16 without native bf16, no fp16 on a CPU
+    assert calls == ["fp32", "int8", "fp32", "int8"]  # the modes take turns, round after round
+    references = [t for _, t in pairs]  # the run validates on its training pairs
+    for row in table:
+        hyps = Translator.from_pretrained(run_dir, threads=1, **mt.decode_mode.mode_options(row["mode"])).translate(
+            [s for s, _ in pairs])
+        assert row["bleu"] == pytest.approx(bleu(hyps, references))
+        assert row["sentences_per_s"] == pytest.approx(len(pairs) / FAKE_SECONDS[row["mode"]])
+    int8_keeps_up = table[1]["bleu"] >= table[0]["bleu"] - 0.2
+    assert best is table[1 if int8_keeps_up else 0]
+    assert info["bf16_native"] is False and info["device"] == "cpu" and info["sentences"] == len(pairs)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["decode"]["mode"] == best["mode"]
+    assert Translator.from_pretrained(run_dir, precision="auto", threads=1).mode == best["mode"]
+    record = json.loads((run_dir / "tune.json").read_text())
+    assert record["modes"]["chosen"] == best["mode"] and record["modes"]["machine"]["isa"] == info["isa"]
+
+
+def test_fp32_is_written_when_the_faster_mode_loses_bleu(run_copy, monkeypatch):
+    run_dir, _ = run_copy
+    fake_timing(monkeypatch)
+    real_score, scored = mt.tune.score, []
+
+    def int8_scores_lower(hyps, references, metrics):  # the rows are scored in table order: fp32, int8
+        scores = real_score(hyps, references, metrics)
+        scored.append(hyps)
+        if len(scored) == 2:
+            scores["bleu"][0].score -= 1.0
+        return scores
+
+    monkeypatch.setattr(mt.tune, "score", int8_scores_lower)
+    table, best, _ = tune_modes(run_dir, modes=["int8"], threads=1)
+    assert [row["mode"] for row in table] == ["fp32", "int8"]  # fp32, the reference, always
+    assert table[1]["bleu"] < table[0]["bleu"] - 0.2 and best is table[0]  # faster, but not good enough
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["decode"]["mode"] == "fp32"
+
+
+def test_length_penalty_tuning_keeps_the_modes_record(run_copy, monkeypatch):
+    run_dir, _ = run_copy
+    fake_timing(monkeypatch)
+    tune_modes(run_dir, modes=["int8"], threads=1)
+    tune_length_penalty(run_dir, [1.0], beam_size=2, threads=1)
+    record = json.loads((run_dir / "tune.json").read_text())
+    assert record["best"]["length_penalty"] == 1.0 and record["modes"]["chosen"] in ("fp32", "int8")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["decode"]["mode"] == record["modes"]["chosen"]
+
+
+def test_cli_tune_modes_prints_the_machine_and_the_table(run_copy, monkeypatch, capsys):
+    run_dir, _ = run_copy
+    fake_timing(monkeypatch, {"fp32": 1.0, "int8": 1.0})  # equally fast: fp32 wins the tie
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(run_dir), "--modes", "fp32", "int8", "--threads", "1"])
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    assert e.value.code == 0
+    lines = out.splitlines()
+    info = mt.decode_mode.machine()
+    assert lines[0].startswith(f"# {info['cpu']} ({info['isa']}), bf16 native: ")
+    assert lines[1].startswith("# cpu, valid (20 sentences), beam 3, length penalty 1, median of 1")
+    assert lines[2].split() == ["mode", "sentences/s", "BLEU", "(valid)", "vs", "fp32"]
+    assert lines[3].split()[:2] == ["fp32", "20.0"] and lines[3].endswith("<- chosen")
+    assert lines[4].split()[0] == "int8" and not lines[4].endswith("<- chosen")
+    assert lines[5] == "chosen: the fastest with BLEU >= fp32's - 0.2"
+    assert "wrote decode.mode: fp32 to the run's config.yaml" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "error: tune: give --length-penalty ALPHA ... and/or --modes [MODE ...]"),
+    (["--modes", "int4"], "error: --modes: 'int4' is not a decode mode; choose from fp32, int8, bf16, fp16"),
+    (["--modes", "fp16"], "error: --modes fp16: not measured on cpu: fp16 needs a CUDA device"),
+    (["--modes", "--repeats", "0"], "error: --repeats: must be at least 1, got 0"),
+])
+def test_cli_tune_usage_errors(run_copy, capsys, argv, message):
+    run_dir, _ = run_copy
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(run_dir), "--threads", "1", "--device", "cpu", *argv])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == message
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["decode"]["mode"] is None
