@@ -73,6 +73,7 @@ class ModelWorker:
         self.stopping = False
         self.expected = 0  # requests the server is preparing that may come here (see expect)
         self.last_arrival = 0.0
+        self.round_end = 0.0  # when the last decoding round's answers went out
         self.stats = {"rounds": 0, "jobs": 0, "sentences": 0, "largest_round": 0,
                       "gather_seconds": 0.0, "decode_seconds": 0.0}
         self.debug = os.environ.get("MT_SERVE_DEBUG", "") not in ("", "0")
@@ -127,12 +128,15 @@ class ModelWorker:
         """Why the worker should keep gathering and until when; ("", 0) when it should start."""
         if self.stopping or sum(j.tokens for j in self.queue) >= self.gather_tokens:
             return "", 0.0
-        window_end = self.queue[0].arrived + self.gather_window
+        # a round's end counts as an arrival: the clients just answered send their next requests
+        # now, and the jobs that waited through the round should not leave without them (else
+        # 32 clients settle into two cohorts of 16 that take turns)
+        window_end = max(self.queue[0].arrived, self.round_end) + self.gather_window
         if now >= window_end:
             return "", 0.0
         if self.expected > 0:  # announced requests are on their way: wait for them (or the window)
             return "expected", window_end
-        quiet_end = self.last_arrival + self.gather_quiet
+        quiet_end = max(self.last_arrival, self.round_end) + self.gather_quiet
         if now < quiet_end:
             return "growing", min(quiet_end, window_end)
         return "", 0.0
@@ -182,6 +186,8 @@ class ModelWorker:
                 self._count(batch, started)
                 for job, result in zip(batch, results):
                     job.future.set_result(result)
+                with self.cond:
+                    self.round_end = time.monotonic()
 
     def _count(self, batch: list[Job], started: float) -> None:
         decode = time.monotonic() - started

@@ -535,6 +535,16 @@ def test_the_gathering_rule(run):
             worker.queue.append(Job("translate", ["c"], 80, arrived=t0 + 0.049))
             assert worker._gather_reason(t0 + 0.049) == ("", 0.0)  # the token budget is full: start
             worker.queue.clear()
+            # jobs that waited through a round: the round's end restarts the quiet time and the window,
+            # so the clients it answered can join them
+            worker.queue.append(Job("translate", ["d"], 10, arrived=t0))
+            worker.last_arrival, worker.round_end = t0, t0 + 0.300
+            assert worker._gather_reason(t0 + 0.301) == ("growing", pytest.approx(t0 + 0.305))
+            worker.expected = 2
+            assert worker._gather_reason(t0 + 0.306) == ("expected", pytest.approx(t0 + 0.350))
+            assert worker._gather_reason(t0 + 0.350) == ("", 0.0)
+            worker.expected = 0
+            worker.queue.clear()
     finally:
         worker.close(30)
 
