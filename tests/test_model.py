@@ -103,7 +103,6 @@ def test_sinusoidal_positions_match_the_paper_and_extend():
     assert pe(3, start=10).shape == (3, 8)  # beyond the initial table
 
 
-
 def test_positions_grown_while_decoding_stay_usable_for_training():
     # the searches run under inference mode; a table grown there must not become an inference tensor
     pe = SinusoidalPositions(8, length=4)
@@ -113,6 +112,7 @@ def test_positions_grown_while_decoding_stay_usable_for_training():
     weight = torch.ones(8, requires_grad=True)
     (pe(3, start=10) * weight).sum().backward()  # saving the table for backward needs a normal tensor
     assert torch.equal(weight.grad, pe.table[10:13].sum(0))
+
 
 @pytest.mark.parametrize("options", [dict(positions="learned"), dict(activation="gelu"), dict(norm="post")])
 def test_model_options_run_and_keep_the_causal_invariant(options):
