@@ -208,6 +208,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
           gather_window_ms=args.gather_window_ms)
 
 
+def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
+    """Where and how a model decodes: the same options for mt translate and mt serve."""
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="fp32, bf16, fp16, or auto (default): the run's decode.mode, the fastest mode within 0.2 "
+                        "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
+                        "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -246,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="with --sample: only the k most probable tokens")
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="with --sample: random seed")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="fp32, bf16, fp16, or auto (default): the run's decode.mode, the fastest mode within 0.2 "
-                        "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
-                        "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
+    add_decoding_hardware_options(p)
     p.set_defaults(func=cmd_translate)
 
     p = verbs.add_parser("tune", parents=[common],
@@ -367,13 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="while requests keep coming, a worker gathers at most this long from the first (default 50 ms)")
     p.add_argument("--gather-tokens", type=int, default=4096,
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="fp32, bf16, fp16, or auto (default): the run's decode.mode, the fastest mode within 0.2 "
-                        "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
-                        "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
+    add_decoding_hardware_options(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

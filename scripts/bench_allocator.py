@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mt.decode_mode import describe, machine
 
 VARIANTS = {
     "mmap1m": {"MT_ALLOCATOR": "mmap1m"},
@@ -40,17 +41,6 @@ VARIANTS = {
     "heap+arena1": {"MT_ALLOCATOR": "heap", "MALLOC_ARENA_MAX": "1"},
     "heap8m": {"MT_ALLOCATOR": "glibc", "MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
 }
-
-
-def machine() -> str:
-    name, flags = platform.machine(), set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name}, {os.cpu_count()} CPUs, ISA {'+'.join(isa) or 'baseline'}"
 
 
 def one_run(config: str, env_extra: dict, steps: int, warmup: int, overrides: list[str]) -> dict:
@@ -83,7 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    print(f"machine: {machine()}; load {os.getloadavg()[0]:.1f} at the start")
+    print(f"machine: {describe(machine())}; load {os.getloadavg()[0]:.1f} at the start")
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     for round_ in range(args.repeats):
         for variant in args.variants:
