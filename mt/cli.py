@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.runs, host=args.host, port=args.port, api_keys_file=args.api_keys, limits=limits,
           device=args.device, precision=args.precision, threads=args.threads, quantize=args.quantize,
           max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens,
-          gather_window_ms=args.gather_window_ms)
+          gather_window_ms=args.gather_window_ms, decoders=args.decoders)
 
 
 def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
@@ -366,12 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", type=int, default=4 << 20, help="bytes per request body (default 4 MiB)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model; more get 429 with Retry-After (default 64)")
-    p.add_argument("--gather-ms", type=float, default=5.0,
-                   help="a worker starts decoding once no request has come for this long (default 5 ms)")
+    p.add_argument("--gather-ms", type=float, default=15.0,
+                   help="a worker starts decoding once no request has come for this long (default 15 ms)")
     p.add_argument("--gather-window-ms", type=float, default=50.0,
                    help="while requests keep coming, a worker gathers at most this long from the first (default 50 ms)")
     p.add_argument("--gather-tokens", type=int, default=4096,
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
+    p.add_argument("--decoders", type=int, default=0,
+                   help="decoding threads per model, each decoding its own batch (default: one per core on CPU, "
+                        "each on one core: a beam search over a few dozen sentences keeps one core busy, not "
+                        "two; 1 on a GPU). --threads says how many cores they share")
     add_decoding_hardware_options(p)
     p.set_defaults(func=cmd_serve)
     return parser

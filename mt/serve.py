@@ -2,13 +2,14 @@
 ``/translator/translate``, and a web page that translates as you type and shows where the
 model looked.
 
-Each run directory serves one language pair; one worker thread per model batches the
-requests (``mt.serve_worker``). Starlette and uvicorn come with the ``serve`` extra.
+Each run directory serves one language pair; each model's worker batches the requests on one
+decoder thread per core (``mt.serve_worker``). Starlette and uvicorn come with the ``serve`` extra.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -95,15 +96,24 @@ def parse_run_spec(spec: str) -> tuple[str, str | None, str | None]:
 
 
 def load_models(specs: list[str], device: str = "auto", precision: str = "fp32", threads: int = 0,
-                quantize: str | None = None, max_queue: int = 64, gather_ms: float = 5.0,
-                gather_tokens: int = 4096, gather_window_ms: float = 50.0) -> list[ServedModel]:
-    """Load each run and start its worker; two runs of one pair are an error (no ensembles here)."""
+                quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0,
+                gather_tokens: int = 4096, gather_window_ms: float = 50.0, decoders: int = 0) -> list[ServedModel]:
+    """Load each run and start its worker; two runs of one pair are an error (no ensembles here).
+
+    ``threads``: the CPU cores to use (0 = all); ``decoders``: decoding threads per model
+    (0 = one per core on CPU, each with ``threads // decoders`` torch threads; 1 on a GPU).
+    """
     from mt.serve_worker import ModelWorker
+    from mt.train import resolve_device
     from mt.translate import Translator
 
+    cores = threads or os.cpu_count() or 1
+    if decoders <= 0:
+        decoders = 1 if resolve_device(device).type != "cpu" else cores
     parsed = [parse_run_spec(s) for s in specs]
-    translators = [Translator.from_pretrained(run, device=device, precision=precision, threads=threads,
-                                              quantize=quantize) for run, _, _ in parsed]
+    translators = [Translator.from_pretrained(run, device=device, precision=precision,
+                                              threads=max(1, cores // decoders), quantize=quantize)
+                   for run, _, _ in parsed]
     models, seen = [], {}
     for (run, src, tgt), translator in zip(parsed, translators):
         src, tgt = src or translator.config.data.src_lang, tgt or translator.config.data.tgt_lang
@@ -114,7 +124,8 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
         models.append(ServedModel(run, src, tgt, None))
     for model, translator in zip(models, translators):
         model.worker = ModelWorker(translator, max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
-                                   gather_window_ms=gather_window_ms, name=f"{model.source}-{model.target}")
+                                   gather_window_ms=gather_window_ms, name=f"{model.source}-{model.target}",
+                                   decoders=decoders)
     return models
 
 
@@ -559,8 +570,8 @@ def read_api_keys(path: str) -> set[str]:
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_file: str | None = None,
           limits: Limits | None = None, device: str = "auto", precision: str = "fp32", threads: int = 0,
-          quantize: str | None = None, max_queue: int = 64, gather_ms: float = 5.0, gather_tokens: int = 4096,
-          gather_window_ms: float = 50.0, log_level: str = "info") -> None:
+          quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0, gather_tokens: int = 4096,
+          gather_window_ms: float = 50.0, decoders: int = 0, log_level: str = "info") -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish what is queued and return."""
     require_web_stack()
     import uvicorn
@@ -569,7 +580,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     sock = bind(host, port)  # before the models load: a busy port fails at once
     models = load_models(specs, device=device, precision=precision, threads=threads, quantize=quantize,
                          max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
-                         gather_window_ms=gather_window_ms)
+                         gather_window_ms=gather_window_ms, decoders=decoders)
     app = App(models, limits, api_keys).starlette()
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=None, lifespan="off")

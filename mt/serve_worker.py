@@ -1,5 +1,5 @@
-"""Dynamic batching for ``mt serve``: one worker thread per model owns it and decodes what
-the requests queued, many requests at a time.
+"""Dynamic batching for ``mt serve``: each model's worker decodes what the requests queued,
+many requests at a time, on one or more decoder threads.
 
 Requests wait on a bounded queue (a full queue refuses at once, the server answers 429).
 The gathering rule: when a job is queued the worker keeps gathering while more keep coming,
@@ -13,7 +13,8 @@ instead of as a small batch and then the rest. The worker then takes the queued 
 have the same decoding options as the first one and decodes all their sentences together:
 ``Translator`` sorts them by length into batches and returns them in order, so every job
 gets its own answers back. A job whose client went away before the worker reached it is
-dropped unseen. ``stats`` counts what the worker did (``/mt/stats``; ``MT_SERVE_DEBUG=1``
+dropped unseen. With several decoders, the free ones share what is queued, so their batches
+decode side by side. ``stats`` counts what the worker did (``/mt/stats``; ``MT_SERVE_DEBUG=1``
 logs each round to stderr).
 """
 from __future__ import annotations
@@ -56,15 +57,23 @@ class Job:
 
 
 class ModelWorker:
-    """The thread that owns one ``Translator``; ``submit`` jobs from any thread.
+    """The threads that decode with one ``Translator``; ``submit`` jobs from any thread.
+
+    ``decoders``: how many threads take batches from the queue, each decoding its own batch
+    side by side with the others'. A beam search over a few dozen sentences keeps one core
+    busy but not two (its small operators run on one thread, and a second thread mostly
+    waits for it), so on CPU ``mt serve`` runs one decoder per core with one torch thread each
+    (``load_models``): on 2 cores, with a 15 ms quiet time, 1.29x the sentences/s of one decoder on two threads
+    (docs/benchmarks.md, "Serving").
 
     ``gather_ms``: the queue must stay still this long (no new job, none announced) before
     the worker starts; ``gather_window_ms``: the longest it gathers, from the first job's
     arrival; ``gather_tokens``: it starts at once when the queue holds this many tokens.
     """
 
-    def __init__(self, translator: Translator, max_queue: int = 64, gather_ms: float = 5.0,
-                 gather_tokens: int = 4096, name: str = "model", gather_window_ms: float = 50.0):
+    def __init__(self, translator: Translator, max_queue: int = 64, gather_ms: float = 15.0,
+                 gather_tokens: int = 4096, name: str = "model", gather_window_ms: float = 50.0,
+                 decoders: int = 1):
         self.translator, self.max_queue = translator, max_queue
         self.gather_quiet, self.gather_tokens = gather_ms / 1000.0, gather_tokens
         self.gather_window = max(gather_window_ms, gather_ms) / 1000.0
@@ -74,6 +83,7 @@ class ModelWorker:
         self.expected = 0  # requests the server is preparing that may come here (see expect)
         self.last_arrival = 0.0
         self.round_end = 0.0  # when the last decoding round's answers went out
+        self.idle = 0  # decoders waiting for a batch
         self.stats = {"rounds": 0, "jobs": 0, "sentences": 0, "largest_round": 0,
                       "gather_seconds": 0.0, "decode_seconds": 0.0}
         self.debug = os.environ.get("MT_SERVE_DEBUG", "") not in ("", "0")
@@ -81,8 +91,10 @@ class ModelWorker:
         self.before_batch: Callable[[list[Job]], None] | None = None
         # Called (under the lock) each time the gathering rule waits, with the reason (tests).
         self.on_gather_wait: Callable[[str], None] | None = None
-        self.thread = threading.Thread(target=self._run, name=f"mt-serve-{name}", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"mt-serve-{name}-{i}", daemon=True)
+                        for i in range(decoders)]
+        for thread in self.threads:
+            thread.start()
 
     def expect(self, n: int) -> None:
         """The server announces ``n`` requests on their way (reading, parsing, tokenizing;
@@ -118,11 +130,12 @@ class ModelWorker:
             return self.cond.wait_for(lambda: len(self.queue) >= n, timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking jobs, finish the queued ones, end the thread."""
+        """Stop taking jobs, finish the queued ones, end the threads."""
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
-        self.thread.join(timeout)
+        for thread in self.threads:
+            thread.join(timeout)
 
     def _gather_reason(self, now: float) -> tuple[str, float]:
         """Why the worker should keep gathering and until when; ("", 0) when it should start."""
@@ -144,22 +157,32 @@ class ModelWorker:
     def _take(self) -> list[Job] | None:
         """The next batch: wait for a job, gather while more keep coming, then take the jobs with its options."""
         with self.cond:
-            self.cond.wait_for(lambda: self.queue or self.stopping)
-            if not self.queue:
-                return None  # stopping and nothing left
+            self.idle += 1
             while True:
-                now = time.monotonic()
-                reason, until = self._gather_reason(now)
-                if not reason:
+                self.cond.wait_for(lambda: self.queue or self.stopping)
+                if not self.queue:
+                    self.idle -= 1
+                    return None  # stopping and nothing left
+                while self.queue:  # (another decoder may take them while this one waits)
+                    now = time.monotonic()
+                    reason, until = self._gather_reason(now)
+                    if not reason:
+                        break
+                    if self.on_gather_wait is not None:
+                        self.on_gather_wait(reason)
+                    self.cond.wait(until - now)
+                if self.queue:
                     break
-                if self.on_gather_wait is not None:
-                    self.on_gather_wait(reason)
-                self.cond.wait(until - now)
+            # Decoders that are free share what is queued: this one takes its part, the others
+            # take theirs at once, and the batches decode side by side.
+            share = -(-len(self.queue) // self.idle)
+            self.idle -= 1
             first = self.queue.popleft()
             batch, budget, rest = [first], first.tokens, deque()
             while self.queue:
                 job = self.queue.popleft()
-                if job.options == first.options and budget + job.tokens <= self.gather_tokens:
+                if (job.options == first.options and budget + job.tokens <= self.gather_tokens
+                        and len(batch) < share):
                     batch.append(job)
                     budget += job.tokens
                 else:

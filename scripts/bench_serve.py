@@ -1,9 +1,11 @@
 """`mt serve` under load: 1, 8 and 32 clients sending test2016 sentences (one per request) to
 a server on localhost; requests/s, sentences/s, latency p50/p99, errors, the server's peak
-RSS. The ceiling: the same sentences through `mt translate`'s Translator in one process,
+RSS. The ceiling: the same sentences through `mt translate`'s Translator in one process
+(median of 3, measured again just before each level),
 and the latency of translating one sentence directly. For each level, the worker's own
 counters (``/mt/stats``): decoding rounds, sentences per round, and the share of the wall time
-the worker spent decoding.
+the worker spent decoding; and the CPU the server and the clients (this process) used, in
+cores (the clients share the machine's cores with the server they measure).
 
     python scripts/bench_serve.py runs/demo [--sentences 400] [--threads 2] [--concurrency 1 8 32]
         [--server="--gather-window-ms 5" --server=""]   # several server settings in one run
@@ -12,6 +14,7 @@ the worker spent decoding.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -21,7 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import torch
@@ -73,28 +78,44 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(url: str, sentences: list[str], clients: int) -> dict:
     """``clients`` threads, each with its own connection, share the sentences (one per request)."""
     latencies, errors, outputs = [], [], [None] * len(sentences)
     lock, next_index = threading.Lock(), [0]
 
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+
     def client():
-        with httpx.Client(timeout=600) as http:
+        # The standard library's keep-alive client: the load generator shares the cores with the
+        # server it measures, so it should cost little (httpx took ~7 ms of CPU a request here).
+        http = HTTPConnection(host, port, timeout=600)
+        try:
             while True:
                 with lock:
                     i = next_index[0]
                     next_index[0] += 1
                 if i >= len(sentences):
                     return
+                body = json.dumps({"q": sentences[i], "source": "de", "target": "en"})
                 start = time.perf_counter()
-                r = http.post(url + "/translate", json={"q": sentences[i], "source": "de", "target": "en"})
+                http.request("POST", "/translate", body, {"Content-Type": "application/json"})
+                r = http.getresponse()
+                data = r.read()
                 elapsed = time.perf_counter() - start
                 with lock:
                     latencies.append(elapsed)
-                    if r.status_code == 200:
-                        outputs[i] = r.json()["translatedText"]
+                    if r.status == 200:
+                        outputs[i] = json.loads(data)["translatedText"]
                     else:
-                        errors.append(r.status_code)
+                        errors.append(r.status)
+        finally:
+            http.close()
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -126,22 +147,29 @@ def main() -> None:
 
     translator = Translator.from_pretrained(args.run, threads=args.threads)
     translator.translate(sentences[:8])  # warm up
-    start = time.perf_counter()
     reference = translator.translate(sentences)
-    ceiling = len(sentences) / (time.perf_counter() - start)
+
+    def ceiling() -> float:
+        """mt translate's sentences/s now, median of 3: the speed of this machine drifts (by up to
+        1.4x within an hour on a shared VM), so each level is compared with the ceiling just before it."""
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            translator.translate(sentences)
+            times.append(time.perf_counter() - start)
+        return len(sentences) / statistics.median(times)
+
     single = []
     for s in sentences[:args.single]:
         start = time.perf_counter()
         translator.translate([s])
         single.append(time.perf_counter() - start)
-    print(f"mt translate, one process: {ceiling:.1f} sentences/s; one sentence at a time: "
+    print(f"mt translate, one process: {ceiling():.1f} sentences/s; one sentence at a time: "
           f"p50 {1000 * percentile(single, 50):.1f} ms, p99 {1000 * percentile(single, 99):.1f} ms")
 
     for extra in args.server or [""]:
         bench_server(args, extra, sentences, reference, ceiling)
-    start = time.perf_counter()  # again: under a moving load, how far the ceiling drifted
-    translator.translate(sentences)
-    print(f"\nmt translate again at the end: {len(sentences) / (time.perf_counter() - start):.1f} sentences/s; "
+    print(f"\nmt translate again at the end: {ceiling():.1f} sentences/s; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
@@ -149,26 +177,30 @@ def worker_stats(http: httpx.Client, url: str) -> dict:
     return http.get(url + "/mt/stats").json()[0]
 
 
-def bench_server(args, extra: str, sentences: list[str], reference: list[str], ceiling: float) -> None:
+def bench_server(args, extra: str, sentences: list[str], reference: list[str], ceiling) -> None:
     proc, url = start_server(args.run, args.threads, max(args.concurrency) * 2, shlex.split(extra))
     try:
         load(url, sentences[:8], 1)  # warm up
         print(f"\nmt serve {extra or '(defaults)'}")
-        print("| clients | requests/s | sentences/s | % of mt translate | p50 ms | p99 ms | errors | same output "
-              "| rounds | sentences/round | worker decoding |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| clients | requests/s | sentences/s | mt translate just before | % of it | p50 ms | p99 ms | errors "
+              "| same output | rounds | sentences/round | worker decoding | CPU: server / clients |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         with httpx.Client() as http:
             for clients in args.concurrency:
+                top = ceiling()  # the server is idle meanwhile
                 before = worker_stats(http, url)
+                server_cpu, client_cpu = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
                 r = load(url, sentences, clients)
+                server_cpu, client_cpu = cpu_seconds(proc.pid) - server_cpu, cpu_seconds(os.getpid()) - client_cpu
                 after = worker_stats(http, url)
                 rounds = after["rounds"] - before["rounds"]
                 per_round = (after["sentences"] - before["sentences"]) / max(rounds, 1)
                 busy = (after["decode_seconds"] - before["decode_seconds"]) / r["wall"]
                 same = sum(a == b for a, b in zip(r["outputs"], reference))
-                print(f"| {clients} | {r['rps']:.1f} | {r['rps']:.1f} | {100 * r['rps'] / ceiling:.0f}% | "
+                print(f"| {clients} | {r['rps']:.1f} | {r['rps']:.1f} | {top:.1f} | {100 * r['rps'] / top:.0f}% | "
                       f"{1000 * r['p50']:.1f} | {1000 * r['p99']:.1f} | {r['errors']} | {same}/{len(sentences)} | "
-                      f"{rounds} | {per_round:.1f} | {100 * busy:.0f}% |", flush=True)
+                      f"{rounds} | {per_round:.1f} | {100 * busy:.0f}% | "
+                      f"{server_cpu / r['wall']:.2f} / {client_cpu / r['wall']:.2f} cores |", flush=True)
         print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB")
     finally:
         proc.terminate()

@@ -588,6 +588,59 @@ def test_the_worker_gathers_the_requests_the_server_announced(run):
         worker.close(30)
 
 
+def test_two_decoders_decode_two_batches_at_once(run):
+    import torch
+    from mt.serve_worker import Job
+
+    _, pairs = run
+    models = load_models([str(run[0])], threads=2, gather_ms=0)  # CPU: one decoder per core, one thread each
+    worker = models[0].worker
+    assert len(worker.threads) == 2 and torch.get_num_threads() == 1
+    hold = Hold(worker)
+    try:
+        first = worker.submit(Job("translate", [pairs[0][0]], 5))
+        assert hold.taken.wait(60), "no decoder took the first job"
+        hold.taken.clear()
+        second = worker.submit(Job("translate", [pairs[1][0], pairs[2][0]], 10))
+        assert hold.taken.wait(60), "the second decoder did not take a batch while the first was held"
+        assert hold.batches == [1, 1]
+        hold.release()
+        assert [first.result(60), second.result(60)] == [[[pairs[0][1]]], [[pairs[1][1]], [pairs[2][1]]]]
+        assert worker.stats["rounds"] == 2 and worker.stats["sentences"] == 3
+    finally:
+        worker.close(30)
+        torch.set_num_threads(1)
+
+
+def test_a_decoder_that_finds_the_queue_taken_waits_again(run):
+    import torch
+    from mt.serve_worker import Job
+
+    _, pairs = run
+    models = load_models([str(run[0])], threads=2, gather_ms=0, gather_window_ms=600_000)
+    worker = models[0].worker
+    waiting = set()
+
+    def gathering(reason):  # called by a decoder holding worker.cond
+        waiting.add(threading.current_thread().name)
+        worker.cond.notify_all()
+
+    worker.on_gather_wait = gathering
+    try:
+        worker.expect(1)
+        first = worker.submit(Job("translate", [pairs[0][0]], 5))
+        with worker.cond:  # both decoders gather, waiting for the announced request
+            assert worker.cond.wait_for(lambda: len(waiting) == 2, 60), waiting
+        worker.expect(-1)  # both wake: one takes the job, the other finds the queue empty
+        assert first.result(60) == [[pairs[0][1]]]
+        assert all(thread.is_alive() for thread in worker.threads)
+        more = [worker.submit(Job("translate", [pairs[i][0]], 5)) for i in (1, 2)]
+        assert [f.result(60) for f in more] == [[[pairs[1][1]]], [[pairs[2][1]]]]
+    finally:
+        worker.close(30)
+        torch.set_num_threads(1)
+
+
 def test_stats_count_rounds_and_announcements_are_withdrawn(run):
     _, pairs = run
     models = load_models([str(run[0])], threads=1)
