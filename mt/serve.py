@@ -101,7 +101,9 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
     """Load each run and start its worker; two runs of one pair are an error (no ensembles here).
 
     ``threads``: the CPU cores to use (0 = all); ``decoders``: decoding threads per model
-    (0 = one per core on CPU, each with ``threads // decoders`` torch threads; 1 on a GPU).
+    (0 = one per core on CPU, at most 4, each with ``threads // decoders`` torch threads; 1 on
+    a GPU). The cap: each decoder spends part of its time in Python, under the one GIL
+    (measured on 2 cores only, docs/benchmarks.md).
     """
     from mt.serve_worker import ModelWorker
     from mt.train import resolve_device
@@ -109,7 +111,7 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
 
     cores = threads or os.cpu_count() or 1
     if decoders <= 0:
-        decoders = 1 if resolve_device(device).type != "cpu" else cores
+        decoders = 1 if resolve_device(device).type != "cpu" else min(cores, 4)
     parsed = [parse_run_spec(s) for s in specs]
     translators = [Translator.from_pretrained(run, device=device, precision=precision,
                                               threads=max(1, cores // decoders), quantize=quantize)

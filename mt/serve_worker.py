@@ -62,8 +62,8 @@ class ModelWorker:
     ``decoders``: how many threads take batches from the queue, each decoding its own batch
     side by side with the others'. A beam search over a few dozen sentences keeps one core
     busy but not two (its small operators run on one thread, and a second thread mostly
-    waits for it), so on CPU ``mt serve`` runs one decoder per core with one torch thread each
-    (``load_models``): on 2 cores, with a 15 ms quiet time, 1.29x the sentences/s of one decoder on two threads
+    waits for it), so on CPU ``mt serve`` runs one decoder per core (``load_models``): on 2
+    cores, with a 15 ms quiet time, 1.29x the sentences/s of one decoder on two threads
     (docs/benchmarks.md, "Serving").
 
     ``gather_ms``: the queue must stay still this long (no new job, none announced) before
