@@ -21,6 +21,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -232,6 +233,7 @@ class Trainer:
                                           fused=self.device.type in ("cpu", "cuda"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._sampled: tuple = (None, {})  # (epoch, its sampled segmentations): see sample_epoch
         self.elapsed = 0.0  # training wall time over all sessions of this run
         self.best_score = -math.inf
         self.stop_signal: str | None = None
@@ -449,7 +451,8 @@ class Trainer:
                     if self.saved_step != self.step:
                         last_metrics = self.checkpoint()
                     break
-                batches = bucket_order(data.src_lens, data.tgt_lens, t.batch_tokens, t.seed, self.epoch,
+                src_lens, tgt_lens = self.sampled_lengths() if t.subword_alpha else (data.src_lens, data.tgt_lens)
+                batches = bucket_order(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch,
                                        examples=data.epoch_examples(t.seed, self.epoch))
                 while self.batch_in_epoch < len(batches):
                     group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accum_steps]
@@ -521,24 +524,44 @@ class Trainer:
 
     def rows(self, ids, side: str) -> list:
         """The training pairs' token ids on one side: the cached segmentation, or with
-        ``train.subword_alpha`` a segmentation sampled anew for each (seed, epoch, pair).
+        ``train.subword_alpha`` this epoch's sampled one (``sample_epoch``)."""
+        if not self.config.train.subword_alpha:
+            return self.train_data.rows(ids, side)
+        flat, offsets = self.sample_epoch()[side]
+        return [flat[offsets[i]:offsets[i + 1]] for i in np.asarray(ids).tolist()]
 
-        Bucketing and the ``data.max_len`` filter see the cached lengths; a sampled
-        segmentation longer than ``data.max_len`` is replaced by the cached one, so
-        max_len stays a bound, while a batch may hold more tokens than train.batch_tokens
-        by what sampling adds.
-        """
-        rows = self.train_data.rows(ids, side)
-        t = self.config.train
-        if not t.subword_alpha:
-            return rows
-        tokenizer = getattr(self.tokenizers, side)
-        sampled = []
-        for pair, row in zip(ids.tolist(), rows):
-            pieces = tokenizer.sample(row.tolist(), t.subword_alpha, t.subword_nbest,
-                                      sample_seed(t.seed, self.epoch, pair, side))
-            sampled.append(pieces if len(pieces) <= self.config.data.max_len else row)
-        return sampled
+    def sampled_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target lengths (with EOS) of this epoch's sampled segmentations, to cut
+        batches on: cut on the cached lengths instead, Multi30k's batches held a median 1.41x
+        and at most 1.92x ``train.batch_tokens`` once sampled (docs/benchmarks.md)."""
+        epoch = self.sample_epoch()
+        return tuple(np.diff(epoch[side][1]) + 1 for side in ("src", "tgt"))
+
+    def sample_epoch(self) -> dict:
+        """This epoch's segmentation of every training pair, sampled once per epoch: each pair's
+        pieces are a function of (seed, epoch, pair), so a resumed run draws the same. Kept as
+        one flat int32 array and offsets per side (4 bytes a token). A sampled segmentation
+        longer than ``data.max_len`` is replaced by the cached one, so max_len stays a bound."""
+        if self._sampled[0] == self.epoch:
+            return self._sampled[1]
+        t, max_len = self.config.train, self.config.data.max_len
+        n = len(self.train_data)
+        epoch = {}
+        for side in ("src", "tgt"):
+            tokenizer = getattr(self.tokenizers, side)
+            pieces, lengths = [], np.zeros(n, dtype=np.int64)
+            for start in range(0, n, 65536):
+                ids = np.arange(start, min(n, start + 65536))
+                for pair, row in zip(ids.tolist(), self.train_data.rows(ids, side)):
+                    sampled = tokenizer.sample(row.tolist(), t.subword_alpha, t.subword_nbest,
+                                               sample_seed(t.seed, self.epoch, pair, side))
+                    sampled = sampled if len(sampled) <= max_len else row.tolist()
+                    pieces.append(np.asarray(sampled, dtype=np.int32))
+                    lengths[pair] = len(sampled)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            epoch[side] = (np.concatenate(pieces) if pieces else np.zeros(0, np.int32), offsets)
+        self._sampled = (self.epoch, epoch)
+        return epoch
 
     def average_last(self) -> None:
         """Average the last ``train.average_last`` numbered checkpoints into checkpoints/avg.pt and

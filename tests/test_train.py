@@ -481,13 +481,27 @@ def test_subword_sampling_resamples_each_epoch_keeps_the_text_and_resumes_exactl
     trainer = Trainer(tiny_config(*options, f"run_dir={tmp_path / 'look'}"))
     ids = np.arange(len(trainer.train_data))
     cached = trainer.train_data.rows(ids, "tgt")
-    sampled = trainer.rows(ids, "tgt")
+    sampled = [r.tolist() for r in trainer.rows(ids, "tgt")]
     tok = trainer.tokenizers.tgt
     assert tok.decode(sampled) == tok.decode([r.tolist() for r in cached])
-    assert any(list(s) != r.tolist() for s, r in zip(sampled, cached))
-    assert trainer.rows(ids, "tgt") == sampled
+    assert any(s != r.tolist() for s, r in zip(sampled, cached))
+    assert [r.tolist() for r in trainer.rows(ids[::-1], "tgt")] == sampled[::-1]  # a function of the pair
+    # batches are cut on the sampled lengths, so they keep to train.batch_tokens
+    src_lens, tgt_lens = trainer.sampled_lengths()
+    assert tgt_lens.tolist() == [len(r) + 1 for r in sampled]
+    assert (src_lens != trainer.train_data.src_lens).any()
+    sizes, step = [], trainer.train_step
+
+    def recording_step(parts, n_tokens):  # each batch the model sees: sentences x longest side
+        sizes.extend(max(p.src.numel(), p.tgt_in.numel()) for p in parts)
+        return step(parts, n_tokens)
+
+    trainer.train_step = recording_step
+    trainer.config.train.max_steps = 12
+    trainer.run()
+    assert len(sizes) == 12 and max(sizes) <= trainer.config.train.batch_tokens, sizes
     trainer.epoch = 1
-    assert trainer.rows(ids, "tgt") != sampled
+    assert [r.tolist() for r in trainer.rows(ids, "tgt")] != sampled
 
     straight = tiny_config(*options, "train.max_steps=30", f"run_dir={tmp_path / 'a'}")
     train(straight)
