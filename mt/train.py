@@ -211,6 +211,14 @@ class Trainer:
             self._check_compatible(state, resume_from)
         if self.dist.main:  # rank 0 trains the tokenizer; the others then load it
             self.tokenizers, self.train_data, self.valid, report = prepare_data(config, self.run_dir)
+            if state is not None:  # resuming: keep what mt tune measured for this run
+                from mt.tune import tuned_decode
+
+                if tuned := tuned_decode(self.run_dir):
+                    for key, value in tuned.items():
+                        setattr(config.decode, key, value)
+                    log("keeping the decode settings mt tune chose (" + ", ".join(
+                        f"{key} {value}" for key, value in tuned.items()) + f"; {self.run_dir / 'tune.json'})")
             save_config(config, self.run_dir / "config.yaml")
             ckpt.atomic_write_text(self.run_dir / "data_report.json", json.dumps(report, indent=1) + "\n")
         self.dist.barrier("waiting for rank 0 to prepare the tokenizer and data")

@@ -48,6 +48,23 @@ def update_tune_json(run_dir: Path, **entries) -> None:
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
 
+def tuned_decode(run_dir: Path) -> dict:
+    """The decode settings ``mt tune`` chose for a run, from ``RUN/tune.json``
+    (``length_penalty``, ``beam_size``, ``mode``; {} if never tuned), so that ``mt train``
+    resuming the run writes them back into the config.yaml it rewrites."""
+    try:
+        record = json.loads((Path(run_dir) / "tune.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    best, modes = record.get("best"), record.get("modes")
+    tuned = {key: best.get(key) for key in ("length_penalty", "beam_size")} if isinstance(best, dict) else {}
+    if isinstance(modes, dict):
+        tuned["mode"] = modes.get("chosen")
+    return {key: value for key, value in tuned.items() if value is not None}
+
+
 def tune_length_penalty(run: str | Path, alphas: list[float], beam_size: int | None = None,
                         device: str = "auto", threads: int = 0, progress: bool = False) -> tuple[list[dict], dict]:
     """Translate the validation set once per length penalty; write the best into ``RUN/config.yaml``.

@@ -521,6 +521,23 @@ def test_subword_sampling_resamples_each_epoch_keeps_the_text_and_resumes_exactl
     Translator.from_pretrained(tmp_path / "a", threads=1).translate(["der hund läuft im park ."], beam_size=2)
 
 
+def test_resuming_keeps_the_decode_settings_mt_tune_chose(tiny_config, tmp_path, capsys):
+    import yaml
+
+    from mt.tune import update_tune_json
+
+    train(tiny_config("train.max_steps=4"))
+    run = tmp_path / "run"
+    update_tune_json(run, best={"length_penalty": 0.7, "beam_size": 3}, modes={"chosen": "int8"})
+    train(tiny_config("train.max_steps=6"))  # mt train rewrites config.yaml when it resumes
+    decode = yaml.safe_load((run / "config.yaml").read_text())["decode"]
+    assert (decode["length_penalty"], decode["beam_size"], decode["mode"]) == (0.7, 3, "int8")
+    assert "keeping the decode settings mt tune chose (length_penalty 0.7, beam_size 3, mode int8" in \
+        capsys.readouterr().err
+    train(tiny_config("train.max_steps=4", f"run_dir={tmp_path / 'fresh'}"))  # never tuned: the config's own
+    assert yaml.safe_load((tmp_path / "fresh" / "config.yaml").read_text())["decode"]["mode"] is None
+
+
 def test_average_last_writes_avg_pt_and_logs_its_bleu_beside_best(tiny_config, tmp_path):
     from mt.checkpoint import best_or_latest
 
