@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import zlib
+from array import array
 from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
@@ -546,28 +547,32 @@ class Trainer:
         return tuple(np.diff(epoch[side][1]) + 1 for side in ("src", "tgt"))
 
     def sample_epoch(self) -> dict:
-        """This epoch's segmentation of every training pair, sampled once per epoch: each pair's
-        pieces are a function of (seed, epoch, pair), so a resumed run draws the same. Kept as
-        one flat int32 array and offsets per side (4 bytes a token). A sampled segmentation
-        longer than ``data.max_len`` is replaced by the cached one, so max_len stays a bound."""
+        """This epoch's segmentation of each of its pairs, sampled once at the epoch's start: a
+        pair's pieces are a function of (seed, epoch, pair), so a resumed run draws the same.
+        Kept as one flat int32 array and offsets per side (4 bytes a token). A sampled
+        segmentation longer than ``data.max_len`` is replaced by the cached one, so max_len
+        stays a bound."""
         if self._sampled[0] == self.epoch:
             return self._sampled[1]
         t, max_len = self.config.train, self.config.data.max_len
         n = len(self.train_data)
+        examples = self.train_data.epoch_examples(t.seed, self.epoch)  # weighted corpora: maybe a subset
+        todo = np.arange(n) if examples is None else np.unique(examples)  # ascending
+        if len(todo) >= 200_000:
+            log(f"epoch {self.epoch + 1}: sampling the segmentations of {len(todo):,} training pairs")
         epoch = {}
         for side in ("src", "tgt"):
             tokenizer = getattr(self.tokenizers, side)
-            pieces, lengths = [], np.zeros(n, dtype=np.int64)
-            for start in range(0, n, 65536):
-                ids = np.arange(start, min(n, start + 65536))
+            pieces, lengths = array("i"), np.zeros(n, dtype=np.int64)  # pairs not in this epoch: 0 tokens
+            for start in range(0, len(todo), 65536):
+                ids = todo[start:start + 65536]
                 for pair, row in zip(ids.tolist(), self.train_data.rows(ids, side)):
                     sampled = tokenizer.sample(row.tolist(), t.subword_alpha, t.subword_nbest,
                                                sample_seed(t.seed, self.epoch, pair, side))
                     sampled = sampled if len(sampled) <= max_len else row.tolist()
-                    pieces.append(np.asarray(sampled, dtype=np.int32))
+                    pieces.extend(sampled)  # in ascending pair order, so this is already the flat layout
                     lengths[pair] = len(sampled)
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            epoch[side] = (np.concatenate(pieces) if pieces else np.zeros(0, np.int32), offsets)
+            epoch[side] = (np.frombuffer(pieces, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)]))
         self._sampled = (self.epoch, epoch)
         return epoch
 

@@ -124,6 +124,22 @@ def test_training_on_weighted_corpora_writes_the_report(tiny_config, tmp_path):
     assert report["pairs_per_epoch"] == 35 and len(report["corpora"]) == 2
 
 
+def test_subword_sampling_samples_the_pairs_of_the_epoch(tiny_config, tmp_path):
+    from mt.train import Trainer, train
+
+    options = ["tokenizer.model_type=unigram", "tokenizer.vocab_size=45", "train.subword_alpha=0.1",
+               *write_two_corpora(tmp_path, 0.5)]
+    trainer = Trainer(tiny_config(*options))
+    epoch = set(trainer.train_data.epoch_examples(1, 0).tolist())
+    src_lens, tgt_lens = trainer.sampled_lengths()
+    assert len(epoch) == 25 and [i for i in range(30) if tgt_lens[i] > 1] == sorted(epoch)  # the others: unsampled
+    pairs = np.array(sorted(epoch))
+    tok = trainer.tokenizers.tgt
+    assert tok.decode([r.tolist() for r in trainer.rows(pairs, "tgt")]) == tok.decode(
+        [r.tolist() for r in trainer.train_data.rows(pairs, "tgt")])
+    train(tiny_config("train.max_steps=3", *options))
+
+
 def test_a_weight_that_rounds_to_no_pairs_is_an_error(tiny_config, tmp_path):
     """weight 0.04 of 10 pairs is round(0.4) = 0 pairs per epoch: the corpus would silently never be seen."""
     with pytest.raises(MTError, match=r"^data.train\[1\].weight: 0.04 x 10 pairs kept rounds to 0 pairs per "
