@@ -374,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
     p.add_argument("--decoders", type=int, default=0,
                    help="decoding threads per model, each decoding its own batch (default: one per core on CPU, "
-                        "at most 4, each on its share of the cores: a beam search over a few dozen sentences keeps one core busy, not "
-                        "two; 1 on a GPU). --threads says how many cores they share")
+                        "at most 4, each on its share of the cores: a beam search over a few dozen sentences "
+                        "keeps one core busy, not two; 1 on a GPU). --threads says how many cores they share")
     add_decoding_hardware_options(p)
     p.set_defaults(func=cmd_serve)
     return parser

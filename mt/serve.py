@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -106,10 +105,10 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
     (measured on 2 cores only, docs/benchmarks.md).
     """
     from mt.serve_worker import ModelWorker
-    from mt.train import resolve_device
+    from mt.train import cpu_threads, resolve_device
     from mt.translate import Translator
 
-    cores = threads or os.cpu_count() or 1
+    cores = cpu_threads(threads)
     if decoders <= 0:
         decoders = 1 if resolve_device(device).type != "cpu" else min(cores, 4)
     parsed = [parse_run_spec(s) for s in specs]

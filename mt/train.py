@@ -87,8 +87,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def cpu_threads(threads: int) -> int:
+    """A ``threads`` setting as a number: 0 means every core."""
+    return threads or os.cpu_count() or 1
+
+
 def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(cpu_threads(threads))
 
 
 # ---------------------------------------------------------------- pieces of a step
@@ -157,7 +162,7 @@ def prepare_data(config: Config, run_dir: Path):
     """
     langs = (config.data.src_lang, config.data.tgt_lang)
     tokenizers, train_data, report = prepare_training_data(config, run_dir,
-                                                           threads=config.train.threads or os.cpu_count() or 1)
+                                                           threads=cpu_threads(config.train.threads))
     log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe(report)}), "
         f"{report['pairs_per_epoch']} per epoch; cached in {train_data.corpora[0].folder.parent}")
     valid = None

@@ -37,27 +37,26 @@ def run_config(run: str | Path) -> tuple[Path, Path, Config]:
     return run_dir, config_file, config
 
 
+def read_tune_json(run_dir: Path) -> dict:
+    """``RUN/tune.json`` ({} when missing or unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / "tune.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def update_tune_json(run_dir: Path, **entries) -> None:
     """Replace some entries of ``RUN/tune.json``, keeping the others (each kind of tuning its own)."""
-    path = run_dir / "tune.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, ValueError):
-        record = {}
-    record = {**(record if isinstance(record, dict) else {}), "data": "valid", **entries}
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    record = {**read_tune_json(run_dir), "data": "valid", **entries}
+    atomic_write_text(Path(run_dir) / "tune.json", json.dumps(record, indent=1) + "\n")
 
 
 def tuned_decode(run_dir: Path) -> dict:
     """The decode settings ``mt tune`` chose for a run, from ``RUN/tune.json``
     (``length_penalty``, ``beam_size``, ``mode``; {} if never tuned), so that ``mt train``
     resuming the run writes them back into the config.yaml it rewrites."""
-    try:
-        record = json.loads((Path(run_dir) / "tune.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(record, dict):
-        return {}
+    record = read_tune_json(run_dir)
     best, modes = record.get("best"), record.get("modes")
     tuned = {key: best.get(key) for key in ("length_penalty", "beam_size")} if isinstance(best, dict) else {}
     if isinstance(modes, dict):
