@@ -6,10 +6,13 @@ The gathering rule: when a job is queued the worker keeps gathering while more k
 and starts decoding as soon as the queue has been still for ``gather_quiet`` (the queue
 stopped growing) with no request announced by the server still on its way (parsed but not
 yet queued, see ``expect``), or when the window ``gather_window`` since the first job's
-arrival has passed, or when the queued jobs hold ``gather_tokens`` source tokens. So one
-lone request waits only the quiet time, and a burst of requests (32 clients whose answers
-came back together send their next ones within a few milliseconds) is decoded together
-instead of as a small batch and then the rest. The worker then takes the queued jobs that
+arrival has passed, or when the queued jobs hold ``gather_tokens`` source tokens, or when
+as many jobs are queued as the rounds that ended within the window answered (``returning``:
+the clients just answered are back, and waiting for the queue to go still would only add the
+quiet time to every round). So a lone request waits only the quiet time (a client that keeps
+sending, not even that), and a burst of requests (32 clients whose answers came back together send their
+next ones within a few milliseconds) is decoded together instead of as a small batch and
+then the rest. The worker then takes the queued jobs that
 have the same decoding options as the first one and decodes all their sentences together:
 ``Translator`` sorts them by length into batches and returns them in order, so every job
 gets its own answers back. A job whose client went away before the worker reached it is
@@ -84,6 +87,7 @@ class ModelWorker:
         self.last_arrival = 0.0
         self.round_end = 0.0  # when the last decoding round's answers went out
         self.idle = 0  # decoders waiting for a batch
+        self.returning = 0  # jobs answered since the last take: their clients may send the next ones
         self.stats = {"rounds": 0, "jobs": 0, "sentences": 0, "largest_round": 0,
                       "gather_seconds": 0.0, "decode_seconds": 0.0}
         self.debug = os.environ.get("MT_SERVE_DEBUG", "") not in ("", "0")
@@ -141,6 +145,9 @@ class ModelWorker:
         """Why the worker should keep gathering and until when; ("", 0) when it should start."""
         if self.stopping or sum(j.tokens for j in self.queue) >= self.gather_tokens:
             return "", 0.0
+        if (self.expected == 0 and 0 < self.returning <= len(self.queue)
+                and now - self.round_end <= self.gather_window):  # the clients just answered are back
+            return "", 0.0
         # a round's end counts as an arrival: the clients just answered send their next requests
         # now, and the jobs that waited through the round should not leave without them (else
         # 32 clients settle into two cohorts of 16 that take turns)
@@ -188,6 +195,7 @@ class ModelWorker:
                 else:
                     rest.append(job)
             self.queue.extendleft(reversed(rest))
+            self.returning = max(0, self.returning - len(batch))
             self.cond.notify_all()
         return batch
 
@@ -210,7 +218,11 @@ class ModelWorker:
                 for job, result in zip(batch, results):
                     job.future.set_result(result)
                 with self.cond:
-                    self.round_end = time.monotonic()
+                    now = time.monotonic()
+                    if now - self.round_end > self.gather_window:  # the last round's clients did not come back
+                        self.returning = 0
+                    self.round_end = now
+                    self.returning += len(batch)
 
     def _count(self, batch: list[Job], started: float) -> None:
         decode = time.monotonic() - started

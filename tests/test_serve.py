@@ -545,6 +545,42 @@ def test_the_gathering_rule(run):
             assert worker._gather_reason(t0 + 0.350) == ("", 0.0)
             worker.expected = 0
             worker.queue.clear()
+            # as many jobs queued as the last rounds answered (none announced): start, no quiet time
+            worker.returning, worker.round_end = 2, t0 + 0.390
+            worker.queue.append(Job("translate", ["e"], 10, arrived=t0 + 0.400))
+            worker.last_arrival = t0 + 0.400
+            assert worker._gather_reason(t0 + 0.401) == ("growing", pytest.approx(t0 + 0.405))
+            worker.queue.append(Job("translate", ["f"], 10, arrived=t0 + 0.401))
+            worker.last_arrival = t0 + 0.401
+            assert worker._gather_reason(t0 + 0.401) == ("", 0.0)
+            worker.expected = 1  # unless more are on their way
+            assert worker._gather_reason(t0 + 0.402) == ("expected", pytest.approx(t0 + 0.450, abs=1e-6))
+            worker.expected = 0
+            worker.round_end = t0 + 0.300  # answered longer than the window ago: those clients are not coming
+            worker.last_arrival = t0 + 0.401
+            assert worker._gather_reason(t0 + 0.401) == ("growing", pytest.approx(t0 + 0.406, abs=1e-6))
+            worker.returning = 0
+            worker.queue.clear()
+    finally:
+        worker.close(30)
+
+
+def test_a_client_that_keeps_sending_does_not_wait_the_quiet_time(run):
+    """After a round, as many jobs as it answered start the next round at once (the clients are back)."""
+    from mt.serve_worker import Job
+
+    _, pairs = run
+    # a 10-minute quiet time: only the token budget (first round) or the returning clients start a round
+    models = load_models([str(run[0])], threads=1, gather_ms=600_000, gather_tokens=5)
+    worker = models[0].worker
+    try:
+        first = worker.submit(Job("translate", [pairs[0][0]], 5))  # the budget is full: at once
+        assert first.result(60) == [[pairs[0][1]]]
+        with worker.cond:
+            assert worker.cond.wait_for(lambda: worker.idle == 1, 60)  # back to waiting for a batch
+        second = worker.submit(Job("translate", [pairs[1][0]], 1))  # under the budget
+        assert second.result(60) == [[pairs[1][1]]]
+        assert worker.stats["rounds"] == 2
     finally:
         worker.close(30)
 
