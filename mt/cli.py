@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model; more get 429 with Retry-After (default 64)")
     p.add_argument("--gather-ms", type=float, default=15.0,
-                   help="a worker starts decoding once no request has come for this long (default 15 ms)")
+                   help="a worker starts decoding once no request has come for this long (default 15 ms), "
+                        "or at once when the clients it just answered are back")
     p.add_argument("--gather-window-ms", type=float, default=50.0,
                    help="while requests keep coming, a worker gathers at most this long from the first (default 50 ms)")
     p.add_argument("--gather-tokens", type=int, default=4096,

@@ -10,10 +10,10 @@ arrival has passed, or when the queued jobs hold ``gather_tokens`` source tokens
 as many jobs are queued as the rounds that ended within the window answered (``returning``:
 the clients just answered are back, and waiting for the queue to go still would only add the
 quiet time to every round). So a lone request waits only the quiet time (a client that keeps
-sending, not even that), and a burst of requests (32 clients whose answers came back together send their
-next ones within a few milliseconds) is decoded together instead of as a small batch and
-then the rest. The worker then takes the queued jobs that
-have the same decoding options as the first one and decodes all their sentences together:
+sending, not even that), and a burst of requests (32 clients whose answers came back
+together send their next ones within a few milliseconds) is decoded together instead of as
+a small batch and then the rest. The worker then takes the queued jobs that have the same
+decoding options as the first one and decodes all their sentences together:
 ``Translator`` sorts them by length into batches and returns them in order, so every job
 gets its own answers back. A job whose client went away before the worker reached it is
 dropped unseen. With several decoders, the free ones share what is queued, so their batches
@@ -87,7 +87,7 @@ class ModelWorker:
         self.last_arrival = 0.0
         self.round_end = 0.0  # when the last decoding round's answers went out
         self.idle = 0  # decoders waiting for a batch
-        self.returning = 0  # jobs answered since the last take: their clients may send the next ones
+        self.returning = 0  # jobs the latest rounds answered, less those taken since: clients that may be back
         self.stats = {"rounds": 0, "jobs": 0, "sentences": 0, "largest_round": 0,
                       "gather_seconds": 0.0, "decode_seconds": 0.0}
         self.debug = os.environ.get("MT_SERVE_DEBUG", "") not in ("", "0")
