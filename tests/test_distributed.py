@@ -1,10 +1,10 @@
 """torchrun jobs end cleanly: gloo lets go of every tensor before the process exits, and a rank
 that stalls or dies makes the others fail with a message naming it, never a hang."""
 import os
+import re
 import signal
 import subprocess
 import sys
-import re
 import textwrap
 import time
 from pathlib import Path

@@ -549,7 +549,7 @@ def test_the_gathering_rule(run):
             worker.returning, worker.round_end = 2, t0 + 0.390
             worker.queue.append(Job("translate", ["e"], 10, arrived=t0 + 0.400))
             worker.last_arrival = t0 + 0.400
-            assert worker._gather_reason(t0 + 0.401) == ("growing", pytest.approx(t0 + 0.405))
+            assert worker._gather_reason(t0 + 0.401) == ("growing", pytest.approx(t0 + 0.405, abs=1e-6))
             worker.queue.append(Job("translate", ["f"], 10, arrived=t0 + 0.401))
             worker.last_arrival = t0 + 0.401
             assert worker._gather_reason(t0 + 0.401) == ("", 0.0)
