@@ -41,6 +41,7 @@ def check_translate_options(args: argparse.Namespace) -> None:
     need(args.top_k >= 0, "--top-k", "must be >= 0 (0 = all tokens)", args.top_k)
     need(0 < args.top_p <= 1, "--top-p", "must be in (0, 1]", args.top_p)
     need(args.threads >= 0, "--threads", "must be >= 0 (0 = every core)", args.threads)
+    need(args.decoders >= 0, "--decoders", "must be >= 0 (0 = one per core)", args.decoders)
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
@@ -51,7 +52,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.models, device=args.device, precision=args.precision,
-                                           threads=args.threads, quantize=args.quantize)
+                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders)
     if translator.mode_note:
         print(f"note: {translator.mode_note}", file=sys.stderr)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
@@ -216,6 +217,10 @@ def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
                         "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
                         "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every core)")
+    p.add_argument("--decoders", type=int, default=0,
+                   help="decoding threads (per model for mt serve), each decoding its own batch on its share of "
+                        "--threads (default: one per core on CPU, at most 4: a beam search's small operators keep "
+                        "one core busy, not two; 1 on a GPU)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
 
 
@@ -373,10 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="while requests keep coming, a worker gathers at most this long from the first (default 50 ms)")
     p.add_argument("--gather-tokens", type=int, default=4096,
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
-    p.add_argument("--decoders", type=int, default=0,
-                   help="decoding threads per model, each decoding its own batch (default: one per core on CPU, "
-                        "at most 4, each on its share of the cores: a beam search over a few dozen sentences "
-                        "keeps one core busy, not two; 1 on a GPU). --threads says how many cores they share")
     add_decoding_hardware_options(p)
     p.set_defaults(func=cmd_serve)
     return parser

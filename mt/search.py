@@ -7,6 +7,7 @@ operators, and inference mode skips their autograd view and version-counter book
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -219,30 +220,61 @@ def trace_step(step: int, alive: list[int], tokens: torch.Tensor, top_beam: torc
     return {"step": step, "sentences": out}
 
 
-def decode_corpus(search: Callable[..., list], sources: list[list[int]], device: torch.device,
-                  width: int = 1, batch_tokens: int = 6000, autocast_dtype: torch.dtype | None = None,
-                  progress=None, with_ids: bool = False) -> list:
-    """Run ``search`` (a batch of padded sources -> one result per sentence) over encoded sources.
-
-    Sources (each ending in EOS) are sorted by length and cut into batches of at most
-    ``batch_tokens`` (sentences x longest source x ``width``, the beam size); the results
-    come back in input order. ``progress`` is called with the sentences done after each batch.
-    ``with_ids``: ``search(src, ids)`` also gets the batch's indices in ``sources``.
-    """
+def length_batches(sources: list[list[int]], width: int = 1, batch_tokens: int = 6000) -> list[list[int]]:
+    """Indices of ``sources`` sorted by length and cut into batches of at most ``batch_tokens``
+    (sentences x longest source x ``width``, the beam size); a longer sentence is a batch of its own."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    results: list = [None] * len(sources)
-    start = 0
+    batches, start = [], 0
     while start < len(order):
         end = start + 1  # grow the batch while it fits in batch_tokens
         while end < len(order) and (end - start + 1) * len(sources[order[end]]) * width <= batch_tokens:
             end += 1
-        batch_ids = order[start:end]
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def decode_corpus(search: Callable[..., list], sources: list[list[int]], device: torch.device,
+                  width: int = 1, batch_tokens: int = 6000, autocast_dtype: torch.dtype | None = None,
+                  progress=None, with_ids: bool = False, decoders: int = 1) -> list:
+    """Run ``search`` (a batch of padded sources -> one result per sentence) over encoded sources.
+
+    Batches come from ``length_batches``; the results come back in input order. ``progress`` is
+    called with the sentences done after each batch. ``with_ids``: ``search(src, ids)`` also gets
+    the batch's indices in ``sources``.
+
+    ``decoders`` > 1: that many threads decode batches side by side, torch's intra-op threads
+    shared out among them (2 threads of 1 rather than 1 of 2). A beam step is a few hundred small
+    operators, and with two intra-op threads each one ends in an OpenMP barrier where the
+    calling thread waits; two decoders keep both cores computing (docs/benchmarks.md, "Two
+    decoders for mt translate"). Each batch is decoded as it would be alone, so the output does
+    not depend on ``decoders``. torch's thread count is process-wide: it is set for the call and
+    restored after, so call this with ``decoders`` > 1 from one thread at a time.
+    """
+    batches = length_batches(sources, width, batch_tokens)
+    results: list = [None] * len(sources)
+
+    def decode(batch_ids: list[int]) -> None:
         src = pad([sources[i] for i in batch_ids]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             hyps = search(src, batch_ids) if with_ids else search(src)
         for i, hyp in zip(batch_ids, hyps):
             results[i] = hyp
         if progress is not None:
-            progress(end - start)
-        start = end
+            progress(len(batch_ids))
+
+    decoders = min(decoders, len(batches))
+    if decoders <= 1:  # one batch, or asked for one decoder: all intra-op threads on it
+        for batch_ids in batches:
+            decode(batch_ids)
+        return results
+    threads = torch.get_num_threads()
+    # each decoder sets its own count (OpenMP's and MKL's are per thread); torch's global count follows
+    pool = ThreadPoolExecutor(decoders, thread_name_prefix="mt-decode", initializer=torch.set_num_threads,
+                              initargs=(max(1, threads // decoders),))
+    try:
+        list(pool.map(decode, batches[::-1]))  # longest first: the last batches to finish are short ones
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
     return results

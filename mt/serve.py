@@ -106,14 +106,14 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
     """
     from mt.serve_worker import ModelWorker
     from mt.train import cpu_threads, resolve_device
-    from mt.translate import Translator
+    from mt.translate import Translator, default_decoders
 
     cores = cpu_threads(threads)
-    if decoders <= 0:
-        decoders = 1 if resolve_device(device).type != "cpu" else min(cores, 4)
+    decoders = default_decoders(decoders, resolve_device(device), cores)
     parsed = [parse_run_spec(s) for s in specs]
+    # the worker's decoder threads each decode a round alone (decoders=1 inside the Translator)
     translators = [Translator.from_pretrained(run, device=device, precision=precision,
-                                              threads=max(1, cores // decoders), quantize=quantize)
+                                              threads=max(1, cores // decoders), quantize=quantize, decoders=1)
                    for run, _, _ in parsed]
     models, seen = [], {}
     for (run, src, tgt), translator in zip(parsed, translators):

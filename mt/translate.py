@@ -32,18 +32,32 @@ from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 from mt.train import resolve_device, resolve_precision, set_threads
 
 
+def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
+    """A ``decoders`` setting as a number: 0 means one per CPU thread, at most 4, and 1 on a GPU.
+
+    On CPU, two decoders of one thread each beat one decoder of two threads at beam search
+    (1.4x on 2 cores, docs/benchmarks.md); the cap because each decoder spends part of its
+    time in Python, under the one GIL (measured on 2 cores only).
+    """
+    if decoders > 0:
+        return decoders
+    return 1 if device.type != "cpu" else max(1, min(threads, 4))
+
+
 class Translator:
     """A trained model with its tokenizers, ready to translate lists of sentences."""
 
     def __init__(self, model: Transformer, tokenizers: TokenizerPair, config: Config, device: torch.device,
-                 amp_dtype: torch.dtype | None = None, mode: str = "fp32", mode_note: str | None = None):
+                 amp_dtype: torch.dtype | None = None, mode: str = "fp32", mode_note: str | None = None,
+                 decoders: int = 1):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
+        self.decoders = decoders  # threads that decode batches side by side (``decode_corpus``)
         self.device, self.amp_dtype = device, amp_dtype
         self.mode, self.mode_note = mode, mode_note  # e.g. "int8"; why auto did not load the tuned mode
 
     @classmethod
     def from_pretrained(cls, path: str | Path | list, device: str = "auto", precision: str = "fp32",
-                        threads: int = 0, quantize: str | None = None) -> "Translator":
+                        threads: int = 0, quantize: str | None = None, decoders: int = 0) -> "Translator":
         """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one;
         a list of them is an ensemble (``mt.ensemble``) sharing one vocabulary.
 
@@ -52,7 +66,8 @@ class Translator:
         ``quantize="int8"``: dynamic int8 quantization of every linear layer (CPU only):
         weights stored in int8, activations quantized on the fly. ``precision="auto"`` (without
         ``quantize``) loads the run's ``decode.mode``, measured by ``mt tune RUN --modes``, where
-        this device has it, else fp32 (``mt.decode_mode.resolve``).
+        this device has it, else fp32 (``mt.decode_mode.resolve``). ``decoders``: threads decoding
+        batches side by side, sharing the ``threads`` (``default_decoders``).
         """
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
@@ -78,7 +93,8 @@ class Translator:
         models = [quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
         model = Ensemble(models) if len(models) > 1 else models[0]
         return cls(model.to(torch_device), tokenizers, config, torch_device,
-                   resolve_precision(precision, torch_device), mode, note)
+                   resolve_precision(precision, torch_device), mode, note,
+                   decoders=default_decoders(decoders, torch_device, torch.get_num_threads()))
 
     def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
                   max_len_a: float | None = None, max_len_b: int | None = None, min_len: int | None = None,
@@ -164,7 +180,8 @@ class Translator:
 
             results = decode_corpus(by_line if with_ids else search, sources, self.device, width=width,
                                     batch_tokens=batch_tokens or self.config.decode.batch_tokens,
-                                    autocast_dtype=self.amp_dtype, progress=bar.update, with_ids=with_ids)
+                                    autocast_dtype=self.amp_dtype, progress=bar.update, with_ids=with_ids,
+                                    decoders=self.decoders)
         for i, result in zip(todo, results):
             out[i] = result
         return out

@@ -6,6 +6,12 @@ then the issue's ratios: mt fp32 / CTranslate2 fp32, and the best mt mode (the f
 BLEU is within 0.2 of mt fp32's, the rule of `mt tune --modes`) / CTranslate2's fastest compute
 type, for greedy and beam 5, with the CPU, its ISA and whether bf16 is native.
 
+Both engines run on --threads threads in one process, each in both of its ways of using
+them: mt with one decoder per thread (its default, `--decoders`) and with one decoder on
+all of them; CTranslate2 with intra_threads=N (one translation on N threads) and with
+inter_threads=N (N translations of one thread each, its batches side by side). The ratios
+compare each engine's fastest way.
+
     python scripts/bench_translate.py runs/m30k_main [--repeats 3] [--no-ct2]
 """
 from __future__ import annotations
@@ -59,14 +65,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     rows: list[dict] = []
 
-    def report(engine: str, variant: str, beam: int, hyps: list[str], seconds: float, tokenizer) -> None:
+    def report(engine: str, variant: str, beam: int, hyps: list[str], seconds: float, tokenizer, mode: str) -> None:
         tokens = sum(len(ids) + 1 for ids in tokenizer.encode(hyps))  # + EOS
-        rows.append({"engine": engine, "mode": variant, "beam": beam, "sentences_per_s": len(src) / seconds,
+        rows.append({"engine": engine, "mode": mode, "beam": beam, "sentences_per_s": len(src) / seconds,
                      "bleu": bleu(hyps, refs)})
         print(f"| {engine} | {variant} | {'greedy' if beam == 1 else f'beam {beam}'} | {len(src) / seconds:.1f} | "
               f"{tokens / seconds:,.0f} | {rows[-1]['bleu']:.2f} |", flush=True)
 
     variants = [("fp32", dict()), ("int8", dict(quantize="int8")), ("bf16", dict(precision="bf16"))]
+    ways = [args.threads, 1] if args.threads > 1 else [1]  # decoders: one per thread, then one on all
     notes = []
     if not (args.force_bf16 or info["bf16_native"]):
         variants.pop(2)
@@ -74,13 +81,16 @@ def main() -> None:
                        "than fp32); --force-bf16 runs it anyway")
     greedy_mt = None
     for name, options in variants:
-        translator = Translator.from_pretrained(args.model, device="cpu", threads=args.threads, **options)
-        translator.translate(src[:50], beam_size=5)  # warm-up
-        for beam in (1, 5):
-            hyps, seconds = timed(lambda: translator.translate(src, beam_size=beam), args.repeats)
-            report("mt", name, beam, hyps, seconds, translator.tokenizers.tgt)
-            if name == "fp32" and beam == 1:
-                greedy_mt = hyps
+        for decoders in ways:
+            translator = Translator.from_pretrained(args.model, device="cpu", threads=args.threads,
+                                                    decoders=decoders, **options)
+            translator.translate(src[:50], beam_size=5)  # warm-up
+            variant = name if len(ways) == 1 else f"{name}, {decoders} decoder{'s' * (decoders > 1)}"
+            for beam in (1, 5):
+                hyps, seconds = timed(lambda: translator.translate(src, beam_size=beam), args.repeats)
+                report("mt", variant, beam, hyps, seconds, translator.tokenizers.tgt, mode=name)
+                if name == "fp32" and beam == 1:
+                    greedy_mt = hyps
     tgt = translator.tokenizers.tgt
     alpha = translator.config.decode.length_penalty
 
@@ -98,28 +108,42 @@ def main() -> None:
             model_dir = export_ctranslate2(args.model, Path(tmp) / "ct2")
             supported = ctranslate2.get_supported_compute_types("cpu")
             for compute_type in [t for t in CT2_CPU_TYPES if t in supported]:
-                ct2 = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
-                                             intra_threads=args.threads, inter_threads=1)
-                ct2.translate_batch(pieces[:50], beam_size=5)  # warm-up
-                for beam in (1, 5):
-                    def run():
-                        results = ct2.translate_batch(pieces, beam_size=beam, length_penalty=alpha,
-                                                      max_batch_size=args.ct2_batch)
-                        return [tgt.sp.decode_pieces(r.hypotheses[0]) for r in results]
-                    hyps, seconds = timed(run, args.repeats)
-                    report("CTranslate2", "fp32" if compute_type == "float32" else compute_type, beam, hyps,
-                           seconds, tgt)
-                    if compute_type == "float32" and beam == 1:
-                        same = sum(a == b for a, b in zip(greedy_mt, hyps))
-                        notes.append(f"greedy lines identical, mt fp32 vs CTranslate2 fp32: {same}/{len(src)} "
-                                       f"({100 * same / len(src):.1f}%)")
+                mode = "fp32" if compute_type == "float32" else compute_type
+                for inter in ways[::-1]:  # intra_threads=N first, then inter_threads=N
+                    ct2 = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
+                                                 intra_threads=args.threads // inter, inter_threads=inter)
+                    ct2.translate_batch(pieces[:50], beam_size=5)  # warm-up
+                    way = "inter" if inter > 1 else "intra"
+                    variant = mode if len(ways) == 1 else f"{mode}, {way}_threads={args.threads}"
+                    for beam in (1, 5):
+                        def run():
+                            results = ct2.translate_batch(pieces, beam_size=beam, length_penalty=alpha,
+                                                          max_batch_size=args.ct2_batch)
+                            return [tgt.sp.decode_pieces(r.hypotheses[0]) for r in results]
+                        hyps, seconds = timed(run, args.repeats)
+                        report("CTranslate2", variant, beam, hyps, seconds, tgt, mode=mode)
+                        if compute_type == "float32" and beam == 1 and inter == 1:
+                            same = sum(a == b for a, b in zip(greedy_mt, hyps))
+                            notes.append(f"greedy lines identical, mt fp32 vs CTranslate2 fp32: {same}/{len(src)} "
+                                           f"({100 * same / len(src):.1f}%)")
     for note in notes:
         print(f"# {note}")
     print_ratios(rows)
 
 
+def fastest_ways(rows: list[dict]) -> list[dict]:
+    """Of each engine, mode and search, the row of its fastest way of using the threads."""
+    best: dict = {}
+    for row in rows:
+        key = (row["engine"], row["mode"], row["beam"])
+        if key not in best or row["sentences_per_s"] > best[key]["sentences_per_s"]:
+            best[key] = row
+    return list(best.values())
+
+
 def print_ratios(rows: list[dict]) -> None:
     """The issue's two ratios of sentences/s per search, when both engines ran."""
+    rows = fastest_ways(rows)
     ct2 = [row for row in rows if row["engine"] == "CTranslate2"]
     if not ct2:
         return

@@ -1,3 +1,4 @@
+import threading
 from functools import partial
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from mt.config import ModelConfig
 from mt.model import Transformer
-from mt.search import beam_search, decode_corpus, greedy_search, length_penalty, max_lengths
+from mt.search import beam_search, decode_corpus, greedy_search, length_batches, length_penalty, max_lengths
 from mt.tokenizer import EOS, PAD
 
 V = 40
@@ -63,6 +64,47 @@ def test_batched_decoding_equals_one_sentence_at_a_time_in_input_order():
     together = decode_corpus(search, srcs, torch.device("cpu"), width=3, batch_tokens=10_000)
     alone = [decode_corpus(search, [s], torch.device("cpu"), width=3)[0] for s in srcs]
     assert together == alone
+
+
+def test_length_batches_cover_every_sentence_once_within_the_token_budget():
+    srcs = [[5] * n for n in (4, 1, 9, 3, 6, 2, 20)]
+    batches = length_batches(srcs, width=2, batch_tokens=24)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    lengths = [len(srcs[i]) for b in batches for i in b]
+    assert lengths == sorted(lengths)  # shortest first
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(len(srcs[i]) for i in b) * 2 <= 24
+    assert batches[-1] == [6]  # 20 tokens x beam 2 > 24: a batch of its own
+
+
+def test_decoders_share_the_threads_and_give_the_same_results_in_input_order():
+    m = random_model()
+    g = torch.Generator().manual_seed(4)
+    srcs = [torch.randint(4, V, (n,), generator=g).tolist() + [EOS] for n in (5, 1, 8, 3, 6, 2, 7, 4)]
+    seen = []  # (thread name, torch threads) of each batch
+
+    def search(src):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return beam_search(m, src, beam_size=3)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = decode_corpus(search, srcs, torch.device("cpu"), width=3, batch_tokens=30)
+        assert {name for name, _ in seen} == {threading.current_thread().name}
+        assert {n for _, n in seen} == {2}
+        seen.clear()
+        two = decode_corpus(search, srcs, torch.device("cpu"), width=3, batch_tokens=30, decoders=2)
+        assert len(seen) == len(length_batches(srcs, 3, 30)) > 2
+        assert all(name.startswith("mt-decode") for name, _ in seen)
+        assert {n for _, n in seen} == {1}  # 2 threads shared by 2 decoders
+        assert torch.get_num_threads() == 2  # restored
+        assert two == one
+        seen.clear()  # a single batch keeps every thread on it
+        decode_corpus(search, srcs[:2], torch.device("cpu"), width=3, decoders=2)
+        assert seen == [(threading.current_thread().name, 2)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_gnmt_length_penalty():

@@ -9,7 +9,7 @@ import torch
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.cli import main
 from mt.errors import MTError
-from mt.translate import Translator
+from mt.translate import Translator, default_decoders
 
 
 def pipe_with(data: bytes):
@@ -53,6 +53,18 @@ def test_cli_translates_stdin_to_stdout(trained_run, capsys, monkeypatch):
     code, out, _ = run_cli(["translate", str(run_dir), "--beam", "1"], capsys,
                            stdin_bytes=f"{pairs[5][0]}\n".encode(), monkeypatch=monkeypatch)
     assert (code, out) == (0, f"{pairs[5][1]}\n")
+
+
+def test_decoders_default_to_one_per_cpu_thread_and_translate_alike(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    lines = [src for src, _ in pairs] * 3
+    one = Translator.from_pretrained(run_dir, threads=2, decoders=1)
+    auto = Translator.from_pretrained(run_dir, threads=2)
+    assert (one.decoders, auto.decoders) == (1, 2)
+    assert auto.translate(lines, beam_size=2, batch_tokens=40) == one.translate(lines, beam_size=2, batch_tokens=40)
+    assert [default_decoders(0, torch.device("cpu"), n) for n in (1, 2, 3, 8)] == [1, 2, 3, 4]
+    assert default_decoders(0, torch.device("cuda"), 8) == 1
+    assert default_decoders(3, torch.device("cpu"), 2) == 3  # as asked
 
 
 def test_checkpoint_file_can_be_given_directly(trained_run):
@@ -237,6 +249,7 @@ def test_a_line_longer_than_the_learned_positions_loses_no_other_line(tiny_confi
     ("--top-p", "0", "--top-p: must be in (0, 1], got 0.0"),
     ("--top-p", "1.5", "--top-p: must be in (0, 1], got 1.5"),
     ("--threads", "-1", "--threads: must be >= 0 (0 = every core), got -1"),
+    ("--decoders", "-1", "--decoders: must be >= 0 (0 = one per core), got -1"),
 ])
 def test_translate_options_are_checked_before_anything_runs(tmp_path, capsys, option, value, message):
     code, out, err = run_cli(["translate", str(tmp_path / "no_such_run"), option, value], capsys)
