@@ -90,10 +90,12 @@ class Translator:
                                   "must share their vocabularies")
         config = replace(config, decode=decode_settings(run_dir, config))
         precision, quantize, mode, note = decode_mode.resolve(precision, quantize, config.decode.mode, torch_device)
+        amp_dtype = resolve_precision(precision, torch_device)
         models = [quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
+        if quantize is None and amp_dtype is None and torch_device.type == "cpu":
+            models = [pack_output_projection(m.eval()) for m in models]
         model = Ensemble(models) if len(models) > 1 else models[0]
-        return cls(model.to(torch_device), tokenizers, config, torch_device,
-                   resolve_precision(precision, torch_device), mode, note,
+        return cls(model.to(torch_device), tokenizers, config, torch_device, amp_dtype, mode, note,
                    decoders=default_decoders(decoders, torch_device, torch.get_num_threads()))
 
     def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
@@ -328,6 +330,32 @@ def quantize_int8(model: Transformer) -> Transformer:
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class PackedLinear(torch.nn.Module):
+    """A linear layer for fp32 CPU inference whose weight oneDNN reorders once into its blocked layout.
+
+    Used for the output projection, the largest matrix product of a decoder step (d_model x
+    vocabulary): there MKL's ``addmm`` (what ``F.linear`` runs) reaches about half the rate it
+    reaches on the layers' own shapes, and oneDNN with the packed weight takes 0.52-0.89x its
+    time on 1 thread (docs/benchmarks.md, "The output projection through oneDNN"); the other
+    layers gain nothing from it. ``weight`` stays the plain (tied) parameter for whoever reads it.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight, self.bias, self.out_features = linear.weight, linear.bias, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def pack_output_projection(model: Transformer) -> Transformer:
+    """``model`` with its output projection a ``PackedLinear`` (fp32 on a CPU with oneDNN only)."""
+    if torch.backends.mkldnn.is_available():
+        model.output = PackedLinear(model.output)
+    return model
 
 
 def decode_settings(run_dir: Path, fallback: Config) -> DecodeConfig:

@@ -9,7 +9,7 @@ import torch
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.cli import main
 from mt.errors import MTError
-from mt.translate import Translator, default_decoders
+from mt.translate import PackedLinear, Translator, default_decoders
 
 
 def pipe_with(data: bytes):
@@ -65,6 +65,20 @@ def test_decoders_default_to_one_per_cpu_thread_and_translate_alike(trained_run)
     assert [default_decoders(0, torch.device("cpu"), n) for n in (1, 2, 3, 8)] == [1, 2, 3, 4]
     assert default_decoders(0, torch.device("cuda"), 8) == 1
     assert default_decoders(3, torch.device("cpu"), 2) == 3  # as asked
+
+
+def test_fp32_cpu_translator_packs_the_output_projection_only_there(trained_run):
+    run_dir, pairs, _, _ = trained_run
+    translator = Translator.from_pretrained(run_dir, threads=1, device="cpu")
+    output = translator.model.output
+    assert isinstance(output, PackedLinear)
+    assert translator.model.state_dict()["output.weight"].data_ptr() == output.weight.data_ptr()  # still there
+    x = torch.randn(3, 2, output.weight.size(1))
+    torch.testing.assert_close(output(x), torch.nn.functional.linear(x, output.weight, output.bias),
+                               atol=1e-5, rtol=1e-5)
+    quantized = Translator.from_pretrained(run_dir, threads=1, device="cpu", quantize="int8")
+    assert not isinstance(quantized.model.output, PackedLinear)
+    assert translator.translate([pairs[0][0]], beam_size=2) == [pairs[0][1]]
 
 
 def test_checkpoint_file_can_be_given_directly(trained_run):
