@@ -337,7 +337,7 @@ class PackedLinear(torch.nn.Module):
 
     Used for the output projection, the largest matrix product of a decoder step (d_model x
     vocabulary): there MKL's ``addmm`` (what ``F.linear`` runs) reaches about half the rate it
-    reaches on the layers' own shapes, and oneDNN with the packed weight takes 0.52-0.89x its
+    reaches on the layers' own shapes, and oneDNN with the packed weight takes 0.53-0.89x its
     time on 1 thread (docs/benchmarks.md, "The output projection through oneDNN"); the other
     layers gain nothing from it. ``weight`` stays the plain (tied) parameter for whoever reads it.
     """
