@@ -26,7 +26,7 @@ import torch
 
 from mt.data import read_lines
 from mt.tokenizer import EOS
-from mt.translate import Translator
+from mt.translate import PackedLinear, Translator, pack_output_projection
 
 
 def load_revision(rev: str, where: Path):
@@ -61,6 +61,8 @@ def main() -> None:
                                       after.output.out_features)
     before.load_state_dict(after.state_dict())
     before.eval()
+    if isinstance(after.output, PackedLinear):  # as Translator loaded the B side: compare the searches only
+        pack_output_projection(before)
     lines = read_lines(Path(args.data) / "multi30k" / "test2016.de")[:args.limit]
     sources = [ids + [EOS] for ids in translator.tokenizers.src.encode(lines)]
     d = translator.config.decode
