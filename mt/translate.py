@@ -350,6 +350,13 @@ class PackedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: oneDNN's opaque tensor cannot be copied; repack
+        return {k: v for k, v in self.__dict__.items() if k != "packed"}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+
 
 def pack_output_projection(model: Transformer) -> Transformer:
     """``model`` with its output projection a ``PackedLinear`` (fp32 on a CPU with oneDNN only)."""

@@ -1,3 +1,4 @@
+import copy
 import os
 import shutil
 import subprocess
@@ -76,6 +77,7 @@ def test_fp32_cpu_translator_packs_the_output_projection_only_there(trained_run)
     x = torch.randn(3, 2, output.weight.size(1))
     torch.testing.assert_close(output(x), torch.nn.functional.linear(x, output.weight, output.bias),
                                atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(copy.deepcopy(translator.model).output(x), output(x))  # deepcopy repacks
     quantized = Translator.from_pretrained(run_dir, threads=1, device="cpu", quantize="int8")
     assert not isinstance(quantized.model.output, PackedLinear)
     assert translator.translate([pairs[0][0]], beam_size=2) == [pairs[0][1]]
