@@ -36,7 +36,7 @@ def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
     """A ``decoders`` setting as a number: 0 means one per CPU thread, at most 4, and 1 on a GPU.
 
     On CPU, two decoders of one thread each beat one decoder of two threads at beam search
-    (1.4x on 2 cores, docs/benchmarks.md); the cap because each decoder spends part of its
+    (1.2-1.8x on 2 cores, docs/benchmarks.md); the cap because each decoder spends part of its
     time in Python, under the one GIL (measured on 2 cores only).
     """
     if decoders > 0:
