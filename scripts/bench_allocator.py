@@ -17,6 +17,8 @@ Variants (``--variants`` picks some):
   glibc        glibc's own dynamic thresholds (MALLOC_MMAP_THRESHOLD_ unset; mt's setting off)
   heap+arena1  heap, with one malloc arena for all threads (MALLOC_ARENA_MAX=1)
   heap8m       blocks of 8 MB and more mapped, the rest from the untrimmed heap
+  heap+spin10m  heap, with GOMP_SPINCOUNT=10000000 (libgomp's default: 300,000 spins before an idle thread sleeps)
+  heap+omp-active / heap+omp-passive   heap, with OMP_WAIT_POLICY=ACTIVE / PASSIVE (OpenMP's waiting threads)
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ VARIANTS = {
     # experiments through glibc's own environment variables
     "heap+arena1": {"MT_ALLOCATOR": "heap", "MALLOC_ARENA_MAX": "1"},
     "heap8m": {"MT_ALLOCATOR": "glibc", "MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+    # OpenMP's idle threads: a longer spin before sleeping than libgomp's default 300,000, spinning until
+    # the next parallel region (ACTIVE), or sleeping at once (PASSIVE)
+    "heap+spin10m": {"MT_ALLOCATOR": "heap", "GOMP_SPINCOUNT": "10000000"},
+    "heap+omp-active": {"MT_ALLOCATOR": "heap", "OMP_WAIT_POLICY": "ACTIVE"},
+    "heap+omp-passive": {"MT_ALLOCATOR": "heap", "OMP_WAIT_POLICY": "PASSIVE"},
 }
 
 
