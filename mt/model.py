@@ -89,7 +89,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache["k"], cache["v"]
             else:
                 k, v = map(self.split_heads, self.kv_proj(memory).split(self.d_model, dim=-1))  # (n, h, S, d_k)
-                if cache is not None:
+                if cache is not None:  # contiguous once, or every step's K^T and V products copy them
+                    k, v = k.contiguous(), v.contiguous()
                     cache["k"], cache["v"] = k, v
         # Beam search keeps one copy of the encoder keys/values per sentence, not per hypothesis:
         # the w = B / n hypotheses of a sentence (consecutive rows of x) ask their queries together.

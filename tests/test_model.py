@@ -69,6 +69,17 @@ def test_cached_incremental_decoding_equals_full_recomputation():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_cached_encoder_keys_and_values_are_contiguous():
+    # views into the fused K/V projection would be copied again by every later step's products
+    m = model()
+    memory, src_mask = m.encode(rand_ids(3, 6))
+    cache = m.new_cache()
+    m.decode(torch.full((3, 1), BOS), memory, src_mask, cache)
+    for layer in cache:
+        assert layer["cross"]["k"].shape == layer["cross"]["v"].shape == (3, 4, 6, 8)
+        assert layer["cross"]["k"].is_contiguous() and layer["cross"]["v"].is_contiguous()
+
+
 def test_reordering_the_cache_follows_the_rows():
     m = model()
     src, tgt = rand_ids(3, 6), torch.full((3, 1), BOS)
