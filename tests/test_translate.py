@@ -83,6 +83,15 @@ def test_fp32_cpu_translator_packs_the_output_projection_only_there(trained_run)
     assert translator.translate([pairs[0][0]], beam_size=2) == [pairs[0][1]]
 
 
+def test_an_unknown_precision_is_an_error_not_a_silent_other_mode(trained_run):
+    run_dir, _, _, _ = trained_run
+    with pytest.raises(MTError, match=r"precision: 'int8' is not supported; use fp32, bf16, fp16 or auto "
+                                      r"\(int8 is quantize='int8'\)"):
+        Translator.from_pretrained(run_dir, threads=1, device="cpu", precision="int8")
+    with pytest.raises(MTError, match=r"precision: 'fp64' is not supported; use fp32, bf16, fp16 or auto$"):
+        Translator.from_pretrained(run_dir, threads=1, device="cpu", precision="fp64")
+
+
 def test_checkpoint_file_can_be_given_directly(trained_run):
     run_dir, pairs, _, _ = trained_run
     translator = Translator.from_pretrained(run_dir / "checkpoints" / "best.pt", threads=1)
