@@ -12,6 +12,12 @@ all of them; CTranslate2 with intra_threads=N (one translation on N threads) and
 inter_threads=N (N translations of one thread each, its batches side by side). The ratios
 compare each engine's fastest way.
 
+The process sets glibc's allocator as the `mt` command does (`mt.memory.tune_allocator`,
+`$MT_ALLOCATOR`, default `heap`), so mt is measured as `mt translate` runs (CTranslate2, in
+the same process, gets the same malloc). The repeats are interleaved: every row is set up and
+warmed up first, then each round times every row once, so a machine whose speed drifts
+within the run moves all rows alike.
+
     python scripts/bench_translate.py runs/m30k_main [--repeats 3] [--no-ct2]
 """
 from __future__ import annotations
@@ -28,19 +34,23 @@ import torch
 from mt import decode_mode
 from mt.data import read_lines
 from mt.evaluate import bleu
+from mt.memory import DEFAULT_ALLOCATOR, tune_allocator
 from mt.translate import Translator
 
 CT2_CPU_TYPES = ("float32", "int8", "int16", "bfloat16", "int8_bfloat16")  # int8_float32 = int8 on a CPU
 
 
-def timed(translate, repeats: int) -> tuple[list[str], float]:
-    """The output and the median seconds of ``repeats`` runs."""
-    times = []
+def time_interleaved(cells: list[dict], repeats: int) -> None:
+    """Each cell's ``run`` ``repeats`` times, round by round over all cells; sets each cell's
+    ``hyps`` (its output) and ``seconds`` (the median)."""
+    times: list[list[float]] = [[] for _ in cells]
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = translate()
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
+        for cell, cell_times in zip(cells, times):
+            start = time.perf_counter()
+            cell["hyps"] = cell["run"]()
+            cell_times.append(time.perf_counter() - start)
+    for cell, cell_times in zip(cells, times):
+        cell["seconds"] = statistics.median(cell_times)
 
 
 def main() -> None:
@@ -59,19 +69,11 @@ def main() -> None:
     if args.limit:
         src, refs = src[:args.limit], refs[:args.limit]
     torch.set_num_threads(args.threads)
+    allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else "glibc's defaults"
     info = decode_mode.machine()
-    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 ({len(src)} sentences), median of {args.repeats}")
-    print("| engine | variant | search | sentences/s | target tokens/s | BLEU |")
-    print("|---|---|---|---|---|---|")
-    rows: list[dict] = []
-
-    def report(engine: str, variant: str, beam: int, hyps: list[str], seconds: float, tokenizer, mode: str) -> None:
-        tokens = sum(len(ids) + 1 for ids in tokenizer.encode(hyps))  # + EOS
-        rows.append({"engine": engine, "mode": mode, "beam": beam, "sentences_per_s": len(src) / seconds,
-                     "bleu": bleu(hyps, refs)})
-        print(f"| {engine} | {variant} | {'greedy' if beam == 1 else f'beam {beam}'} | {len(src) / seconds:.1f} | "
-              f"{tokens / seconds:,.0f} | {rows[-1]['bleu']:.2f} |", flush=True)
-
+    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 ({len(src)} sentences), median of "
+          f"{args.repeats} interleaved rounds; malloc: {allocator}")
+    cells: list[dict] = []  # one per table row: engine, variant, mode, beam, run (-> hypotheses), tokenizer
     variants = [("fp32", dict()), ("int8", dict(quantize="int8")), ("bf16", dict(precision="bf16"))]
     ways = [args.threads, 1] if args.threads > 1 else [1]  # decoders: one per thread, then one on all
     notes = []
@@ -79,7 +81,6 @@ def main() -> None:
         variants.pop(2)
         notes.append("mt bf16 skipped: this CPU has no native bf16 (emulated bf16 is many times slower "
                        "than fp32); --force-bf16 runs it anyway")
-    greedy_mt = None
     for name, options in variants:
         for decoders in ways:
             translator = Translator.from_pretrained(args.model, device="cpu", threads=args.threads,
@@ -87,10 +88,9 @@ def main() -> None:
             translator.translate(src[:50], beam_size=5)  # warm-up
             variant = name if len(ways) == 1 else f"{name}, {decoders} decoder{'s' * (decoders > 1)}"
             for beam in (1, 5):
-                hyps, seconds = timed(lambda: translator.translate(src, beam_size=beam), args.repeats)
-                report("mt", variant, beam, hyps, seconds, translator.tokenizers.tgt, mode=name)
-                if name == "fp32" and beam == 1:
-                    greedy_mt = hyps
+                cells.append(dict(engine="mt", variant=variant, mode=name, beam=beam,
+                                  tokenizer=translator.tokenizers.tgt,
+                                  run=lambda t=translator, b=beam: t.translate(src, beam_size=b)))
     tgt = translator.tokenizers.tgt
     alpha = translator.config.decode.length_penalty
 
@@ -100,11 +100,11 @@ def main() -> None:
         except ImportError:
             ctranslate2 = None
             notes.append("CTranslate2 skipped: pip install 'mt[ctranslate2]'")
-    if not args.no_ct2 and ctranslate2 is not None:
-        from mt.export import export_ctranslate2
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.no_ct2 and ctranslate2 is not None:
+            from mt.export import export_ctranslate2
 
-        pieces = [translator.tokenizers.src.pieces(line) for line in src]
-        with tempfile.TemporaryDirectory() as tmp:
+            pieces = [translator.tokenizers.src.pieces(line) for line in src]
             model_dir = export_ctranslate2(args.model, Path(tmp) / "ct2")
             supported = ctranslate2.get_supported_compute_types("cpu")
             for compute_type in [t for t in CT2_CPU_TYPES if t in supported]:
@@ -116,16 +116,32 @@ def main() -> None:
                     way = "inter" if inter > 1 else "intra"
                     variant = mode if len(ways) == 1 else f"{mode}, {way}_threads={args.threads}"
                     for beam in (1, 5):
-                        def run():
+                        def run(ct2=ct2, beam=beam):
                             results = ct2.translate_batch(pieces, beam_size=beam, length_penalty=alpha,
                                                           max_batch_size=args.ct2_batch)
                             return [tgt.sp.decode_pieces(r.hypotheses[0]) for r in results]
-                        hyps, seconds = timed(run, args.repeats)
-                        report("CTranslate2", variant, beam, hyps, seconds, tgt, mode=mode)
-                        if compute_type == "float32" and beam == 1 and inter == 1:
-                            same = sum(a == b for a, b in zip(greedy_mt, hyps))
-                            notes.append(f"greedy lines identical, mt fp32 vs CTranslate2 fp32: {same}/{len(src)} "
-                                           f"({100 * same / len(src):.1f}%)")
+                        cells.append(dict(engine="CTranslate2", variant=variant, mode=mode, beam=beam,
+                                          tokenizer=tgt, run=run, intra=inter == 1))
+        time_interleaved(cells, args.repeats)
+
+    rows: list[dict] = []
+    print("| engine | variant | search | sentences/s | target tokens/s | BLEU |")
+    print("|---|---|---|---|---|---|")
+    for cell in cells:
+        hyps, seconds = cell["hyps"], cell["seconds"]
+        tokens = sum(len(ids) + 1 for ids in cell["tokenizer"].encode(hyps))  # + EOS
+        rows.append({"engine": cell["engine"], "mode": cell["mode"], "beam": cell["beam"],
+                     "sentences_per_s": len(src) / seconds, "bleu": bleu(hyps, refs)})
+        search = "greedy" if cell["beam"] == 1 else f"beam {cell['beam']}"
+        print(f"| {cell['engine']} | {cell['variant']} | {search} | "
+              f"{len(src) / seconds:.1f} | {tokens / seconds:,.0f} | {rows[-1]['bleu']:.2f} |")
+    greedy_mt = next(c["hyps"] for c in cells if c["engine"] == "mt" and c["mode"] == "fp32" and c["beam"] == 1)
+    greedy_ct2 = next((c["hyps"] for c in cells if c["engine"] == "CTranslate2" and c["mode"] == "fp32"
+                       and c["beam"] == 1 and c["intra"]), None)
+    if greedy_ct2 is not None:
+        same = sum(a == b for a, b in zip(greedy_mt, greedy_ct2))
+        notes.append(f"greedy lines identical, mt fp32 vs CTranslate2 fp32: {same}/{len(src)} "
+                     f"({100 * same / len(src):.1f}%)")
     for note in notes:
         print(f"# {note}")
     print_ratios(rows)
