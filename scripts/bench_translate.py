@@ -69,7 +69,8 @@ def main() -> None:
     if args.limit:
         src, refs = src[:args.limit], refs[:args.limit]
     torch.set_num_threads(args.threads)
-    allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else "glibc's defaults"
+    allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else \
+        "the C library's own (not glibc, MT_ALLOCATOR=glibc, or MALLOC_MMAP_THRESHOLD_ set)"
     info = decode_mode.machine()
     print(f"# {decode_mode.describe(info)}; {args.model}, test2016 ({len(src)} sentences), median of "
           f"{args.repeats} interleaved rounds; malloc: {allocator}")
