@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 
+from mt.config import PRECISIONS  # no torch: mt/__init__ imports mt.config anyway
 from mt.errors import MTError, WriteError
 from mt.memory import tune_allocator
 
@@ -212,7 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
     """Where and how a model decodes: the same options for mt translate and mt serve."""
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "fp16", "auto"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="fp32, bf16, fp16, or auto (default): the run's decode.mode, the fastest mode within 0.2 "
                         "validation BLEU of fp32 as measured by mt tune RUN --modes, where this machine has it; "
                         "fp32 for a run never measured. --precision fp32 / --quantize int8 override it")

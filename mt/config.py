@@ -23,6 +23,9 @@ DATA_ROOT_ENV = "MT_DATA_ROOT"
 CACHE_DIR_ENV = "MT_CACHE_DIR"
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision, `mt translate --precision`
+
+
 @dataclass
 class Corpus:
     """Where a parallel corpus comes from; one of (``.gz`` allowed for files):
@@ -129,7 +132,7 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads; 0 = every core
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal[PRECISIONS] = "auto"
     compile: bool = False  # torch.compile the model for the training step (see docs/benchmarks.md for when it pays)
     batch_tokens: int = 4096  # per batch: sentences x longest side, padding included
     max_steps: int = 0  # 0 = no limit

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mt import checkpoint as ckpt
 from mt.batching import Batch, batch_from_rows, bucket_batches, bucket_order, make_batch
-from mt.config import Config, parse_duration, save_config
+from mt.config import PRECISIONS, Config, parse_duration, save_config
 from mt.cache import describe, prepare_training_data
 from mt.data import encode_parallel, read_parallel
 from mt.distributed import Distributed, unshard
@@ -72,6 +72,9 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = fp32). Master weights always stay fp32."""
+    if precision not in PRECISIONS:  # unchecked, anything else ran fp16 (emulated, slowly, on a CPU)
+        hint = " (int8 is quantize='int8')" if precision == "int8" else ""
+        raise MTError(f"precision: '{precision}' is not supported; use fp32, bf16, fp16 or auto{hint}")
     if precision == "fp32":
         return None
     if precision == "auto":

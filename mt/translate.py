@@ -74,9 +74,6 @@ class Translator:
             raise MTError("no run directory or checkpoint given")
         if quantize not in (None, "int8"):
             raise MTError(f"quantize: '{quantize}' is not supported; use int8")
-        if precision not in ("auto", "fp32", "bf16", "fp16"):  # unchecked, "int8" ran fp16 emulated on a CPU
-            hint = " (int8 is quantize='int8')" if precision == "int8" else ""
-            raise MTError(f"precision: '{precision}' is not supported; use fp32, bf16, fp16 or auto{hint}")
         set_threads(threads)
         torch_device = resolve_device(device)
         if quantize == "int8" and torch_device.type != "cpu":
