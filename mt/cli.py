@@ -113,14 +113,22 @@ def cmd_tune(args: argparse.Namespace) -> None:
         raise MTError("tune: give --length-penalty ALPHA ... and/or --modes [MODE ...]")
     from mt.tune import format_mode_table, format_table, tune_length_penalty, tune_modes
 
+    if args.modes is not None and len(args.run) > 1:
+        raise MTError("tune: --modes measures one run; give one run directory")
     if args.length_penalty is not None:  # first: the modes are then measured with the chosen penalty
-        table, best = tune_length_penalty(args.run, args.length_penalty, beam_size=args.beam, device=args.device,
+        run = args.run if len(args.run) > 1 else args.run[0]
+        table, best = tune_length_penalty(run, args.length_penalty, beam_size=args.beam, device=args.device,
                                           threads=args.threads, progress=True)
         print(format_table(table, best))
-        print(f"wrote decode.length_penalty: {best['length_penalty']:g} (beam {best['beam_size']}) to the run's "
-              "config.yaml", file=sys.stderr)
+        if len(args.run) > 1:
+            print(f"an ensemble has no config of its own, so nothing was written: translate with "
+                  f"mt translate {' '.join(args.run)} --length-penalty {best['length_penalty']:g} "
+                  f"--beam {best['beam_size']}", file=sys.stderr)
+        else:
+            print(f"wrote decode.length_penalty: {best['length_penalty']:g} (beam {best['beam_size']}) to the "
+                  "run's config.yaml", file=sys.stderr)
     if args.modes is not None:
-        table, best, info = tune_modes(args.run, args.modes, device=args.device, threads=args.threads,
+        table, best, info = tune_modes(args.run[0], args.modes, device=args.device, threads=args.threads,
                                        repeats=args.repeats, progress=True)
         print(format_mode_table(table, best, info))
         print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision auto loads)",
@@ -273,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "--modes: translate it in each decode mode, print sentences/s and BLEU with "
                                      "the CPU and its ISA, and write the fastest mode whose BLEU is within 0.2 of "
                                      "fp32's as decode.mode (what --precision auto loads).")
-    p.add_argument("run", help="run directory (uses checkpoints/best.pt) or a checkpoint file inside one")
+    p.add_argument("run", nargs="+", help="run directory (uses checkpoints/best.pt) or a checkpoint file inside "
+                                          "one; several: an ensemble, tuned on the first run's validation set "
+                                          "(the choice is printed, not written)")
     p.add_argument("--length-penalty", type=float, nargs="+", default=None, metavar="ALPHA",
                    help="GNMT length penalties to try, e.g. 0.6 0.8 1.0 1.2")
     p.add_argument("--modes", nargs="*", default=None, metavar="MODE",

@@ -64,18 +64,22 @@ def tuned_decode(run_dir: Path) -> dict:
     return {key: value for key, value in tuned.items() if value is not None}
 
 
-def tune_length_penalty(run: str | Path, alphas: list[float], beam_size: int | None = None,
+def tune_length_penalty(run: str | Path | list, alphas: list[float], beam_size: int | None = None,
                         device: str = "auto", threads: int = 0, progress: bool = False) -> tuple[list[dict], dict]:
     """Translate the validation set once per length penalty; write the best into ``RUN/config.yaml``.
 
     Returns the table (one row per alpha, in the order given: alpha, beam, BLEU, chrF) and
-    its best row: the highest BLEU, the first of equals.
+    its best row: the highest BLEU, the first of equals. ``run`` may be a list of runs, an
+    ensemble (``mt.ensemble``): it is tuned on the first run's validation set, and nothing is
+    written, because an ensemble has no config of its own (its members keep their own
+    choices); pass the best to ``mt translate RUN ... --length-penalty``.
     """
     if not alphas:
         raise MTError("tune: give at least one length penalty")
-    run_dir, config_file, config = run_config(run)
+    runs = list(run) if isinstance(run, (list, tuple)) else [run]
+    run_dir, config_file, config = run_config(runs[0])
     data = config.data
-    translator = Translator.from_pretrained(run, device=device, threads=threads)
+    translator = Translator.from_pretrained(runs if len(runs) > 1 else runs[0], device=device, threads=threads)
     sources, references = read_parallel(data.valid, "data.valid", data.src_lang, data.tgt_lang)
     beam = beam_size or translator.config.decode.beam_size
     table = []
@@ -85,6 +89,8 @@ def tune_length_penalty(run: str | Path, alphas: list[float], beam_size: int | N
         table.append({"length_penalty": alpha, "beam_size": beam, "bleu": scores["bleu"][0].score,
                       "chrf": scores["chrf"][0].score, "signature": str(scores["bleu"][1])})
     best = max(table, key=lambda row: row["bleu"])  # max keeps the first of equal rows
+    if len(runs) > 1:
+        return table, best
     config.decode.length_penalty, config.decode.beam_size = best["length_penalty"], beam
     save_config(config, config_file)
     update_tune_json(run_dir, table=table, best=best)

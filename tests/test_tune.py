@@ -70,6 +70,35 @@ def test_a_run_without_a_validation_set_is_an_error(run_copy):
         tune_length_penalty(run_dir, [1.0], threads=1)
 
 
+def test_an_ensemble_is_tuned_on_valid_and_nothing_is_written(run_copy, tmp_path, capsys):
+    run_dir, _ = run_copy
+    twin = shutil.copytree(run_dir, tmp_path / "twin")
+    configs = [(d / "config.yaml").read_text() for d in (run_dir, twin)]
+    single, single_best = tune_length_penalty(run_dir, [0.6, 1.0], beam_size=2, threads=1)
+    (run_dir / "config.yaml").write_text(configs[0])
+    (run_dir / "tune.json").unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(run_dir), str(twin), "--length-penalty", "0.6", "1.0", "--beam", "2", "--threads", "1"])
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    assert e.value.code == 0
+    rows = [line.split()[:3] for line in out.splitlines()[1:3]]
+    # two copies of a model are that model: the same table
+    assert rows == [[f"{r['length_penalty']:g}", "2", f"{r['bleu']:.2f}"] for r in single]
+    assert f"nothing was written: translate with mt translate {run_dir} {twin} --length-penalty " \
+           f"{single_best['length_penalty']:g} --beam 2" in err
+    assert [(d / "config.yaml").read_text() for d in (run_dir, twin)] == configs
+    assert not (run_dir / "tune.json").exists() and not (twin / "tune.json").exists()
+
+
+def test_tune_modes_of_an_ensemble_is_a_usage_error(run_copy, tmp_path, capsys):
+    run_dir, _ = run_copy
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(run_dir), str(run_dir), "--modes", "--threads", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: tune: --modes measures one run; give one run directory"
+
+
 # ---------------------------------------------------------------- mt tune --modes
 
 FAKE_SECONDS = {"fp32": 2.0, "int8": 1.0}  # int8 twice as fast: it is chosen when its BLEU keeps up
