@@ -87,8 +87,8 @@ for d in $DIRECTIONS; do
   if [ "$d" = de_en ]; then
     # the ensemble's own length penalty, chosen on val (mt tune of several runs prints it, writes nothing)
     ensemble=$(for s in $SEEDS_DE_EN; do echo "$RESULTS/de_en_s$s"; done)
-    # shellcheck disable=SC2086
     table=$RESULTS/de_en_ensemble3.tune.txt
+    # shellcheck disable=SC2086
     [ -f "$table" ] || { mt tune $ensemble --length-penalty $PENALTIES > "$table.tmp" && mv "$table.tmp" "$table"; }
     lp=$(awk '/<- best/ {print $1}' "$table")
     # shellcheck disable=SC2086
