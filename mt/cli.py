@@ -116,8 +116,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.modes is not None and len(args.run) > 1:
         raise MTError("tune: --modes measures one run; give one run directory")
     if args.length_penalty is not None:  # first: the modes are then measured with the chosen penalty
-        run = args.run if len(args.run) > 1 else args.run[0]
-        table, best = tune_length_penalty(run, args.length_penalty, beam_size=args.beam, device=args.device,
+        table, best = tune_length_penalty(args.run, args.length_penalty, beam_size=args.beam, device=args.device,
                                           threads=args.threads, progress=True)
         print(format_table(table, best))
         if len(args.run) > 1:

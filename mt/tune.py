@@ -79,7 +79,7 @@ def tune_length_penalty(run: str | Path | list, alphas: list[float], beam_size: 
     runs = list(run) if isinstance(run, (list, tuple)) else [run]
     run_dir, config_file, config = run_config(runs[0])
     data = config.data
-    translator = Translator.from_pretrained(runs if len(runs) > 1 else runs[0], device=device, threads=threads)
+    translator = Translator.from_pretrained(runs, device=device, threads=threads)  # a list of one: that model
     sources, references = read_parallel(data.valid, "data.valid", data.src_lang, data.tgt_lang)
     beam = beam_size or translator.config.decode.beam_size
     table = []
