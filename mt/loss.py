@@ -30,22 +30,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # hidden (N, d), weight (V, d), target (N,) -> summed loss over non-PAD rows, a scalar
         V = weight.size(0)
         autocast = torch.is_autocast_enabled(hidden.device.type)
+        grad_dtype = torch.get_autocast_dtype(hidden.device.type) if autocast else torch.float32
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
         for start in range(0, hidden.size(0), chunk_rows):
             h, y = hidden[start:start + chunk_rows], target[start:start + chunk_rows]
             logits = (h @ weight.t()).float()  # (n, V); under autocast the product runs in its dtype
-            lse = logits.logsumexp(-1)  # (n,)
             real = y != PAD
             y_safe = y.masked_fill(~real, 0)
-            nll = lse - logits.gather(1, y_safe[:, None]).squeeze(1)  # -log p(y)
-            smooth = lse - logits.mean(-1)  # -mean_v log p(v)
+            target_logit = logits.gather(1, y_safe[:, None]).squeeze(1)
+            mean_logit = logits.mean(-1)
+            top = logits.amax(-1)
+            exp = logits.sub_(top[:, None]).exp_()  # exp(logits - max), in place: one pass for loss and softmax
+            norm = exp.sum(-1)  # softmax = exp / norm
+            lse = top + norm.log()  # log sum_v exp(logits_v)
+            nll = lse - target_logit  # -log p(y)
+            smooth = lse - mean_logit  # -mean_v log p(v)
             total += (((1.0 - smoothing) * nll + smoothing * smooth) * real).sum()
             if needs_grad:
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                grad.scatter_add_(1, y_safe[:, None], torch.full_like(lse[:, None], smoothing - 1.0))
-                grad.sub_(smoothing / V).mul_(real[:, None])  # (n, V) dloss/dlogits
+                # dloss/dlogits = (exp - (1 - eps) norm onehot(y)) / norm - eps / V, 0 on padding: one pass,
+                # written in the dtype of the products that use it (no cast of it for each of them)
+                exp.scatter_add_(1, y_safe[:, None], ((smoothing - 1.0) * norm)[:, None])
+                scale, shift = (real / norm)[:, None], (-smoothing / V * real)[:, None]
+                grad = exp if grad_dtype == torch.float32 else torch.empty(exp.shape, dtype=grad_dtype,
+                                                                            device=exp.device)
+                torch.addcmul(shift, exp, scale, out=grad)  # (n, V)
                 grad_hidden[start:start + chunk_rows] = grad @ weight
                 if autocast:  # the product in the autocast dtype, like the logits' above
                     grad_weight += grad.t() @ h

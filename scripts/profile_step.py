@@ -6,7 +6,13 @@ sums the operators' self CPU time into groups: matmul, attention, norms, element
 optimizer, casts/copies, data (batch creation), other. Shares of the step are comparable
 across machines; absolute times depend on the load (printed).
 
-    python scripts/profile_step.py [--steps 3] [--threads 0]
+With ``--precision bf16`` the forward runs under bf16 autocast, as ``train.precision: bf16``
+trains (fp32 master weights; the casts show up as casts/copies). The process sets glibc's
+allocator as the ``mt`` command does (``mt.memory.tune_allocator``, ``$MT_ALLOCATOR``): in
+glibc's defaults every large tensor is mapped and zeroed afresh, which shows up as slow
+elementwise operators that ``mt train`` does not have.
+
+    python scripts/profile_step.py [--steps 3] [--threads 0] [--precision fp32|bf16]
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from mt.config import ModelConfig
+from mt.memory import DEFAULT_ALLOCATOR, tune_allocator
 from mt.model import Transformer
 
 GROUPS = [  # first matching substring of the operator name wins
@@ -46,7 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
+    allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else "glibc"
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(encoder_layers=3, decoder_layers=3, d_model=256, heads=4, d_ff=1024), 8000, 8000)
@@ -56,7 +65,8 @@ def main() -> None:
     def step():
         with record_function("data"):
             src, tgt = torch.randint(4, 8000, (128, 34)), torch.randint(4, 8000, (128, 33))
-        loss = model(src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = model(src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -70,9 +80,11 @@ def main() -> None:
     for event in prof.key_averages():
         totals[group_of(event.key)] += event.self_cpu_time_total
     whole = sum(totals.values())
-    print(f"--- profile_step: small shape (3+3, d 256, FFN 1024, vocab 8k, 128 x 34 -> 32), {args.steps} steps")
+    print(f"--- profile_step: small shape (3+3, d 256, FFN 1024, vocab 8k, 128 x 34 -> 32), "
+          f"{args.precision}, {args.steps} steps")
     print(f"CPU {platform.processor() or platform.machine()}, ISA {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}; load {os.getloadavg()}")
+          f"{torch.get_num_threads()} threads, native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
+          f"torch {torch.__version__}, allocator {allocator}; load {os.getloadavg()}")
     print("| group | share of self CPU time | ms per step |")
     print("|---|---|---|")
     for group, micros in totals.most_common():
