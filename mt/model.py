@@ -116,15 +116,54 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(B, L, self.d_model))  # concat heads, W_O
 
 
+class _FastDropoutFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        n = x.numel()
+        bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        keep = (bits.view(torch.int16)[:n] >= round(p * 65536) - 32768).view(x.shape)  # P = 1 - p
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return torch.ops.aten.native_dropout_backward(x, keep, ctx.scale)  # x * keep / (1 - p), one pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None
+
+
+class FastDropout(nn.Module):
+    """Dropout whose mask takes 16 random bits an element, four from each 64-bit random number.
+
+    ``nn.Dropout`` draws one random number an element (``bernoulli_``), on one core on a CPU: a
+    third of a training step there. This draws a quarter as many, ~6x faster. The same
+    distribution (p rounded to a multiple of 1/65,536), other random numbers: another run.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return _FastDropoutFunction.apply(x, self.p)
+
+
+def dropout_layer(p: float, masks: str = "bernoulli") -> nn.Module:
+    """nn.Dropout(p), or FastDropout(p) with ``model.dropout_masks: fast``."""
+    return FastDropout(p) if masks == "fast" else nn.Dropout(p)
+
+
 class FeedForward(nn.Module):
     """FFN(x) = W_2 act(W_1 x + b_1) + b_2, applied to each position separately."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float, masks: str = "bernoulli"):
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
         self.activation = nn.ReLU() if activation == "relu" else nn.GELU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout, masks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_2(self.dropout(self.activation(self.w_1(x))))
@@ -137,10 +176,10 @@ class Residual(nn.Module):
     pre-norm: x + Dropout(sublayer(LayerNorm(x))), which trains stably with a short warmup.
     """
 
-    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool, masks: str = "bernoulli"):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout, masks)
         self.pre_norm = pre_norm
 
     def forward(self, x: torch.Tensor, sublayer) -> torch.Tensor:
@@ -156,9 +195,10 @@ class EncoderLayer(nn.Module):
         super().__init__()
         pre = cfg.norm == "pre"
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout)
-        self.attn_block = Residual(cfg.d_model, cfg.dropout, pre)
-        self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout,
+                                        cfg.dropout_masks)
+        self.attn_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
+        self.ff_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         x = self.attn_block(x, lambda y: self.self_attn(y, mask=src_mask))  # (B, S, d)
@@ -173,10 +213,11 @@ class DecoderLayer(nn.Module):
         pre = cfg.norm == "pre"
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cross=True)
-        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout)
-        self.self_block = Residual(cfg.d_model, cfg.dropout, pre)
-        self.cross_block = Residual(cfg.d_model, cfg.dropout, pre)
-        self.ff_block = Residual(cfg.d_model, cfg.dropout, pre)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout,
+                                        cfg.dropout_masks)
+        self.self_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
+        self.cross_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
+        self.ff_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
 
     def forward(self, y: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
                 cache: Optional[dict] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
@@ -260,7 +301,7 @@ class Transformer(nn.Module):
             self.positions = LearnedPositions(cfg.d_model, cfg.max_positions)
         # the longest sequence either side can hold (None: sinusoids extend to any length)
         self.max_positions = cfg.max_positions if cfg.positions == "learned" else None
-        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.embed_dropout = dropout_layer(cfg.dropout, cfg.dropout_masks)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         # pre-norm leaves the residual stream un-normalised, so each stack ends with a LayerNorm

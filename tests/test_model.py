@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from mt.batching import causal_mask, padding_mask
 from mt.config import ModelConfig
-from mt.model import SinusoidalPositions, Transformer, attention, reorder_cache
+from mt.model import FastDropout, SinusoidalPositions, Transformer, attention, reorder_cache
 from mt.tokenizer import BOS, EOS, PAD
 
 V = 50
@@ -125,7 +125,8 @@ def test_positions_grown_while_decoding_stay_usable_for_training():
     assert torch.equal(weight.grad, pe.table[10:13].sum(0))
 
 
-@pytest.mark.parametrize("options", [dict(positions="learned"), dict(activation="gelu"), dict(norm="post")])
+@pytest.mark.parametrize("options", [dict(positions="learned"), dict(activation="gelu"), dict(norm="post"),
+                                     dict(dropout_masks="fast")])
 def test_model_options_run_and_keep_the_causal_invariant(options):
     m = model(**options)
     src, tgt = rand_ids(2, 5), rand_ids(2, 4, seed=2)
@@ -160,3 +161,37 @@ def test_cross_attention_weights_are_distributions_over_real_source_tokens():
     for w in weights:
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 4))
         assert (w[1, :, :, 4:] == 0).all()  # padding gets no attention
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_keeps_1_minus_p_scales_them_and_masks_the_gradient_alike(dtype):
+    layer = FastDropout(0.3).train()
+    x = torch.rand(1000, 1000, dtype=dtype).add_(1.0).requires_grad_()  # no zeros: zero out = dropped
+    torch.manual_seed(5)
+    y = layer(x)
+    keep = y != 0
+    assert y.dtype == dtype and abs(keep.float().mean().item() - 0.7) < 0.002  # 1,000,000 draws
+    torch.testing.assert_close(y[keep], (x[keep].float() / 0.7).to(dtype))
+    y.backward(torch.full_like(y, 2.0))
+    torch.testing.assert_close(x.grad, (keep * 2.0 / 0.7).to(dtype))  # the same mask in backward
+    torch.manual_seed(5)
+    assert torch.equal(layer(x) != 0, keep)  # the global RNG draws it: a resumed run draws the same
+    assert layer.eval()(x) is x and FastDropout(0.0).train()(x) is x
+
+
+def test_dropout_masks_choose_the_dropout_modules_and_fast_trains():
+    def dropouts(m):
+        return {type(module).__name__ for module in m.modules() if "Dropout" in type(module).__name__}
+    assert dropouts(model()) == {"Dropout"}  # nn.Dropout by default: runs trained before stay what they were
+    fast = model(dropout_masks="fast", dropout=0.3, activation_dropout=0.1).train()
+    assert dropouts(fast) == {"FastDropout"}
+    src, tgt = rand_ids(4, 6), rand_ids(4, 5, seed=2)
+    optimizer = torch.optim.Adam(fast.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = fast(src, tgt[:, :-1], tgt[:, 1:], 0.0) / tgt[:, 1:].numel()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]  # it learns through the masks
