@@ -1,4 +1,4 @@
-"""Training speed, page faults and memory of `mt train` under different allocator settings.
+"""Training speed, page faults and memory of `mt train` under different allocator (and other) settings.
 
 Each variant is an environment for the `mt train` process (glibc's mmap/trim thresholds,
 PyTorch's transparent-huge-page allocation). Variants run one after another, ``--repeats``
@@ -19,6 +19,7 @@ Variants (``--variants`` picks some):
   heap8m       blocks of 8 MB and more mapped, the rest from the untrimmed heap
   heap+spin10m  heap, with GOMP_SPINCOUNT=10000000 (libgomp's default: 300,000 spins before an idle thread sleeps)
   heap+omp-active / heap+omp-passive   heap, with OMP_WAIT_POLICY=ACTIVE / PASSIVE (OpenMP's waiting threads)
+  heap+fast-masks  heap, with model.dropout_masks=fast (a config variant: other random numbers, another run)
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ VARIANTS = {
     "heap+spin10m": {"MT_ALLOCATOR": "heap", "GOMP_SPINCOUNT": "10000000"},
     "heap+omp-active": {"MT_ALLOCATOR": "heap", "OMP_WAIT_POLICY": "ACTIVE"},
     "heap+omp-passive": {"MT_ALLOCATOR": "heap", "OMP_WAIT_POLICY": "PASSIVE"},
+    "heap+fast-masks": {"MT_ALLOCATOR": "heap"},
+}
+CONFIG_OVERRIDES = {  # variants that change the config, not the environment
+    "heap+fast-masks": ["model.dropout_masks=fast"],
 }
 
 
@@ -80,12 +85,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    print(f"machine: {describe(machine())}; load {os.getloadavg()[0]:.1f} at the start")
+    print(f"machine: {describe(machine())}; load {os.getloadavg()[0]:.1f} at the start; "
+          f"{args.config} {' '.join(args.overrides)}")
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     for round_ in range(args.repeats):
         for variant in args.variants:
             start = time.monotonic()
-            r = one_run(args.config, VARIANTS[variant], args.steps, args.warmup, args.overrides)
+            r = one_run(args.config, VARIANTS[variant], args.steps, args.warmup,
+                        args.overrides + CONFIG_OVERRIDES.get(variant, []))
             results[variant].append(r)
             print(f"round {round_ + 1} {variant:<11} {r['tok_s']:7.0f} tok/s  {r['minflt_per_step']:9.0f} faults/step  "
                   f"sys {r['sys_s_per_step']:.3f} s/step  user {r['user_s_per_step']:.3f} s/step  "

@@ -1,4 +1,4 @@
-"""Translation speed and BLEU on Multi30k test2016 for a trained run, in one process:
+"""Translation speed and BLEU on Multi30k test2016 (the run's language pair) for a trained run, in one process:
 greedy and beam 5 for mt fp32, int8 and bf16 (bf16 only where the CPU has native bf16, or
 with --force-bf16), and CTranslate2 in each CPU compute type it supports here (float32, int8,
 int16, and bfloat16 / int8_bfloat16 where available) on the model exported by `mt export`;
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from mt import decode_mode
 from mt.data import read_lines
@@ -53,6 +54,15 @@ def time_interleaved(cells: list[dict], repeats: int) -> None:
         cell["seconds"] = statistics.median(cell_times)
 
 
+def languages(model: Path) -> tuple[str, str]:
+    """The run's source and target language (from its config.yaml); de, en for a bare checkpoint."""
+    for run in (model, model.parent.parent):  # a run directory, or RUN/checkpoints/x.pt
+        if (run / "config.yaml").is_file():
+            data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+            return data["src_lang"], data["tgt_lang"]
+    return "de", "en"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="run directory or checkpoint")
@@ -64,15 +74,16 @@ def main() -> None:
     parser.add_argument("--no-ct2", action="store_true", help="skip CTranslate2")
     parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (a quick check)")
     args = parser.parse_args()
-    src = read_lines(Path(args.data) / "multi30k" / "test2016.de")
-    refs = read_lines(Path(args.data) / "multi30k" / "test2016.en")
+    source, target = languages(Path(args.model))
+    src = read_lines(Path(args.data) / "multi30k" / f"test2016.{source}")
+    refs = read_lines(Path(args.data) / "multi30k" / f"test2016.{target}")
     if args.limit:
         src, refs = src[:args.limit], refs[:args.limit]
     torch.set_num_threads(args.threads)
     allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else \
         "the C library's own (not glibc, MT_ALLOCATOR=glibc, or MALLOC_MMAP_THRESHOLD_ set)"
     info = decode_mode.machine()
-    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 ({len(src)} sentences), median of "
+    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 {source}->{target} ({len(src)} sentences), median of "
           f"{args.repeats} interleaved rounds; malloc: {allocator}")
     cells: list[dict] = []  # one per table row: engine, variant, mode, beam, run (-> hypotheses), tokenizer
     variants = [("fp32", dict()), ("int8", dict(quantize="int8")), ("bf16", dict(precision="bf16"))]

@@ -12,7 +12,10 @@ allocator as the ``mt`` command does (``mt.memory.tune_allocator``, ``$MT_ALLOCA
 glibc's defaults every large tensor is mapped and zeroed afresh, which shows up as slow
 elementwise operators that ``mt train`` does not have.
 
-    python scripts/profile_step.py [--steps 3] [--threads 0] [--precision fp32|bf16]
+``--dropout-masks fast`` profiles ``model.dropout_masks: fast`` (the dropouts are the model's
+defaults, the frozen e6cecd9 recipe's: 0.1 on residuals and embeddings, none inside the FFN).
+
+    python scripts/profile_step.py [--steps 3] [--threads 0] [--precision fp32|bf16] [--dropout-masks fast]
 """
 from __future__ import annotations
 
@@ -54,11 +57,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dropout-masks", choices=["bernoulli", "fast"], default="bernoulli")
     args = parser.parse_args()
     allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else "glibc"
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(encoder_layers=3, decoder_layers=3, d_model=256, heads=4, d_ff=1024), 8000, 8000)
+    model = Transformer(ModelConfig(encoder_layers=3, decoder_layers=3, d_model=256, heads=4, d_ff=1024,
+                                    dropout_masks=args.dropout_masks), 8000, 8000)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     model.train()
 
@@ -81,7 +86,7 @@ def main() -> None:
         totals[group_of(event.key)] += event.self_cpu_time_total
     whole = sum(totals.values())
     print(f"--- profile_step: small shape (3+3, d 256, FFN 1024, vocab 8k, 128 x 34 -> 32), "
-          f"{args.precision}, {args.steps} steps")
+          f"{args.precision}, {args.dropout_masks} dropout masks, {args.steps} steps")
     print(f"CPU {platform.processor() or platform.machine()}, ISA {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads, native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
           f"torch {torch.__version__}, allocator {allocator}; load {os.getloadavg()}")
