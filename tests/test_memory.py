@@ -87,3 +87,21 @@ def test_allocator_modes(monkeypatch):
     monkeypatch.setenv("MT_ALLOCATOR", "mmap1m+thp")
     assert memory.tune_allocator() is True
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"  # read by torch at its first allocation
+
+
+def test_the_primitive_caches_are_capped_and_the_environment_wins(monkeypatch):
+    for name in memory.PRIMITIVE_CACHES:
+        monkeypatch.setenv(name, "")  # so that teardown restores what was there
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "512")
+    memory.tune_allocator()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16"  # read by oneDNN at its first primitive
+    assert os.environ["LRU_CACHE_CAPACITY"] == "512"
+
+
+def test_importing_mt_leaves_the_primitive_caches_alone():
+    env = {k: v for k, v in os.environ.items() if k not in memory.PRIMITIVE_CACHES}
+    probe = "import os, mt, mt.cli, mt.model, mt.memory; print(any(k in os.environ for k in mt.memory.PRIMITIVE_CACHES))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
