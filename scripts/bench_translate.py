@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from mt import decode_mode
+from mt.config import load_config
 from mt.data import read_lines
 from mt.evaluate import bleu
 from mt.memory import DEFAULT_ALLOCATOR, tune_allocator
-from mt.translate import Translator
+from mt.translate import Translator, run_of
 
 CT2_CPU_TYPES = ("float32", "int8", "int16", "bfloat16", "int8_bfloat16")  # int8_float32 = int8 on a CPU
 
@@ -56,11 +56,11 @@ def time_interleaved(cells: list[dict], repeats: int) -> None:
 
 def languages(model: Path) -> tuple[str, str]:
     """The run's source and target language (from its config.yaml); de, en for a bare checkpoint."""
-    for run in (model, model.parent.parent):  # a run directory, or RUN/checkpoints/x.pt
-        if (run / "config.yaml").is_file():
-            data = yaml.safe_load((run / "config.yaml").read_text())["data"]
-            return data["src_lang"], data["tgt_lang"]
-    return "de", "en"
+    config = run_of(model)[0] / "config.yaml"  # a run directory, or a checkpoint inside one
+    if not config.is_file():
+        return "de", "en"
+    data = load_config(config).data
+    return data.src_lang, data.tgt_lang
 
 
 def main() -> None:
