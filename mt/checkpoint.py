@@ -187,22 +187,28 @@ def average_checkpoints(paths: list[Path]) -> dict:
     """Element-wise mean of the model weights of ``paths`` (Vaswani et al. average the last few).
 
     The result keeps the newest checkpoint's config and vocabulary, so it translates like any checkpoint.
+    Loads one checkpoint at a time (each holds the optimizer state too: 3x the weights), so the
+    memory it takes does not grow with the number averaged.
     """
     if not paths:
         raise MTError("no checkpoints to average")
-    states = [load_checkpoint(p) for p in paths]
-    vocabs = {s.get("vocab") for s in states}
-    if len(vocabs) != 1:
-        raise MTError(f"cannot average checkpoints trained with different vocabularies: {', '.join(map(str, paths))}")
-    total = {k: v.double().clone() if v.is_floating_point() else v for k, v in states[0]["model"].items()}
-    for state in states[1:]:
-        if state["model"].keys() != total.keys():
-            raise MTError("cannot average checkpoints of different model shapes")
-        for k, v in state["model"].items():
-            if v.is_floating_point():
-                total[k] += v.double()
-    model = {k: (v / len(states)).to(states[0]["model"][k].dtype) if v.is_floating_point() else v
-             for k, v in total.items()}
-    newest = states[-1]
-    return {"model": model, "step": newest["step"], "config": newest["config"], "vocab": newest["vocab"],
-            "vocab_sizes": newest.get("vocab_sizes"), "averaged": [str(p) for p in paths]}
+    total, dtypes, vocab, newest = None, None, None, None
+    for path in paths:
+        state = load_checkpoint(path)
+        if total is None:
+            vocab = state.get("vocab")
+            dtypes = {k: v.dtype for k, v in state["model"].items()}
+            total = {k: v.double() if v.is_floating_point() else v for k, v in state["model"].items()}
+        else:
+            if state.get("vocab") != vocab:
+                raise MTError(f"cannot average checkpoints trained with different vocabularies: "
+                              f"{', '.join(map(str, paths))}")
+            if state["model"].keys() != total.keys():
+                raise MTError("cannot average checkpoints of different model shapes")
+            for k, v in state["model"].items():
+                if v.is_floating_point():
+                    total[k] += v.double()
+        newest = {key: state.get(key) for key in ("step", "config", "vocab", "vocab_sizes")}
+        del state  # before the next one is loaded
+    model = {k: (v / len(paths)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
+    return {"model": model, **newest, "averaged": [str(p) for p in paths]}

@@ -101,3 +101,37 @@ def test_averaging_k_identical_checkpoints_returns_them(tmp_path, k):
     assert averaged["model"].keys() == weights.keys() and averaged["step"] == 10 * k
     for name, tensor in weights.items():
         assert torch.equal(averaged["model"][name], tensor), name  # exactly, not approximately
+
+
+def test_averaging_is_the_mean_holds_one_checkpoint_at_a_time_and_checks_vocab_and_shapes(tmp_path, monkeypatch):
+    import weakref
+
+    from mt import checkpoint
+
+    def save(name, w, vocab="v"):
+        save_checkpoint({"model": {"w": w, "n": torch.tensor([7])}, "step": 1, "config": {}, "vocab": vocab,
+                         "vocab_sizes": [1, 1]}, tmp_path / name)
+        return tmp_path / name
+
+    paths = [save(f"s{i}.pt", torch.full((2, 2), float(v))) for i, v in enumerate([1.0, 2.0, 6.0])]
+    live = []  # weak references to every loaded checkpoint: all earlier ones must be gone at each load
+    real_load = checkpoint.load_checkpoint
+
+    class State(dict):
+        pass
+
+    def tracking_load(path):
+        assert all(ref() is None for ref in live), "an earlier checkpoint is still held"
+        state = State(real_load(path))
+        live.append(weakref.ref(state))
+        return state
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", tracking_load)
+    averaged = checkpoint.average_checkpoints(paths)
+    assert torch.equal(averaged["model"]["w"], torch.full((2, 2), 3.0)) and averaged["model"]["w"].dtype == torch.float32
+    assert torch.equal(averaged["model"]["n"], torch.tensor([7])) and len(live) == 3
+    with pytest.raises(MTError, match="different vocabularies"):
+        checkpoint.average_checkpoints([paths[0], save("other_vocab.pt", torch.ones(2, 2), vocab="w")])
+    with pytest.raises(MTError, match="different model shapes"):
+        save_checkpoint({"model": {"w": torch.ones(2, 2)}, "step": 1, "config": {}, "vocab": "v"}, tmp_path / "x.pt")
+        checkpoint.average_checkpoints([paths[0], tmp_path / "x.pt"])
