@@ -22,6 +22,7 @@ Variants (``--variants`` picks some):
   heap+fast-masks  heap, with model.dropout_masks=fast (a config variant: other random numbers, another run)
   heap+compile heap, with train.compile=true (torch.compile of the training step; its compilation falls in the
                 warm-up steps, so raise --warmup until the recompilations are over)
+  heap+rdrop   heap, with train.rdrop=2.5 (R-Drop: two passes a step; the price of an update)
   heap+cache1024  heap, with oneDNN's and ideep's primitive caches at torch's 1,024 entries, not the 16 the
                 `mt` command sets (bf16 matmuls go through oneDNN, which keeps a primitive and its buffers per shape)
 """
@@ -54,11 +55,13 @@ VARIANTS = {
     "heap+omp-passive": {"MT_ALLOCATOR": "heap", "OMP_WAIT_POLICY": "PASSIVE"},
     "heap+fast-masks": {"MT_ALLOCATOR": "heap"},
     "heap+compile": {"MT_ALLOCATOR": "heap"},
+    "heap+rdrop": {"MT_ALLOCATOR": "heap"},
     "heap+cache1024": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"},
 }
 CONFIG_OVERRIDES = {  # variants that change the config, not the environment
     "heap+fast-masks": ["model.dropout_masks=fast"],
     "heap+compile": ["train.compile=true"],
+    "heap+rdrop": ["train.rdrop=2.5"],
 }
 
 

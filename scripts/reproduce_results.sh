@@ -20,8 +20,9 @@ DIRECTIONS=${ONLY:-"de_en en_de fr_en en_fr cs_en en_cs"}
 SEEDS_DE_EN=${SEEDS_DE_EN:-"1 2 3"}            # the recipe's seeds for de->en; they make the ensemble
 BASELINE_SEEDS=${BASELINE_SEEDS:-"1 2"}        # de->en with the regularisers the recipe left out, and the e6cecd9 recipe
 # R-Drop (weight 2.5 = the paper's alpha 5 for translation, halved: docs/results.md) at the recipe's
-# wall-clock time: an R-Drop update cost 2.1-2.4x a plain one (AVX2 EPYC, fp32), so 6,000 / 2.2 updates
-RDROP_STEPS=${RDROP_STEPS:-2700}
+# wall-clock time: an R-Drop update cost 2.1-2.4x a plain one on an AVX2 EPYC (fp32, nn.Dropout's masks)
+# and 2.55x on an AVX-512 EPYC with native bf16 (the recipe's fast masks), so 6,000 / 2.55 updates
+RDROP_STEPS=${RDROP_STEPS:-2350}
 setting() {  # CONFIG KEY: a resolved config value, e.g. setting configs/multi30k_de_en.yaml train.max_steps
   python -c "import sys; from mt.config import load_config; c = load_config(sys.argv[1])
 for part in sys.argv[2].split('.'): c = getattr(c, part)
