@@ -40,7 +40,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     Over whole sequences (training, the encoder) ``MultiHeadAttention`` calls the fused
     ``F.scaled_dot_product_attention``, which computes exactly this (the tests compare the
-    two); the steps of incremental decoding call this one.
+    two); the steps of incremental decoding call this one. Training with ``model.dropout_masks:
+    fast`` spells it out too, to drop the weights between the softmax and V with its own masks.
     """
     return attention_weights(q, k, mask) @ v  # (B, h, Lq, d_k)
 
@@ -54,7 +55,7 @@ class MultiHeadAttention(nn.Module):
     target position costs one projection, not a re-run of the prefix.
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False):
+    def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False, masks: str = "bernoulli"):
         super().__init__()
         self.d_model, self.heads, self.d_k = d_model, heads, d_model // heads
         self.cross = cross
@@ -65,6 +66,10 @@ class MultiHeadAttention(nn.Module):
             self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
+        # With ``model.dropout_masks: fast`` training drops attention weights with FastDropout and
+        # the formula as written, in the compute dtype: the fused kernel with dropout_p > 0 takes its
+        # fp32 math path on a CPU, fp32 copies of Q, K, V and the weights under bf16 autocast.
+        self.weights_dropout = FastDropout(dropout) if masks == "fast" and dropout > 0 else None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
@@ -98,7 +103,11 @@ class MultiHeadAttention(nn.Module):
         w = B // n
         if w > 1:
             q = q.view(n, w, self.heads, L, self.d_k).transpose(1, 2).reshape(n, self.heads, w * L, self.d_k)
-        if weights is None and cache is None:
+        if weights is None and cache is None and self.training and self.weights_dropout is not None:
+            if is_causal:
+                mask = causal_mask(L, x.device)
+            out = self.weights_dropout(attention_weights(q, k, mask)) @ v
+        elif weights is None and cache is None:
             out = F.scaled_dot_product_attention(  # = attention(q, k, v, mask), fused
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
         elif weights is None:
@@ -194,7 +203,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         pre = cfg.norm == "pre"
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, masks=cfg.dropout_masks)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout,
                                         cfg.dropout_masks)
         self.attn_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
@@ -211,8 +220,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         pre = cfg.norm == "pre"
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cross=True)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, masks=cfg.dropout_masks)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cross=True,
+                                             masks=cfg.dropout_masks)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.activation_dropout,
                                         cfg.dropout_masks)
         self.self_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)

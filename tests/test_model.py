@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from mt.batching import causal_mask, padding_mask
 from mt.config import ModelConfig
-from mt.model import FastDropout, SinusoidalPositions, Transformer, attention, reorder_cache
+from mt.model import (FastDropout, MultiHeadAttention, SinusoidalPositions, Transformer, attention,
+                      attention_weights, reorder_cache)
 from mt.tokenizer import BOS, EOS, PAD
 
 V = 50
@@ -195,3 +196,30 @@ def test_dropout_masks_choose_the_dropout_modules_and_fast_trains():
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]  # it learns through the masks
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_fast_masks_drop_attention_weights_of_the_formula_in_training(cross):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4, dropout=0.4, cross=cross, masks="fast").train()
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 6, 16)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, PAD, PAD]])
+    mask = padding_mask(ids) if cross else None
+    torch.manual_seed(7)
+    out = attn(x, mask=mask, memory=memory if cross else None, is_causal=not cross)
+    if cross:
+        q = attn.split_heads(attn.q_proj(x))
+        k, v = map(attn.split_heads, attn.kv_proj(memory).split(16, dim=-1))
+    else:
+        q, k, v = map(attn.split_heads, attn.qkv_proj(x).split(16, dim=-1))
+        mask = causal_mask(5, x.device)
+    torch.manual_seed(7)
+    dropped = FastDropout(0.4).train()(attention_weights(q, k, mask))
+    assert (dropped == 0).any()  # some weights were dropped
+    if cross:
+        assert (dropped[1, :, :, 4:] == 0).all()  # padding still gets no attention
+    else:
+        assert (dropped.triu(1) == 0).all()  # nor the future
+    torch.testing.assert_close(out, attn.out_proj((dropped @ v).transpose(1, 2).reshape(2, 5, 16)))
+    torch.testing.assert_close(attn.eval()(x, mask=mask, memory=memory if cross else None),  # no dropout in eval:
+                               attn.out_proj(attention(q, k, v, mask).transpose(1, 2).reshape(2, 5, 16)))  # the fused kernel
