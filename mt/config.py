@@ -121,8 +121,8 @@ class ModelConfig:
     activation_dropout: float = 0.0  # inside the feed-forward block
     # how dropout draws its masks: "bernoulli" is nn.Dropout (one random number an element, drawn on one
     # core on a CPU); "fast" draws 16 bits an element, four a 64-bit number: ~6x faster, other random numbers.
-    # "fast" also drops attention weights with its own masks (in bf16 under autocast, where the fused kernel's
-    # dropout computes in fp32 on a CPU)
+    # On a CPU "fast" also drops attention weights with its own masks (in bf16 under autocast, where the fused
+    # kernel's dropout computes in fp32)
     dropout_masks: Literal["bernoulli", "fast"] = "bernoulli"
     norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably with a short warmup
     activation: Literal["relu", "gelu"] = "relu"
