@@ -27,6 +27,7 @@ import functools
 import json
 import tempfile
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -83,13 +84,9 @@ def main() -> None:
             saved[storage.data_ptr()] = (storage.nbytes(), t.dtype, tuple(t.shape))
             return t
 
-        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if saved is not None else None
-        with autocast(torch.device("cpu"), dtype):
-            if hooks is not None:
-                with hooks:
-                    loss = model(src, tgt[:, :-1], tgt[:, 1:], smoothing)
-            else:
-                loss = model(src, tgt[:, :-1], tgt[:, 1:], smoothing)
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if saved is not None else nullcontext()
+        with autocast(torch.device("cpu"), dtype), hooks:
+            loss = model(src, tgt[:, :-1], tgt[:, 1:], smoothing)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
