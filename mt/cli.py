@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from mt.config import PRECISIONS  # no torch: mt/__init__ imports mt.config anyway
-from mt.errors import MTError, WriteError
+from mt.errors import MTError, TrainingInterrupted, WriteError
 from mt.memory import tune_allocator
 
 EXIT_USER_ERROR = 2
@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except TrainingInterrupted as e:  # saved; the run says how to resume
+        import signal
+
+        sys.exit(128 + signal.Signals[e.signal_name].value)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

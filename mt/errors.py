@@ -14,3 +14,15 @@ class WriteError(MTError):
 
     Not the user's input, but the user's to fix: one line saying which file and what to do.
     """
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint: resumable, but not finished.
+
+    The CLI exits with the shell's status for the signal (130, 143), so that
+    ``mt train ... && next-step`` does not go on as if the run were done.
+    """
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"training interrupted by {signal_name}")
+        self.signal_name = signal_name

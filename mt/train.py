@@ -4,7 +4,7 @@
 builds the model, resumes from the run directory's latest checkpoint if there is one,
 trains with validation (loss and greedy BLEU) every ``train.valid_every`` steps, and
 keeps the last and the best checkpoints. Stops at max_steps / max_epochs / max_time
-or on SIGINT/SIGTERM, saving first.
+or on SIGINT/SIGTERM, saving first (then raising ``TrainingInterrupted``: resumable, not finished).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from mt.config import PRECISIONS, Config, parse_duration, save_config
 from mt.cache import describe, prepare_training_data
 from mt.data import encode_parallel, read_parallel
 from mt.distributed import Distributed, unshard
-from mt.errors import MTError, WriteError
+from mt.errors import MTError, TrainingInterrupted, WriteError
 from mt.evaluate import bleu
 from mt.faults import disk_write_error, remove_stale_temps
 from mt.loss import label_smoothed_loss
@@ -659,4 +659,6 @@ def train(config: Config, overwrite: bool = False) -> dict:
     trainer = Trainer(config, overwrite=overwrite)
     metrics = trainer.run()
     trainer.dist.close()  # in a torchrun job: every rank leaves together, and gloo lets go of Python first
+    if trainer.stop_signal is not None:
+        raise TrainingInterrupted(trainer.stop_signal)
     return metrics

@@ -36,6 +36,7 @@ train_once() {  # RUN CONFIG [overrides...]: train unless RUN is finished
   shift 2
   if [ -f "$run/.done" ]; then echo "skip: $run is finished" >&2; return; fi
   echo "train: $run ($config $*)" >&2
+  # an interrupted training exits 130/143 (set -e stops here): only a finished one is marked done
   mt train "$config" "run_dir=$run" "$@" 2> >(tee -a "$run.log" >&2)
   touch "$run/.done"
 }

@@ -228,7 +228,7 @@ def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
         pytest.fail("mt train did not stop within 240 s of SIGTERM")
     finally:
         proc.kill()
-    assert proc.returncode == 0
+    assert proc.returncode == 128 + signal.SIGTERM == 143  # saved, but not finished: `mt train && next` stops
     assert "SIGTERM received" in err and "run the same 'mt train' command again to resume" in err
     state = load_checkpoint(latest_checkpoint(config.run_dir))
     assert state["step"] >= 3
