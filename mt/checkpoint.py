@@ -178,8 +178,17 @@ def keep_if_best(run_dir: Path, state: dict, score: float, keep_best: int) -> bo
     return is_best
 
 
-def prune(run_dir: Path, keep_last: int) -> None:
-    for path in step_checkpoints(run_dir)[:-keep_last]:
+def prune(run_dir: Path, keep_last: int, schedule: int = 0) -> None:
+    """Keep the last ``keep_last`` numbered checkpoints. With ``schedule`` (train.valid_every), a
+    checkpoint off it (saved when a signal stopped the run) goes once a newer one exists: it was
+    only a place to resume from, so a resumed run keeps and averages the checkpoints an
+    uninterrupted one does."""
+    paths = step_checkpoints(run_dir)
+    if schedule:
+        for path in [p for p in paths[:-1] if step_of(p) % schedule]:
+            path.unlink(missing_ok=True)
+            paths.remove(path)
+    for path in paths[:-keep_last]:
         path.unlink(missing_ok=True)
 
 

@@ -431,7 +431,7 @@ class Trainer:
         except WriteError as e:
             raise WriteError(f"{e}, or set run_dir to another disk; training stopped at step {self.step}, "
                              + self._last_saved()) from None
-        ckpt.prune(self.run_dir, self.config.train.keep_last)
+        ckpt.prune(self.run_dir, self.config.train.keep_last, schedule=self.config.train.valid_every)
 
     def _last_saved(self) -> str:
         if self.saved_step <= 0:
@@ -516,7 +516,10 @@ class Trainer:
                                           "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
                     reason = self.dist.from_main(self._stop_reason(max_time), step=self.step)
                     if self.step % t.valid_every == 0 or reason is not None:
-                        last_metrics = self.checkpoint()
+                        # stopped by a signal between validations: save without validating (it stops sooner,
+                        # and the resumed run validates, ranks and averages the steps an uninterrupted one does)
+                        interrupted = reason is not None and self.dist.from_main(self.stop_signal is not None)
+                        last_metrics = self.checkpoint(validate=self.step % t.valid_every == 0 or not interrupted)
                         window_start = time.monotonic()
                         if reason is None and t.patience and self.validations_without_gain >= t.patience:
                             reason = f"no better validation score in {t.patience} validations (train.patience)"
@@ -612,9 +615,9 @@ class Trainer:
         self.log_metrics(record)
         log(shown)
 
-    def checkpoint(self) -> dict | None:
+    def checkpoint(self, validate: bool = True) -> dict | None:
         """Validate (if there is a validation set), log, and save; every rank validates its share."""
-        metrics = self.validate() if self.valid is not None else None
+        metrics = self.validate() if validate and self.valid is not None else None
         release_free_memory()  # the decode's many small tensors, freed but still held by the allocator
         if metrics is not None and self.dist.main:
             record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mt.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints
+from mt.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints, step_of
 from mt.errors import MTError
 from mt.distributed import unshard
 from mt.loss import label_smoothed_loss
@@ -55,6 +55,45 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_config, t
     assert a["step"] == b["step"] == 30
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_a_signal_between_validations_leaves_the_run_an_uninterrupted_one_would_have(tiny_config, tmp_path,
+                                                                                      monkeypatch):
+    """The stop saves without validating, and its checkpoint goes once a newer one exists: the same
+    validations, best.pt ranking, kept checkpoints and avg.pt as a run never stopped."""
+    from types import SimpleNamespace
+
+    import mt.train as train_module
+
+    def clock() -> float:
+        if trainer.step == 33 and first_session:  # between the validations at 30 and 40
+            trainer.stop_signal = "SIGTERM"
+        return float(trainer.step)
+
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(monotonic=clock))
+    common = ("model.dropout=0.1", "train.max_steps=40", "train.valid_every=10", "train.keep_last=2",
+              "train.average_last=2", "train.log_every=1")
+    first_session = False
+    trainer = Trainer(tiny_config(*common, f"run_dir={tmp_path / 'straight'}"))
+    trainer.run()
+    for first_session in (True, False):
+        trainer = Trainer(tiny_config(*common))
+        trainer.run()
+        if first_session:
+            assert trainer.step == 33 and [step_of(p) for p in step_checkpoints(tmp_path / "run")] == [30, 33]
+    runs = {name: tmp_path / name / "checkpoints" for name in ("straight", "run")}
+    assert [step_of(p) for p in step_checkpoints(runs["run"].parent)] == [30, 40]
+    assert [step_of(p) for p in step_checkpoints(runs["straight"].parent)] == [30, 40]
+
+    def validated(run_dir):
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in records if "valid_nll" in r]
+
+    assert validated(runs["run"].parent) == validated(runs["straight"].parent) == [10, 20, 30, 40]
+    assert (runs["run"] / "best.json").read_text() == (runs["straight"] / "best.json").read_text()
+    a, b = (load_checkpoint(runs[name] / "avg.pt")["model"] for name in ("straight", "run"))
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
 
 
 def test_overwrite_starts_over(tiny_config, tmp_path):
