@@ -22,9 +22,9 @@ SEEDS_DE_EN=${SEEDS_DE_EN:-"1 2 3"}            # the recipe's seeds for de->en; 
 BASELINE_SEEDS=${BASELINE_SEEDS:-"1 2"}        # de->en with the regularisers the recipe left out, and the e6cecd9 recipe
 BASELINES=${BASELINES:-"e6cecd9 reg rdrop"}     # which de->en comparisons to run, e.g. BASELINES=e6cecd9
 # R-Drop (weight 2.5 = the paper's alpha 5 for translation, halved: docs/results.md) at the recipe's
-# wall-clock time: an R-Drop update cost 2.1-2.4x a plain one on an AVX2 EPYC (fp32, nn.Dropout's masks)
-# and 2.55x on an AVX-512 EPYC with native bf16 (the recipe's fast masks), so 6,000 / 2.55 updates
-RDROP_STEPS=${RDROP_STEPS:-2350}
+# wall-clock time: in real runs on an AVX-512 EPYC with native bf16 an R-Drop update cost 1.93x a plain
+# one (median target tok/s over updates 41-500: 1,786 against the recipe seeds' 3,443), so 6,000 / 1.93
+RDROP_STEPS=${RDROP_STEPS:-3100}
 setting() {  # CONFIG KEY: a resolved config value, e.g. setting configs/multi30k_de_en.yaml train.max_steps
   python -c "import sys; from mt.config import load_config; c = load_config(sys.argv[1])
 for part in sys.argv[2].split('.'): c = getattr(c, part)
