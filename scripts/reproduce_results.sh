@@ -12,6 +12,9 @@
 #
 # A training that is interrupted resumes when the script is run again; finished runs are skipped.
 # Choices (length penalty, which checkpoint) are made on val only; test2016 is only scored.
+# One { ...; exit; } block: bash reads all of it before running any of it, so editing this file while
+# it runs (hours) cannot change what the run does next (bash otherwise reads a script as it goes).
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
@@ -171,3 +174,5 @@ for record_file in records:
           f"| {t['bleu_lc']:.1f} |")
 print(f"\nSignatures: {t['signature']}; {t['signature_lc']}; {t['signature_chrf']}")
 EOF
+exit
+}
