@@ -85,16 +85,21 @@ print(f"{out}: test2016 BLEU {record['test2016']['bleu']:.1f} chrF {record['test
 EOF
 }
 
+trained_and_scored() {  # NAME SRC TGT CONFIG [overrides...]: train RESULTS/NAME, tune it on val, score best.pt and avg.pt
+  local name=$1 src=$2 tgt=$3 run=$RESULTS/$1
+  shift 3
+  train_once "$run" "$@"
+  tune_once "$run"
+  score "${name}_best" "$src" "$tgt" "$run"
+  score "${name}_avg" "$src" "$tgt" "$run/checkpoints/avg.pt"
+}
+
 for d in $DIRECTIONS; do
   src=${d%_*} tgt=${d#*_}
   seeds=1
   [ "$d" = de_en ] && seeds=$SEEDS_DE_EN
   for s in $seeds; do
-    run=$RESULTS/${d}_s$s
-    train_once "$run" "configs/multi30k_$d.yaml" "train.seed=$s"
-    tune_once "$run"
-    score "${d}_s${s}_best" "$src" "$tgt" "$run"
-    score "${d}_s${s}_avg" "$src" "$tgt" "$run/checkpoints/avg.pt"
+    trained_and_scored "${d}_s$s" "$src" "$tgt" "configs/multi30k_$d.yaml" "train.seed=$s"
   done
   if [ "$d" = de_en ]; then
     # the ensemble's own length penalty, chosen on val (mt tune of several runs prints it, writes nothing)
@@ -108,39 +113,25 @@ for d in $DIRECTIONS; do
     steps=$(setting configs/multi30k_de_en.yaml train.max_steps)
     if wants e6cecd9; then for s in $BASELINE_SEEDS; do
       # the e6cecd9 recipe for the same number of updates (its budget schedule then decays over steps)
-      run=$RESULTS/de_en_e6cecd9_s$s
-      train_once "$run" configs/frozen/multi30k_de_en_e6cecd9.yaml "train.seed=$s" "train.max_steps=$steps" \
-        train.max_time= train.average_last=5
-      tune_once "$run"
-      score "de_en_e6cecd9_s${s}_best" de en "$run"
-      score "de_en_e6cecd9_s${s}_avg" de en "$run/checkpoints/avg.pt"
+      trained_and_scored "de_en_e6cecd9_s$s" de en configs/frozen/multi30k_de_en_e6cecd9.yaml "train.seed=$s" \
+        "train.max_steps=$steps" train.max_time= train.average_last=5
     done; fi
     # (an `if`, not `wants X && for ...`: set -e does not stop inside an && list, so an interrupted
     # training would go on to be marked done)
     if wants reg; then for s in $BASELINE_SEEDS; do
       # the same recipe with the regularisers it was first given and that lost on val (docs/results.md):
       # subword sampling at alpha 0.3 and source word dropout 0.1
-      run=$RESULTS/de_en_reg_s$s
-      train_once "$run" configs/multi30k_de_en.yaml "train.seed=$s" train.subword_alpha=0.3 train.word_dropout=0.1
-      tune_once "$run"
-      score "de_en_reg_s${s}_best" de en "$run"
-      score "de_en_reg_s${s}_avg" de en "$run/checkpoints/avg.pt"
+      trained_and_scored "de_en_reg_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" train.subword_alpha=0.3 \
+        train.word_dropout=0.1
     done; fi
     # a longer schedule: the recipe's seeds still gain on validation NLL at update 6,000 (docs/results.md)
     if wants 9k; then for s in $BASELINE_SEEDS; do
-      run=$RESULTS/de_en_9k_s$s
-      train_once "$run" configs/multi30k_de_en.yaml "train.seed=$s" train.max_steps=9000
-      tune_once "$run"
-      score "de_en_9k_s${s}_best" de en "$run"
-      score "de_en_9k_s${s}_avg" de en "$run/checkpoints/avg.pt"
+      trained_and_scored "de_en_9k_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" train.max_steps=9000
     done; fi
     # R-Drop kept only if it wins at equal wall-clock time, not only at equal updates (issue 15)
     if wants rdrop; then
-      run=$RESULTS/de_en_rdrop_s1
-      train_once "$run" configs/multi30k_de_en.yaml train.seed=1 train.rdrop=2.5 "train.max_steps=$RDROP_STEPS"
-      tune_once "$run"
-      score de_en_rdrop_s1_best de en "$run"
-      score de_en_rdrop_s1_avg de en "$run/checkpoints/avg.pt"
+      trained_and_scored de_en_rdrop_s1 de en configs/multi30k_de_en.yaml train.seed=1 train.rdrop=2.5 \
+        "train.max_steps=$RDROP_STEPS"
     fi
   fi
 done
