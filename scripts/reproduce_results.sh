@@ -36,7 +36,34 @@ print(c)" "$1" "$2"
 DATA=$(setting configs/multi30k_base.yaml data.root)/multi30k
 mkdir -p "$RESULTS"
 
-wants() { [[ " $BASELINES " == *" $1 "* ]]; }  # NAME: is this de->en comparison asked for?
+comparison() {  # NAME: the config and overrides of a de->en comparison, trained per seed as de_en_NAME_sS
+  local recipe=configs/multi30k_de_en.yaml
+  case $1 in
+    # the e6cecd9 recipe for the same number of updates (its budget schedule then decays over steps)
+    e6cecd9) local steps
+      steps=$(setting $recipe train.max_steps) || return 1
+      echo "configs/frozen/multi30k_de_en_e6cecd9.yaml train.max_steps=$steps train.max_time= train.average_last=5" ;;
+    # the regularisers the recipe was first given and that lost on val (docs/results.md): subword
+    # sampling at alpha 0.3 and source word dropout 0.1
+    reg) echo "$recipe train.subword_alpha=0.3 train.word_dropout=0.1" ;;
+    # a longer schedule: the recipe's seeds still gain on validation NLL at update 6,000
+    9k) echo "$recipe train.max_steps=9000" ;;
+    # R-Drop, kept only if it wins at equal wall-clock time, not only at equal updates (issue 15)
+    rdrop) echo "$recipe train.rdrop=2.5 train.max_steps=$RDROP_STEPS" ;;
+    # a deeper encoder (6 layers instead of 3, decoder unchanged): capacity rather than regularisation
+    # may be what the recipe lacks, as its validation NLL still falls at update 6,000
+    enc6) echo "$recipe model.encoder_layers=6" ;;
+    # dropout 0.2, between e6cecd9's 0.1 (overfits: validation NLL rises after ~2,750 updates) and the
+    # recipe's 0.3 (NLL still falling at update 6,000)
+    drop2) echo "$recipe model.dropout=0.2" ;;
+    # a joint vocabulary of 4,000 pieces instead of 8,000 (Sennrich & Zhang 2019: smaller subword
+    # vocabularies for small data)
+    v4k) echo "$recipe tokenizer.vocab_size=4000" ;;
+    *) echo "BASELINES: unknown de->en comparison '$1' (known: e6cecd9 reg 9k rdrop enc6 drop2 v4k)" >&2
+       return 1 ;;
+  esac
+}
+for name in $BASELINES; do comparison "$name" > /dev/null; done   # a misspelt name stops before any training
 
 train_once() {  # RUN CONFIG [overrides...]: train unless RUN is finished
   local run=$1 config=$2
@@ -110,44 +137,15 @@ for d in $DIRECTIONS; do
     lp=$(awk '/<- best/ {print $1}' "$table")
     # shellcheck disable=SC2086
     TRANSLATE_OPTIONS="--length-penalty $lp" score de_en_ensemble3 de en $ensemble
-    steps=$(setting configs/multi30k_de_en.yaml train.max_steps)
-    if wants e6cecd9; then for s in $BASELINE_SEEDS; do
-      # the e6cecd9 recipe for the same number of updates (its budget schedule then decays over steps)
-      trained_and_scored "de_en_e6cecd9_s$s" de en configs/frozen/multi30k_de_en_e6cecd9.yaml "train.seed=$s" \
-        "train.max_steps=$steps" train.max_time= train.average_last=5
-    done; fi
-    # (an `if`, not `wants X && for ...`: set -e does not stop inside an && list, so an interrupted
-    # training would go on to be marked done)
-    if wants reg; then for s in $BASELINE_SEEDS; do
-      # the same recipe with the regularisers it was first given and that lost on val (docs/results.md):
-      # subword sampling at alpha 0.3 and source word dropout 0.1
-      trained_and_scored "de_en_reg_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" train.subword_alpha=0.3 \
-        train.word_dropout=0.1
-    done; fi
-    # a longer schedule: the recipe's seeds still gain on validation NLL at update 6,000 (docs/results.md)
-    if wants 9k; then for s in $BASELINE_SEEDS; do
-      trained_and_scored "de_en_9k_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" train.max_steps=9000
-    done; fi
-    # a deeper encoder (6 layers instead of 3, decoder unchanged): the recipe's validation NLL still falls at
-    # update 6,000, so capacity rather than regularisation may be what it lacks (docs/results.md)
-    if wants enc6; then for s in $BASELINE_SEEDS; do
-      trained_and_scored "de_en_enc6_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" model.encoder_layers=6
-    done; fi
-    # dropout 0.2, between e6cecd9's 0.1 (overfits: validation NLL rises after ~2,750 updates) and the
-    # recipe's 0.3 (NLL still falling at update 6,000)
-    if wants drop2; then for s in $BASELINE_SEEDS; do
-      trained_and_scored "de_en_drop2_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" model.dropout=0.2
-    done; fi
-    # a joint vocabulary of 4,000 pieces instead of 8,000 (Sennrich & Zhang 2019: smaller subword
-    # vocabularies for small data)
-    if wants v4k; then for s in $BASELINE_SEEDS; do
-      trained_and_scored "de_en_v4k_s$s" de en configs/multi30k_de_en.yaml "train.seed=$s" tokenizer.vocab_size=4000
-    done; fi
-    # R-Drop kept only if it wins at equal wall-clock time, not only at equal updates (issue 15)
-    if wants rdrop; then
-      trained_and_scored de_en_rdrop_s1 de en configs/multi30k_de_en.yaml train.seed=1 train.rdrop=2.5 \
-        "train.max_steps=$RDROP_STEPS"
-    fi
+    for name in $BASELINES; do
+      spec=$(comparison "$name")   # its config and overrides (an unknown name stops the script here)
+      read -r -a args <<< "$spec"
+      seeds=$BASELINE_SEEDS
+      [ "$name" = rdrop ] && seeds=1   # one run: its question is answered at equal time, not by seeds
+      for s in $seeds; do
+        trained_and_scored "de_en_${name}_s$s" de en "${args[0]}" "train.seed=$s" "${args[@]:1}"
+      done
+    done
   fi
 done
 
