@@ -172,6 +172,9 @@ class TrainConfig:
     rdrop: float = 0.0  # R-Drop: weight of the symmetric KL between two dropout passes; 0 = off
     word_dropout: float = 0.0  # probability of replacing a source token by <unk> in training; 0 = off
     average_last: int = 0  # at the end, average the last K numbered checkpoints into checkpoints/avg.pt; 0 = off
+    # an exponential moving average of the weights, updated after every update with this decay
+    # (0.999: about the last 1,000 updates); at the end written to checkpoints/ema.pt; 0 = off
+    ema_decay: float = 0.0
 
 
 DECODE_MODES = ("fp32", "int8", "bf16", "fp16")  # the order `mt tune --modes` measures them in; fp32 first
@@ -521,6 +524,7 @@ def _check_values(c: Config, source: str) -> None:
          "must be -1 (all segmentations) or > 1", t.subword_nbest)
     need(t.rdrop >= 0, "train.rdrop", "must be >= 0 (0 = off)", t.rdrop)
     need(0.0 <= t.word_dropout < 1.0, "train.word_dropout", "must be in [0, 1)", t.word_dropout)
+    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 = off)", t.ema_decay)
     need(0 <= t.average_last <= t.keep_last, "train.average_last",
          f"must be in [0, train.keep_last ({t.keep_last})]: only kept checkpoints can be averaged", t.average_last)
     need(len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),

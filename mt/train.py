@@ -17,7 +17,7 @@ import sys
 import time
 import zlib
 from array import array
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -184,6 +184,48 @@ def prepare_data(config: Config, run_dir: Path):
     return tokenizers, train_data, valid, report
 
 
+class WeightEMA:
+    """An exponential moving average of the weights (Polyak averaging; Marian's exponential
+    smoothing): after every update, ``ema <- decay * ema + (1 - decay) * weights``. Checkpoint
+    averaging over every update instead of a few snapshots. Kept in fp32 beside the model and
+    saved in each checkpoint, so a resumed run continues it exactly."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = list(model.parameters())  # tied weights appear once
+        self.averages = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for average, p in zip(self.averages, self.params):
+            average.lerp_(p.float(), 1.0 - self.decay)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return self.averages
+
+    def load_state_dict(self, averages: list[torch.Tensor]) -> None:
+        self.averages = [a.to(p.device, torch.float32).clone() for a, p in zip(averages, self.params)]
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start the average again from the model's current weights."""
+        self.averages = [p.detach().float().clone() for p in self.params]
+
+    @contextmanager
+    def applied(self):
+        """The model holds the averaged weights inside this block, its own again after it."""
+        trained = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, average in zip(self.params, self.averages):
+                p.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, weights in zip(self.params, trained):
+                    p.copy_(weights)
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -258,6 +300,7 @@ class Trainer:
         self.overflow_skips = 0  # updates the fp16 GradScaler skipped (overflowing gradients), this session
         self.warmup_elapsed: float | None = None  # training time when warmup ended (the time budget's decay starts)
         self.validations_without_gain = 0  # for early stopping (train.patience)
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay else None
         if state is not None:
             self._restore(state)
             log(f"resuming from {resume_from} (step {self.step}, epoch {self.epoch + 1}); "
@@ -285,6 +328,13 @@ class Trainer:
                           f"{self.tokenizers.src.path}; pass --overwrite to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:  # train.ema_decay set on a run that had it off
+                self.ema.restart()
+                log(f"train.ema_decay: the checkpoint holds no average of the weights; it starts from "
+                    f"step {state['step']}'s weights")
         if state["scaler"] or not self.scaler.is_enabled():  # a disabled scaler ignores what it is given
             self.scaler.load_state_dict(state["scaler"])
         else:  # fp16 now (train.precision changed, or auto on another GPU), not when the checkpoint was written
@@ -310,14 +360,19 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+            **self.translation_state(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed, "best_score": self.best_score,
             "validations_without_gain": self.validations_without_gain, "warmup_elapsed": self.warmup_elapsed,
             "rng": rng, "rng_by_rank": self.dist.all_gather(rng),
-            "config": self.config.to_dict(), "vocab": self.tokenizers.fingerprint(),
-            "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size],
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
+
+    def translation_state(self, model: dict) -> dict:
+        """A checkpoint that translates (``ckpt.BEST_KEYS``): ``model``'s weights with this run's config and vocabulary."""
+        return {"model": model, "step": self.step, "config": self.config.to_dict(),
+                "vocab": self.tokenizers.fingerprint(),
+                "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size]}
 
     def set_lr(self, max_time: float) -> float:
         """The learning rate of the coming update (number ``step + 1``), set on the optimizer."""
@@ -504,6 +559,8 @@ class Trainer:
                         continue
                     bad_steps = 0
                     self.step += 1
+                    if self.ema is not None:
+                        self.ema.update()
                     window_tokens += n_tokens
                     self.elapsed = time.monotonic() - session_start
                     bar.update(1)
@@ -538,8 +595,11 @@ class Trainer:
         log(f"stopped at step {self.step} ({reason}); checkpoints in {self.run_dir / 'checkpoints'}")
         if self.stop_signal is not None:
             log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
-        elif t.average_last:
-            self.average_last()
+        else:
+            if t.average_last:
+                self.average_last()
+            if self.ema is not None:
+                self.save_ema()
         return last_metrics
 
     def rows(self, ids, side: str) -> list:
@@ -595,19 +655,32 @@ class Trainer:
         paths = ckpt.step_checkpoints(self.run_dir)[-k:]
         if len(paths) < k:
             log(f"train.average_last={k}: only {len(paths)} numbered checkpoints exist; averaging those")
-        averaged = ckpt.average_checkpoints(paths)
-        target = self.run_dir / "checkpoints" / "avg.pt"
+        self._save_and_validate(ckpt.average_checkpoints(paths), "avg",
+                                {"averaged_steps": [ckpt.step_of(p) for p in paths]},
+                                f"averaged {len(paths)} checkpoints")
+
+    def save_ema(self) -> None:
+        """Write the moving average of the weights (``train.ema_decay``) to checkpoints/ema.pt and log
+        its validation scores beside best.pt's."""
+        with self.ema.applied():
+            averaged = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+        self._save_and_validate(self.translation_state(averaged), "ema", {"ema_decay": self.ema.decay},
+                                f"moving average of the weights (decay {self.ema.decay})")
+
+    def _save_and_validate(self, weights: dict, name: str, record: dict, shown: str) -> None:
+        """Save ``weights`` as checkpoints/NAME.pt; validate them and log NAME_valid_* beside best.pt's score."""
+        target = self.run_dir / "checkpoints" / f"{name}.pt"
         if self.dist.main:
-            ckpt.save_checkpoint(averaged, target)
-        record = {"step": self.step, "averaged_steps": [ckpt.step_of(p) for p in paths]}
-        shown = f"averaged {len(paths)} checkpoints -> {target}"
+            ckpt.save_checkpoint(weights, target)
+        record = {"step": self.step, **record}
+        shown += f" -> {target}"
         if self.valid is not None:
-            trained = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
-            self.model.load_state_dict(averaged["model"])
+            trained = {key: tensor.clone() for key, tensor in self.model.state_dict().items()}
+            self.model.load_state_dict(weights["model"])
             metrics = self.validate()
             self.model.load_state_dict(trained)
             best = ckpt.best_checkpoints(self.run_dir)
-            record.update({f"avg_{key}": round(value, 4) for key, value in metrics.items()})
+            record.update({f"{name}_{key}": round(value, 4) for key, value in metrics.items()})
             shown += ": " + ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
             if best and "valid_bleu" in metrics:
                 record["best_valid_bleu"], record["best_step"] = round(best[0]["score"], 4), best[0]["step"]

@@ -619,3 +619,47 @@ def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
     assert "valid_bleu" in metrics
     if config.train.average_last:
         assert (tmp_path / "run" / "checkpoints" / "avg.pt").exists()
+
+
+def test_weight_ema_is_the_moving_average_of_the_updates_and_applied_gives_the_weights_back():
+    from mt.train import WeightEMA
+
+    layer = torch.nn.Linear(3, 2)
+    w0, w1, w2 = (torch.randn(2, 3) for _ in range(3))
+    with torch.no_grad():
+        layer.weight.copy_(w0)
+    ema = WeightEMA(layer, decay=0.9)
+    for weights in (w1, w2):
+        with torch.no_grad():
+            layer.weight.copy_(weights)
+        ema.update()
+    torch.testing.assert_close(ema.averages[0], 0.9 * (0.9 * w0 + 0.1 * w1) + 0.1 * w2)
+    with ema.applied():
+        assert torch.equal(layer.weight, ema.averages[0])
+    assert torch.equal(layer.weight, w2)  # the trained weights, bitwise
+
+
+def test_ema_writes_ema_pt_logs_its_bleu_and_resumes_exactly(tiny_config, tmp_path, capsys):
+    common = ("model.dropout=0.1", "train.max_steps=30", "train.valid_every=10", "train.ema_decay=0.9")
+    train(tiny_config(*common, f"run_dir={tmp_path / 'a'}"))
+    train(tiny_config(*common[:1], "train.max_steps=13", "train.ema_decay=0.9", f"run_dir={tmp_path / 'b'}"))
+    train(tiny_config(*common, f"run_dir={tmp_path / 'b'}"))
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "ema.pt") for run in ("a", "b"))
+    assert a["step"] == b["step"] == 30
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    last = load_checkpoint(latest_checkpoint(tmp_path / "a"))["model"]
+    assert any(not torch.equal(a["model"][name], last[name]) for name in last)  # an average, not the last weights
+    record = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["ema_decay"] == 0.9 and "ema_valid_bleu" in record and "ema_valid_nll" in record
+    # turned on part-way: the average starts from the resumed checkpoint's weights, and says so
+    train(tiny_config(*common[:1], "train.max_steps=13", f"run_dir={tmp_path / 'c'}"))
+    capsys.readouterr()
+    train(tiny_config(*common, f"run_dir={tmp_path / 'c'}"))
+    assert "train.ema_decay: the checkpoint holds no average of the weights; it starts from step 13's" \
+        in capsys.readouterr().err
+
+
+def test_ema_decay_must_be_below_one(tiny_config):
+    with pytest.raises(MTError, match=r"train.ema_decay: must be in \[0, 1\) \(0 = off\)"):
+        tiny_config("train.ema_decay=1")
