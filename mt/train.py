@@ -193,7 +193,7 @@ class WeightEMA:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.params = list(model.parameters())  # tied weights appear once
-        self.averages = [p.detach().float().clone() for p in self.params]
+        self.restart()
 
     @torch.no_grad()
     def update(self) -> None:
@@ -206,7 +206,6 @@ class WeightEMA:
     def load_state_dict(self, averages: list[torch.Tensor]) -> None:
         self.averages = [a.to(p.device, torch.float32).clone() for a, p in zip(averages, self.params)]
 
-    @torch.no_grad()
     def restart(self) -> None:
         """Start the average again from the model's current weights."""
         self.averages = [p.detach().float().clone() for p in self.params]
