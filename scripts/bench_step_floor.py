@@ -45,31 +45,33 @@ else:
     DEFAULT_ALLOCATOR, tune_allocator = "glibc", lambda: False
 
 aten = torch.ops.aten
-PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
-
-
-def flops(func, args) -> int:
-    """2 x m x k x n (times the batch) of one product."""
-    if func in (aten.addmm.default, aten.baddbmm.default):
-        args = args[1:]
-    a, b = args[0], args[1]
-    return 2 * a.numel() * b.shape[-1]
+# matrix products as the dispatcher sees them: dense ones (with autograd on, linear and matmul arrive
+# here already decomposed; under inference mode as themselves), the packed oneDNN linear of mt's fp32
+# decoding (``PackedLinear``) and the dynamic int8 linear of ``--quantize int8``
+PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+            aten.linear.default, aten.matmul.default,
+            torch.ops.mkldnn._linear_pointwise.default, torch.ops.quantized.linear_dynamic.default}
+WITH_BIAS_FIRST = {aten.addmm.default, aten.baddbmm.default}  # (bias, a, b): the left operand comes second
 
 
 class RecordProducts(TorchDispatchMode):
-    """Keeps every matrix product's function and (detached) arguments; values do not matter, shapes do."""
+    """Keeps every matrix product's function, arguments and FLOPs; values do not matter, shapes do."""
 
     def __init__(self):
         super().__init__()
         self.calls: list[tuple] = []
+        self.flops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if func in PRODUCTS:
             # the same views (shapes, strides, dtypes) the step used: a layout change would time other kernels
             keep = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
             self.calls.append((func, keep, dict(kwargs)))
-        return func(*args, **kwargs)
+            left = args[1] if func in WITH_BIAS_FIRST else args[0]
+            self.flops += 2 * left.numel() * out.shape[-1]  # 2 x (batch x) m x k x n
+        return out
 
 
 def replay(calls: list[tuple]) -> float:
@@ -131,7 +133,7 @@ def main() -> None:
                 trainer.train_step([batch])
             replay(recorder.calls)  # warm-up of these shapes
             floors.append(statistics.median(replay(recorder.calls) for _ in range(args.repeats)))
-            step_flops.append(sum(flops(f, a) for f, a, _ in recorder.calls))
+            step_flops.append(recorder.flops)
             counts.update(str(f).split(".")[1] for f, _, _ in recorder.calls)
         step, floor = statistics.median(steps), statistics.median(floors)
         gflop = statistics.median(step_flops) / 1e9
