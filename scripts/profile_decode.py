@@ -74,7 +74,7 @@ def main() -> None:
     src = read_lines(Path(args.data) / "multi30k" / "test2016.de")[:args.limit]
     translator = Translator.from_pretrained(args.model, device="cpu", threads=args.threads, quantize=args.quantize)
     model = translator.model
-    vocab = model.output.weight.size(0) if hasattr(model.output, "weight") else model.output.out_features
+    vocab = getattr(model.output, "out_features", None) or model.output.weight.size(0)  # int8: weight() is a method
     print(f"--- profile_decode: {args.model}, test2016[:{len(src)}], {args.threads} threads, "
           f"ISA {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
           f"quantize {args.quantize}; load {os.getloadavg()}")
