@@ -7,7 +7,8 @@ records every matrix product of one such translation (``RecordProducts`` of
 ``scripts/bench_step_floor.py``: dense products, the packed oneDNN output projection, int8 linears)
 and replays them alone. The replay is a floor: with the search's other work (attention's softmax,
 norms, top-k, cache reordering, Python) at zero cost, decoding would still take that long, so
-``sentences / floor`` is the fastest these product kernels allow.
+``sentences / floor`` is the fastest these product kernels allow. The encoder's fused attention
+kernel is not counted as a product (its products are small), so the floor is, if anything, low.
 
     python scripts/bench_decode_floor.py runs/results/de_en_s1 [--limit 500] [--threads 1] [--repeats 2]
 """
