@@ -4,8 +4,9 @@ Runs ``Trainer.train_step`` (forward, backward, clipping, Adam: what ``mt train`
 config's real batches (the first ``--batches`` of epoch 1, after one warm-up batch) or on
 ``--random B S T`` batches (B sentences, S source and T target tokens, no padding), and
 records, with a ``TorchDispatchMode``, every matrix product one step issues below autograd
-and autocast: ``mm``, ``addmm``, ``bmm``, ``baddbmm`` with the shapes, strides and dtypes of
-the real step, forward and backward. It then replays those products alone, back to back.
+and autocast (``mm``, ``addmm``, ``bmm``, ``baddbmm``; ``scripts/bench_decode_floor.py`` also
+counts the linears decoding runs whole) with the shapes, strides and dtypes of the real step,
+forward and backward. It then replays those products alone, back to back.
 
 The replay's time is a floor for the step with these kernels: if every other operator
 (norms, dropout, casts, softmax, the optimizer, Python) took no time, the step would still
@@ -109,7 +110,8 @@ def main() -> None:
         if args.random:
             n, s, tl = args.random
             rng = np.random.default_rng(0)
-            rows = [(list(rng.integers(4, 8000, s - 1)), list(rng.integers(4, 8000, tl - 1))) for _ in range(n)]
+            vocab = min(trainer.tokenizers.src.vocab_size, trainer.tokenizers.tgt.vocab_size)
+            rows = [(list(rng.integers(4, vocab, s - 1)), list(rng.integers(4, vocab, tl - 1))) for _ in range(n)]
             batches = [batch_from_rows([r[0] for r in rows], [r[1] for r in rows])] * (args.batches + 1)
             what = f"random {n} x {s} -> {tl}"
         else:
