@@ -127,6 +127,16 @@ trained_and_scored() {  # NAME SRC TGT CONFIG [overrides...]: train RESULTS/NAME
 }
 
 for d in $DIRECTIONS; do
+  if [ "$d" = xx_en ]; then
+    # one model for de, fr and cs -> en (configs/multi30k_xx_en.yaml): its checkpoint and length penalty
+    # are chosen on de->en val; it is scored on all three directions
+    trained_and_scored xx_en_s1 de en configs/multi30k_xx_en.yaml train.seed=1
+    for lang in fr cs; do
+      score "xx_en_s1_best_$lang" "$lang" en "$RESULTS/xx_en_s1"
+      score "xx_en_s1_avg_$lang" "$lang" en "$RESULTS/xx_en_s1/checkpoints/avg.pt"
+    done
+    continue
+  fi
   src=${d%_*} tgt=${d#*_}
   seeds=1
   [ "$d" = de_en ] && seeds=$SEEDS_DE_EN
