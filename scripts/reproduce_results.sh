@@ -8,6 +8,7 @@
 #   scripts/reproduce_results.sh                 # everything
 #   ONLY="de_en en_de" scripts/reproduce_results.sh
 #   ONLY=de_en BASELINES=e6cecd9 scripts/reproduce_results.sh   # de->en and only its e6cecd9 baseline
+#   ONLY=xx_en scripts/reproduce_results.sh      # one model for de, fr and cs -> en (not in the default list)
 #   RESULTS=runs/results scripts/reproduce_results.sh
 #
 # A training that is interrupted resumes when the script is run again; finished runs are skipped.

@@ -273,6 +273,20 @@ def test_recipes_name_their_languages_and_files_truthfully(direction, monkeypatc
     assert config.run_dir == f"runs/multi30k_{direction}"
 
 
+def test_many_to_english_recipe_trains_on_all_three_sources_and_validates_de_en(monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    config = load_config(REPO / "configs" / "multi30k_xx_en.yaml")
+    data = config.data
+    shared = (REPO.parent / "shared" / "data" / "multi30k").resolve()
+    assert [(c.src, c.tgt, c.weight) for c in data.train] == [
+        (str(shared / f"train.{lang}"), str(shared / "train.en"), 1.0) for lang in ("de", "fr", "cs")]
+    assert (data.src_lang, data.tgt_lang) == ("de", "en")
+    assert (data.valid.src, data.test.src) == (str(shared / "val.de"), str(shared / "test2016.de"))
+    assert config.tokenizer.joint and config.tokenizer.vocab_size == 16000
+    assert config.train.max_steps == 8000 and config.train.lr_schedule == "budget" and config.train.max_time == ""
+    assert config.run_dir == "runs/multi30k_xx_en"
+
+
 def test_frozen_recipe_is_the_e6cecd9_de_en_config(monkeypatch):
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     frozen = load_config(REPO / "configs" / "frozen" / "multi30k_de_en_e6cecd9.yaml")

@@ -600,7 +600,8 @@ def test_average_last_must_fit_in_keep_last(tiny_config):
 
 
 @pytest.mark.parametrize("recipe", ["multi30k_de_en", "multi30k_fr_en", "multi30k_cs_en", "multi30k_en_de",
-                                    "multi30k_en_fr", "multi30k_en_cs", "frozen/multi30k_de_en_e6cecd9"])
+                                    "multi30k_en_fr", "multi30k_en_cs", "multi30k_xx_en",
+                                    "frozen/multi30k_de_en_e6cecd9"])
 def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
     from pathlib import Path
 
@@ -609,8 +610,11 @@ def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
 
     src, tgt = write_corpus(tmp_path / "data", "train", tiny_pairs(20))
     repo = Path(__file__).resolve().parent.parent
+    # the many-to-English recipe trains on a list of corpora: two sources here, one target
+    corpora = (f"data.train=[{{src: {src}, tgt: {tgt}}}, {{src: {tgt}, tgt: {tgt}}}]" if recipe == "multi30k_xx_en"
+             else f"data.train={{src: {src}, tgt: {tgt}}}")
     config = load_config(repo / "configs" / f"{recipe}.yaml", [
-        f"run_dir={tmp_path / 'run'}", f"data.train.src={src}", f"data.train.tgt={tgt}",
+        f"run_dir={tmp_path / 'run'}", corpora,
         f"data.valid.src={src}", f"data.valid.tgt={tgt}", "train.max_steps=2", "train.valid_every=2",
         "train.max_time=", "train.threads=1", "train.precision=fp32", "tokenizer.vocab_size=60",
         "decode.max_len_a=0", "decode.max_len_b=3"])
