@@ -612,7 +612,7 @@ def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
     repo = Path(__file__).resolve().parent.parent
     # the many-to-English recipe trains on a list of corpora: two sources here, one target
     corpora = (f"data.train=[{{src: {src}, tgt: {tgt}}}, {{src: {tgt}, tgt: {tgt}}}]" if recipe == "multi30k_xx_en"
-             else f"data.train={{src: {src}, tgt: {tgt}}}")
+               else f"data.train={{src: {src}, tgt: {tgt}}}")
     config = load_config(repo / "configs" / f"{recipe}.yaml", [
         f"run_dir={tmp_path / 'run'}", corpora,
         f"data.valid.src={src}", f"data.valid.tgt={tgt}", "train.max_steps=2", "train.valid_every=2",
