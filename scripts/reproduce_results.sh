@@ -184,7 +184,9 @@ print("| run | updates | train min | val BLEU | test2016 BLEU | chrF | BLEU -lc 
 print("|---|---|---|---|---|---|---|")
 for record_file in records:
     record = json.loads(record_file.read_text())
-    run = Path(record["models"][0].replace("/checkpoints/avg.pt", ""))
+    run = Path(record["models"][0])
+    if run.suffix == ".pt":  # avg.pt or ema.pt: RUN/checkpoints/NAME.pt
+        run = run.parent.parent
     steps = minutes = "-"
     if len(record["models"]) == 1 and (run / "metrics.jsonl").exists():
         last = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"time"' in l][-1]
