@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from bench_step_floor import RecordProducts, replay
+from bench_translate import languages
 from mt import decode_mode
-from mt.config import load_config
 from mt.data import read_lines
 from mt.memory import DEFAULT_ALLOCATOR, tune_allocator
 from mt.translate import Translator
@@ -47,11 +47,10 @@ def main() -> None:
     parser.add_argument("--beams", nargs="+", type=int, default=[1, 5])
     args = parser.parse_args()
     allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else "glibc"
-    run = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent.parent
-    data = load_config(run / "config.yaml").data
-    src = read_lines(Path(args.data) / "multi30k" / f"test2016.{data.src_lang}")[: args.limit]
+    source, target = languages(Path(args.model))
+    src = read_lines(Path(args.data) / "multi30k" / f"test2016.{source}")[: args.limit]
     info = decode_mode.machine()
-    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 {data.src_lang}->{data.tgt_lang} "
+    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 {source}->{target} "
           f"({len(src)} sentences), 1 decoder x {args.threads} thread(s), median of {args.repeats}; "
           f"malloc: {allocator}; load {os.getloadavg()}")
     print("| mode | beam | sentences/s | products alone: s (share) | GFLOP | products' GFLOP/s | "

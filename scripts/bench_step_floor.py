@@ -34,6 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mt
+from bench_model import matmul_peak
 from mt.batching import batch_from_rows, bucket_order
 from mt.config import load_config
 from mt.train import Trainer
@@ -82,17 +83,6 @@ def replay(calls: list[tuple]) -> float:
     return time.perf_counter() - start
 
 
-def probe_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
@@ -139,7 +129,7 @@ def main() -> None:
             counts.update(str(f).split(".")[1] for f, _, _ in recorder.calls)
         step, floor = statistics.median(steps), statistics.median(floors)
         gflop = statistics.median(step_flops) / 1e9
-        peak = probe_rate(dtype)
+        peak = matmul_peak(dtype) / 1e9
         per_step = {name: n / len(steps) for name, n in counts.items()}
         print(f"products per step: {per_step} ({len(steps)} batches); {gflop:.1f} GFLOP a step (median)")
         print("| measure | ms | share of the step | GFLOP/s |")
