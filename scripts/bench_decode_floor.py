@@ -20,7 +20,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 from bench_step_floor import RecordProducts, replay
 from bench_translate import languages
 from mt import decode_mode
