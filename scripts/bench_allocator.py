@@ -25,6 +25,7 @@ Variants (``--variants`` picks some):
   heap+rdrop   heap, with train.rdrop=2.5 (R-Drop: two passes a step; the price of an update)
   heap+cache1024  heap, with oneDNN's and ideep's primitive caches at torch's 1,024 entries, not the 16 the
                 `mt` command sets (bf16 matmuls go through oneDNN, which keeps a primitive and its buffers per shape)
+  heap+cache128   the same caches at 128 entries
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ VARIANTS = {
     "heap+compile": {"MT_ALLOCATOR": "heap"},
     "heap+rdrop": {"MT_ALLOCATOR": "heap"},
     "heap+cache1024": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"},
+    "heap+cache128": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128", "LRU_CACHE_CAPACITY": "128"},
 }
 CONFIG_OVERRIDES = {  # variants that change the config, not the environment
     "heap+fast-masks": ["model.dropout_masks=fast"],
