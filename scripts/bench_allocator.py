@@ -23,9 +23,11 @@ Variants (``--variants`` picks some):
   heap+compile heap, with train.compile=true (torch.compile of the training step; its compilation falls in the
                 warm-up steps, so raise --warmup until the recompilations are over)
   heap+rdrop   heap, with train.rdrop=2.5 (R-Drop: two passes a step; the price of an update)
-  heap+cache1024  heap, with oneDNN's and ideep's primitive caches at torch's 1,024 entries, not the 16 the
+  heap+cache1024  heap, with oneDNN's and ideep's primitive caches at torch's 1,024 entries, not the 32 and 16 the
                 `mt` command sets (bf16 matmuls go through oneDNN, which keeps a primitive and its buffers per shape)
   heap+cache128   the same caches at 128 entries
+  heap+onednn16 / heap+onednn32 / heap+onednn64 / heap+onednn128   heap, with oneDNN's primitive cache at 16 / 32 /
+                64 / 128 entries, ideep's at 16 (the `mt` command: 32): one step's products need some 50 primitives
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ VARIANTS = {
     "heap+rdrop": {"MT_ALLOCATOR": "heap"},
     "heap+cache1024": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"},
     "heap+cache128": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128", "LRU_CACHE_CAPACITY": "128"},
+    **{f"heap+onednn{n}": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(n), "LRU_CACHE_CAPACITY": "16"}
+       for n in (16, 32, 64, 128)},
 }
 CONFIG_OVERRIDES = {  # variants that change the config, not the environment
     "heap+fast-masks": ["model.dropout_masks=fast"],

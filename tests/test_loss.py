@@ -54,3 +54,18 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
     torch.testing.assert_close(fused, expected, rtol=2e-2, atol=0.1)
     torch.testing.assert_close(fused_h, grad_h, rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(fused_w, grad_w, rtol=5e-2, atol=5e-2)
+
+
+def test_fused_loss_under_bf16_autocast_equals_the_written_out_loss_of_the_same_bf16_logits():
+    """The bf16 path keeps autocast's numerics: bf16 products, then the loss in fp32 from the bf16 logits."""
+    hidden, weight, target = _inputs(n=9, d=8, V=20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(hidden, weight, target, 0.1, chunk_rows=4)
+        logits = hidden @ weight.t()  # bf16
+        expected = label_smoothed_loss(logits, target, 0.1)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, expected, rtol=1e-6, atol=1e-5)
+    fused_h, fused_w = torch.autograd.grad(fused, (hidden, weight))
+    grad_h, grad_w = torch.autograd.grad(expected, (hidden, weight))
+    torch.testing.assert_close(fused_h, grad_h, rtol=1e-2, atol=1e-2)  # both from bf16 gradients of the logits
+    torch.testing.assert_close(fused_w, grad_w, rtol=1e-2, atol=1e-2)
