@@ -124,8 +124,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
                   f"mt translate {' '.join(args.run)} --length-penalty {best['length_penalty']:g} "
                   f"--beam {best['beam_size']}", file=sys.stderr)
         else:
-            print(f"wrote decode.length_penalty: {best['length_penalty']:g} (beam {best['beam_size']}) to the "
-                  "run's config.yaml", file=sys.stderr)
+            print(f"wrote decode.length_penalty: {best['length_penalty']:g} and decode.beam_size: "
+                  f"{best['beam_size']} to the run's config.yaml", file=sys.stderr)
     if args.modes is not None:
         table, best, info = tune_modes(args.run[0], args.modes, device=args.device, threads=args.threads,
                                        repeats=args.repeats, progress=True)

@@ -57,8 +57,9 @@ def test_cli_prints_the_table_and_writes_the_config(run_copy, capsys):
     assert lines[0].split() == ["length_penalty", "beam", "BLEU", "(valid)", "chrF", "(valid)"]
     assert lines[1].split()[:3] == ["0.6", "2", "100.00"] and lines[1].endswith("<- best")  # first of equals
     assert lines[2].split()[:3] == ["1", "2", "100.00"] and lines[3].startswith("BLEU signature: nrefs:1")
-    assert "wrote decode.length_penalty: 0.6 (beam 2)" in err
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["decode"]["length_penalty"] == 0.6
+    assert "wrote decode.length_penalty: 0.6 and decode.beam_size: 2" in err
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["decode"]
+    assert (saved["length_penalty"], saved["beam_size"]) == (0.6, 2)
 
 
 def test_a_run_without_a_validation_set_is_an_error(run_copy):
