@@ -60,6 +60,11 @@ def _named_corpora(cfg: DataConfig) -> list[tuple[str, Corpus]]:
     return [("data.train", cfg.train)]
 
 
+def _tokenizer_corpora(cfg: DataConfig) -> list[tuple[str, Corpus]]:
+    """The training corpora the tokenizer is sampled from (``train_tokenizer: false`` ones left out)."""
+    return [(key, corpus) for key, corpus in _named_corpora(cfg) if corpus.train_tokenizer]
+
+
 def _publish(tmp: Path, folder: Path) -> None:
     """Rename a finished temporary directory into place (another process may have won the race).
 
@@ -112,8 +117,9 @@ def remove_stale_entries(config: Config) -> None:
 def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> TokenizerPair:
     """The run's tokenizer: the one in ``run_dir``, else a cached one trained on the same inputs, else a new one.
 
-    A new one is trained on ``tokenizer.sample_sentences`` pairs drawn uniformly from all
-    training corpora (after cleaning, without dedup), and cached.
+    A new one is trained on ``tokenizer.sample_sentences`` pairs drawn uniformly from the
+    training corpora (after cleaning, without dedup; not those with ``train_tokenizer: false``),
+    and cached.
     """
     from mt.checkpoint import atomic_write_bytes  # (imports torch, which the tokenizer alone does not need)
 
@@ -121,11 +127,12 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
     files = model_files(run_dir, tok.joint)
     if all(f.exists() for f in files):
         return load_tokenizers(run_dir, tok.joint)
-    key = _key({"sources": [source_identity(c) for _, c in _named_corpora(data)],
+    corpora = _tokenizer_corpora(data)
+    key = _key({"sources": [source_identity(c) for _, c in corpora],
                 "langs": [data.src_lang, data.tgt_lang], "clean": asdict(data.clean), "tokenizer": asdict(tok)})
     folder = cache_dir(data) / "tokenizers" / key
     if not (folder / "meta.json").exists():
-        src, tgt, seen = sample_pairs(_cleaned_stream(config, "sampling for the tokenizer"),
+        src, tgt, seen = sample_pairs(_cleaned_stream(config, corpora, "sampling for the tokenizer"),
                                       tok.sample_sentences, SAMPLE_SEED)
         if not src:
             raise MTError("data.train: no training pairs left after cleaning")
@@ -144,13 +151,13 @@ def prepare_tokenizers(config: Config, run_dir: Path, threads: int = 1) -> Token
     return load_tokenizers(run_dir, tok.joint)
 
 
-def _cleaned_stream(config: Config, what: str):
-    """Cleaned (src, tgt) chunks of every training corpus, one after the other, with a progress bar."""
+def _cleaned_stream(config: Config, corpora: list[tuple[str, Corpus]], what: str):
+    """Cleaned (src, tgt) chunks of ``corpora``, one after the other, with a progress bar."""
     data = config.data
     clean = Cleaner(replace(data.clean, dedup=False))  # a sample needs no dedup, and dedup costs memory
     invalid = "none" if data.clean.enabled else "error"
     with tqdm(desc=what, unit=" pairs", unit_scale=True, file=sys.stderr, disable=None) as bar:
-        for key, corpus in _named_corpora(data):
+        for key, corpus in corpora:
             for src, tgt in iter_parallel(corpus, key, data.src_lang, data.tgt_lang, invalid):
                 bar.update(len(src))
                 yield clean(src, tgt) if data.clean.enabled else (src, tgt)

@@ -50,6 +50,9 @@ class Corpus:
     # training corpora only: pairs drawn per epoch = weight x pairs kept (2 = every pair twice,
     # 0.5 = a random half, redrawn each epoch)
     weight: float = 1.0
+    # training corpora only: false = leave this corpus out of the tokenizer's sample (synthetic data such
+    # as back-translations or a teacher's translations, which should not shape the vocabulary)
+    train_tokenizer: bool = True
 
     def kind(self) -> str:
         """The source type, with 'auto' decided from what is set."""
@@ -559,6 +562,8 @@ def _check_values(c: Config, source: str) -> None:
             need(0 < corpus.weight < math.inf, f"{name}.weight", "must be a positive number", corpus.weight)
         else:
             need(corpus.weight == 1.0, f"{name}.weight", "only training corpora are weighted", corpus.weight)
+            need(corpus.train_tokenizer, f"{name}.train_tokenizer", "only training corpora train the tokenizer",
+                 corpus.train_tokenizer)
         kind = corpus.kind()
         if kind == "text":
             ok, what = bool(corpus.src and corpus.tgt), "needs both 'src' and 'tgt' file paths (or 'path' or 'dataset')"
@@ -571,8 +576,12 @@ def _check_values(c: Config, source: str) -> None:
         if kind == "tsv":
             ok = ok and all(f.isdigit() for f in (corpus.src_field, corpus.tgt_field) if f)
             what += "; src_field/tgt_field of a TSV file are column numbers (0-based)"
-        shown = {k: v for k, v in dataclasses.asdict(corpus).items() if v and k not in ("split", "weight")}
+        shown = {k: v for k, v in dataclasses.asdict(corpus).items()
+                 if v and k not in ("split", "weight", "train_tokenizer")}
         need(ok, name, what, shown)
+    flags = [corpus.train_tokenizer for corpus in c.data.train_corpora()]
+    need(any(flags), "data.train[*].train_tokenizer" if isinstance(c.data.train, list) else "data.train.train_tokenizer",
+         "at least one training corpus must train the tokenizer", flags if len(flags) > 1 else flags[0])
 
 
 def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:

@@ -268,7 +268,7 @@ def source_identity(corpus: Corpus) -> dict:
                 continue  # a missing file is reported by the reader, with the config key
             if member.is_file():
                 stats.append([str(member), st.st_size, st.st_mtime_ns, st.st_ino])
-    settings = {k: v for k, v in asdict(corpus).items() if k != "weight"}
+    settings = {k: v for k, v in asdict(corpus).items() if k not in ("weight", "train_tokenizer")}
     return {"corpus": settings, "files": stats}
 
 

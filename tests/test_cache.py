@@ -147,3 +147,28 @@ def test_a_weight_that_rounds_to_no_pairs_is_an_error(tiny_config, tmp_path):
         prepare_training_data(tiny_config(*write_two_corpora(tmp_path, 0.04)), tmp_path / "run")
     assert prepare_training_data(tiny_config(*write_two_corpora(tmp_path, 0.06)),
                                  tmp_path / "run")[2]["pairs_per_epoch"] == 21
+
+
+def test_a_corpus_left_out_of_the_tokenizer_leaves_it_as_without_the_corpus(tiny_config, tmp_path, monkeypatch):
+    """``train_tokenizer: false`` (a teacher's or back-translated corpus): the tokenizer is the one the
+    other corpora alone train (the same cache entry), while the corpus is still encoded and trained on."""
+    alone, _, _ = prepare_training_data(tiny_config(), tmp_path / "alone")
+    write_corpus(tmp_path / "data", "kd", [(f"ø{i}", f"ø{i}") for i in range(30)])  # a letter nowhere else
+    two = [f"data.train=[{{src: {tmp_path}/data/train.de, tgt: {tmp_path}/data/train.en}}, "
+           f"{{src: {tmp_path}/data/kd.de, tgt: {tmp_path}/data/kd.en, train_tokenizer: false}}]"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("should have come from the cache")
+
+    monkeypatch.setattr(mt.cache, "train_tokenizers", fail)
+    tokenizers, data, report = prepare_training_data(tiny_config(*two), tmp_path / "kd_run")
+    assert (tmp_path / "kd_run" / "spm.model").read_bytes() == (tmp_path / "alone" / "spm.model").read_bytes()
+    assert len(data) == 50 and report["kept"] == 50  # the left-out corpus is still trained on
+    monkeypatch.undo()
+    both = [two[0].replace(", train_tokenizer: false", "")]
+    mixed, _, _ = prepare_training_data(tiny_config(*both), tmp_path / "both")  # now its words shape the pieces
+
+    def pieces(tokenizers):
+        return {tokenizers.src.sp.id_to_piece(i) for i in range(tokenizers.src.vocab_size)}
+
+    assert any("ø" in p for p in pieces(mixed)) and not any("ø" in p for p in pieces(tokenizers))

@@ -155,6 +155,15 @@ def test_bad_weights_and_corpus_list_errors_name_the_item(tmp_path):
         load_config(write(tmp_path, MINIMAL + "  valid: {src: v.de, tgt: v.en, weight: 2}\n"))
     with pytest.raises(MTError, match=r"data.train: expected a non-empty list, got \[\]"):
         load_config(write(tmp_path, "data:\n  train: []\n"))
+    with pytest.raises(MTError, match=r"data.valid.train_tokenizer: only training corpora train the tokenizer, "
+                                      r"got False"):
+        load_config(write(tmp_path, MINIMAL + "  valid: {src: v.de, tgt: v.en, train_tokenizer: false}\n"))
+    with pytest.raises(MTError, match=r"data.train\[\*\].train_tokenizer: at least one training corpus must train "
+                                      r"the tokenizer, got \[False, False\]$"):
+        load_config(write(tmp_path, MIXED), ["data.train.0.train_tokenizer=false", "data.train.1.train_tokenizer=no"])
+    with pytest.raises(MTError, match=r"data.train.train_tokenizer: at least one .*, got False$"):
+        load_config(write(tmp_path, MINIMAL), ["data.train.train_tokenizer=false"])
+    assert load_config(write(tmp_path, MIXED), ["data.train.1.train_tokenizer=false"]).data.train[1].train_tokenizer is False
 
 
 def test_tokenizer_scale_keys_and_cache_dir(tmp_path):
