@@ -28,6 +28,8 @@ Variants (``--variants`` picks some):
   heap+cache128   the same caches at 128 entries
   heap+onednn16 / heap+onednn32 / heap+onednn64 / heap+onednn128   heap, with oneDNN's primitive cache at 16 / 32 /
                 64 / 128 entries, ideep's at 16 (the `mt` command: 32): one step's products need some 50 primitives
+  heap+ideep1 / heap+ideep16   heap, with ideep's primitive cache (LRU_CACHE_CAPACITY) at
+                1 / 16 entries, oneDNN's at 32
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ VARIANTS = {
     "heap+cache128": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128", "LRU_CACHE_CAPACITY": "128"},
     **{f"heap+onednn{n}": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(n), "LRU_CACHE_CAPACITY": "16"}
        for n in (16, 32, 64, 128)},
+    **{f"heap+ideep{n}": {"MT_ALLOCATOR": "heap", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32", "LRU_CACHE_CAPACITY": str(n)}
+       for n in (1, 16)},
 }
 CONFIG_OVERRIDES = {  # variants that change the config, not the environment
     "heap+fast-masks": ["model.dropout_masks=fast"],
