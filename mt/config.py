@@ -580,8 +580,9 @@ def _check_values(c: Config, source: str) -> None:
                  if v and k not in ("split", "weight", "train_tokenizer")}
         need(ok, name, what, shown)
     flags = [corpus.train_tokenizer for corpus in c.data.train_corpora()]
-    need(any(flags), "data.train[*].train_tokenizer" if isinstance(c.data.train, list) else "data.train.train_tokenizer",
-         "at least one training corpus must train the tokenizer", flags if len(flags) > 1 else flags[0])
+    listed = isinstance(c.data.train, list)
+    need(any(flags), "data.train[*].train_tokenizer" if listed else "data.train.train_tokenizer",
+         "at least one training corpus must train the tokenizer", flags if listed else flags[0])
 
 
 def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:

@@ -149,7 +149,7 @@ def test_a_weight_that_rounds_to_no_pairs_is_an_error(tiny_config, tmp_path):
                                  tmp_path / "run")[2]["pairs_per_epoch"] == 21
 
 
-def test_a_corpus_left_out_of_the_tokenizer_leaves_it_as_without_the_corpus(tiny_config, tmp_path, monkeypatch):
+def test_a_corpus_kept_out_of_the_tokenizer_does_not_change_it(tiny_config, tmp_path, monkeypatch):
     """``train_tokenizer: false`` (a teacher's or back-translated corpus): the tokenizer is the one the
     other corpora alone train (the same cache entry), while the corpus is still encoded and trained on."""
     alone, _, _ = prepare_training_data(tiny_config(), tmp_path / "alone")

@@ -163,7 +163,8 @@ def test_bad_weights_and_corpus_list_errors_name_the_item(tmp_path):
         load_config(write(tmp_path, MIXED), ["data.train.0.train_tokenizer=false", "data.train.1.train_tokenizer=no"])
     with pytest.raises(MTError, match=r"data.train.train_tokenizer: at least one .*, got False$"):
         load_config(write(tmp_path, MINIMAL), ["data.train.train_tokenizer=false"])
-    assert load_config(write(tmp_path, MIXED), ["data.train.1.train_tokenizer=false"]).data.train[1].train_tokenizer is False
+    second = load_config(write(tmp_path, MIXED), ["data.train.1.train_tokenizer=false"]).data.train[1]
+    assert second.train_tokenizer is False
 
 
 def test_tokenizer_scale_keys_and_cache_dir(tmp_path):
