@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import threading
 import time
 
+from bench_memory import status_kb
 from mt.memory import tune_allocator
 
 MIB = 2 ** 20
@@ -32,14 +34,6 @@ class MallInfo2(ctypes.Structure):  # glibc >= 2.33, <malloc.h>
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                  "keepcost")]
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:
@@ -60,7 +54,7 @@ def main() -> None:
         start = time.monotonic()
         while not done.is_set():
             m = libc.mallinfo2()
-            samples.append({"t": time.monotonic() - start, "rss": rss_mib(), "arena": m.arena / MIB,
+            samples.append({"t": time.monotonic() - start, "rss": status_kb(os.getpid())["VmRSS"] / 1024, "arena": m.arena / MIB,
                             "in_use": m.uordblks / MIB, "free": m.fordblks / MIB, "mmapped": m.hblkhd / MIB})
             done.wait(args.every)
 
