@@ -2,7 +2,7 @@
 
 Every file we write goes to a temporary file in the same directory, is fsynced and then
 renamed over the target, so a crash (even SIGKILL) leaves either the old or the new
-file, never a torn one.
+file, never a torn one. A device or pipe (``-o /dev/null``) is written in place.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, kind: str = "file") -> Non
     path = Path(path)
     tmp = None
     try:
+        if _is_special_file(path):  # /dev/null, a FIFO, /dev/stdout: nothing to replace, and renaming
+            with open(path, "wb") as f:  # over it would put a regular file where the device was
+                f.write(data)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{temp_name(path.name)}.", suffix="")
         with os.fdopen(fd, "wb") as f:
@@ -50,6 +55,15 @@ def atomic_write_bytes(path: str | Path, data: bytes, kind: str = "file") -> Non
         if isinstance(e, OSError) and (error := disk_write_error(path, e)):
             raise error from None
         raise
+
+
+def _is_special_file(path: Path) -> bool:
+    """True for an existing path that is neither a regular file nor a directory (after symlinks)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _fsync_dir(folder: Path) -> None:

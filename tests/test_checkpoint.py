@@ -1,5 +1,6 @@
 import json
 import os
+import stat
 import sys
 
 import pytest
@@ -79,6 +80,20 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     assert load_checkpoint(target) == {"step": 1}
     atomic_write_bytes(target, b"new")  # and the next save still works
     assert target.read_bytes() == b"new"
+
+
+def test_a_pipe_or_device_is_written_in_place_not_replaced(tmp_path):
+    """`mt translate -o /dev/null` (or a FIFO) must not rename a regular file over the device."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so opening to write does not block
+    try:
+        atomic_write_bytes(fifo, b"a line\n")
+        assert os.read(reader, 100) == b"a line\n"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]  # no temporary file left beside it
 
 
 def test_latest_checkpoint_ignores_best_files(tmp_path):
