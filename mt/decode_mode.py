@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mt.config import DECODE_MODES
-from mt.train import cpu_supports_bf16
+from mt.device import cpu_supports_bf16
 
 BLEU_TOLERANCE = 0.2  # a mode may lose at most this much validation BLEU against fp32
 

@@ -105,7 +105,7 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
     (measured on 2 cores only, docs/benchmarks.md).
     """
     from mt.serve_worker import ModelWorker
-    from mt.train import cpu_threads, resolve_device
+    from mt.device import cpu_threads, resolve_device
     from mt.translate import Translator, default_decoders
 
     cores = cpu_threads(threads)

@@ -29,7 +29,7 @@ from mt.errors import MTError
 from mt.model import Transformer
 from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
-from mt.train import resolve_device, resolve_precision, set_threads
+from mt.device import resolve_device, resolve_precision, set_threads
 
 
 def default_decoders(decoders: int, device: torch.device, threads: int) -> int:

@@ -21,7 +21,7 @@ from mt.config import DECODE_MODES, Config, config_from_dict, save_config
 from mt.data import read_parallel
 from mt.errors import MTError
 from mt.evaluate import score
-from mt.train import resolve_device, set_threads
+from mt.device import resolve_device, set_threads
 from mt.translate import Translator, run_of
 
 

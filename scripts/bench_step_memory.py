@@ -39,7 +39,7 @@ from mt.config import load_config
 from mt.decode_mode import describe, machine
 from mt.model import Transformer
 from mt.tokenizer import PAD
-from mt.train import autocast, resolve_precision
+from mt.device import autocast, resolve_precision
 
 MB = 2 ** 20
 

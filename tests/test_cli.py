@@ -43,3 +43,13 @@ def test_help_and_argument_errors_never_import_torch(argv, status):
              "    code = e.code\nelse:\n    code = 0\nprint('torch' in sys.modules, code, file=sys.stderr)\n")
     result = run_process([sys.executable, "-c", probe, *argv], f"mt {' '.join(argv)}")
     assert result.stderr.splitlines()[-1] == f"False {status}", result.stderr
+
+
+def test_translating_does_not_import_the_training_loop():
+    # goal 5 of issue 14: `mt translate RUN -i one_line` starts in about the time of `import torch`;
+    # the training loop, the data pipeline and sacreBLEU (~0.2 s) are not needed to translate
+    probe = ("import sys\nimport mt.translate, mt.decode_mode\n"
+             "print(sorted(m for m in ('mt.train', 'mt.cache', 'mt.evaluate', 'sacrebleu') if m in sys.modules),"
+             " file=sys.stderr)\n")
+    result = run_process([sys.executable, "-c", probe], "import mt.translate")
+    assert result.stderr.splitlines()[-1] == "[]", result.stderr
