@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt.config import ModelConfig
+from mt.decode_mode import describe, machine
 from mt.model import Transformer
 
 SHAPES = {  # layers, d_model, heads, d_ff, vocab, batch size x source length x target length
@@ -124,8 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="enable_nested_tensor")  # nn.Transformer with norm_first
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} threads, torch {torch.__version__}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"# {describe(machine())}")
     print("| shape | precision | target tokens | mt step (s) | nn.Transformer step (s) | mt speed-up | "
           "mt target tok/s | model GFLOP/s | of matmul peak |")
     print("|---|---|---|---|---|---|---|---|---|")

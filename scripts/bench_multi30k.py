@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from mt.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint, step_checkpoints
 from mt.data import read_lines
+from mt.decode_mode import describe, machine
 from mt.evaluate import score
 from mt.translate import Translator
 
@@ -38,7 +36,7 @@ def main() -> None:
     step_time = {r["step"]: r["time"] for r in records if "valid_nll" in r}
     src = read_lines(Path(args.data) / "multi30k" / "test2016.de")
     refs = read_lines(Path(args.data) / "multi30k" / "test2016.en")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"# {describe(machine())}")
     print(f"run {args.run_dir}: median real target tokens/s over {len(speeds)} log windows: "
           f"{statistics.median(speeds):.0f}")
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
 from mt.config import ModelConfig
+from mt.decode_mode import describe, machine
 from mt.model import Transformer
 
 
@@ -42,8 +42,7 @@ def main() -> None:
             optimizer.step()
             times[name].append(time.perf_counter() - start)
     print(f"--- bench_optimizer: Adam step over {n_params / 1e6:.1f}M parameters, median of {args.repeats}")
-    print(f"CPU {platform.processor() or platform.machine()}, ISA {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}; load {os.getloadavg()}")
+    print(f"{describe(machine())}; load {os.getloadavg()}")
     base = statistics.median(times["for-loop"])
     for name, ts in times.items():
         print(f"{name:>9}: {statistics.median(ts) * 1000:.1f} ms, {base / statistics.median(ts):.2f}x for-loop")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ import mt
 from bench_model import matmul_peak
 from mt.batching import batch_from_rows, bucket_order
 from mt.config import load_config
+from mt.decode_mode import describe, machine
 from mt.train import Trainer
 
 # the mt command's allocator setting; old commits (PYTHONPATH=OLD_WORKTREE times their code) had none, and an
@@ -111,9 +111,7 @@ def main() -> None:
             what = f"first {args.batches} real batches of epoch 1"
         dtype = trainer.amp_dtype or torch.float32
         print(f"--- bench_step_floor: {args.config} {' '.join(args.overrides)}; {what}; compute {dtype}")
-        print(f"CPU {platform.processor() or platform.machine()}, ISA {torch.backends.cpu.get_cpu_capability()}, "
-              f"{torch.get_num_threads()} threads, native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
-              f"torch {torch.__version__}, allocator {allocator}; load before {os.getloadavg()}")
+        print(f"{describe(machine())}, allocator {allocator}; load before {os.getloadavg()}")
         trainer.train_step([batches[0]])  # warm-up
         steps, floors, step_flops, counts = [], [], [], collections.Counter()
         for batch in batches[1:]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ import torch
 
 from mt.batching import batch_from_rows, bucket_order
 from mt.config import load_config
+from mt.decode_mode import describe, machine
 from mt.loss import label_smoothed_loss
 from mt.memory import M_MMAP_THRESHOLD, MMAP_THRESHOLD
 from mt.train import Trainer
@@ -65,8 +65,7 @@ def main() -> None:
                     "fused+mmap1m": (fused_loss, MMAP_THRESHOLD)}
         times: dict[str, list[float]] = {name: [] for name in variants}
         print(f"--- bench_train_step: {args.config} {' '.join(args.overrides)}, first {args.batches} batches")
-        print(f"CPU {platform.processor() or platform.machine()}, ISA {torch.backends.cpu.get_cpu_capability()}, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}; load before {os.getloadavg()}")
+        print(f"{describe(machine())}; load before {os.getloadavg()}")
         model.train()
         for i in range(args.batches + 1):  # batch 0 warms up and is not counted
             ids = batches[i]

@@ -112,7 +112,7 @@ def test_invalid_utf8_input_is_an_error_and_output_is_untouched(trained_run, tmp
 def test_run_directory_without_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(["translate", str(tmp_path), "-i", "x"], capsys)
     assert code == 2
-    assert err.startswith(f"error: ") and "has no checkpoint" in err and str(tmp_path) in err
+    assert err.startswith("error: ") and "has no checkpoint" in err and str(tmp_path) in err
     code, _, err = run_cli(["translate", str(tmp_path / "nothing")], capsys)
     assert (code, err) == (2, f"error: run directory or checkpoint '{tmp_path / 'nothing'}' not found\n")
 
