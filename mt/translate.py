@@ -24,12 +24,12 @@ from mt import checkpoint as ckpt
 from mt import decode_mode
 from mt.batching import make_batch
 from mt.config import Config, DecodeConfig, config_from_dict
+from mt.device import resolve_device, resolve_precision, set_threads
 from mt.ensemble import Ensemble
 from mt.errors import MTError
 from mt.model import Transformer
 from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
-from mt.device import resolve_device, resolve_precision, set_threads
 
 
 def default_decoders(decoders: int, device: torch.device, threads: int) -> int:

@@ -19,9 +19,9 @@ from mt import decode_mode
 from mt.checkpoint import atomic_write_text
 from mt.config import DECODE_MODES, Config, config_from_dict, save_config
 from mt.data import read_parallel
+from mt.device import resolve_device, set_threads
 from mt.errors import MTError
 from mt.evaluate import score
-from mt.device import resolve_device, set_threads
 from mt.translate import Translator, run_of
 
 
