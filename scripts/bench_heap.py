@@ -54,7 +54,8 @@ def main() -> None:
         start = time.monotonic()
         while not done.is_set():
             m = libc.mallinfo2()
-            samples.append({"t": time.monotonic() - start, "rss": status_kb(os.getpid())["VmRSS"] / 1024, "arena": m.arena / MIB,
+            rss = status_kb(os.getpid())["VmRSS"] / 1024
+            samples.append({"t": time.monotonic() - start, "rss": rss, "arena": m.arena / MIB,
                             "in_use": m.uordblks / MIB, "free": m.fordblks / MIB, "mmapped": m.hblkhd / MIB})
             done.wait(args.every)
 

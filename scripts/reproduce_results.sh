@@ -23,8 +23,12 @@ source scripts/setup_env.sh
 RESULTS=${RESULTS:-runs/results}
 DIRECTIONS=${ONLY:-"de_en en_de fr_en en_fr cs_en en_cs"}
 SEEDS_DE_EN=${SEEDS_DE_EN:-"1 2 3"}            # the recipe's seeds for de->en; they make the ensemble
-BASELINE_SEEDS=${BASELINE_SEEDS:-"1 2"}        # de->en: the regularisers the recipe left out, the e6cecd9 recipe, 9,000 updates, a 6-layer encoder, dropout 0.2, a 4k or 16k vocabulary, EMA, label smoothing 0.2, distillation, a tiny model
-BASELINES=${BASELINES:-"e6cecd9 reg 9k rdrop enc6 drop2 v4k ema ls2 v16k kd tiny"}  # which de->en comparisons to run, e.g. BASELINES=e6cecd9
+# de->en comparisons (the `comparison` function below): the regularisers the recipe left out, the e6cecd9
+# recipe, 9,000 updates, a 6-layer encoder, dropout 0.2, a 4k or 16k vocabulary, EMA, label smoothing 0.2,
+# distillation, a tiny model
+COMPARISONS="e6cecd9 reg 9k rdrop enc6 drop2 v4k ema ls2 v16k kd tiny"
+BASELINES=${BASELINES:-$COMPARISONS}           # which of them to run, e.g. BASELINES=e6cecd9
+BASELINE_SEEDS=${BASELINE_SEEDS:-"1 2"}        # the seeds of each
 # R-Drop (weight 2.5 = the paper's alpha 5 for translation, halved: docs/results.md) at the recipe's
 # wall-clock time: in real runs on an AVX-512 EPYC with native bf16 an R-Drop update cost 1.93x a plain
 # one (median target tok/s over updates 41-500: 1,786 against the recipe seeds' 3,443), so 6,000 / 1.93
@@ -74,8 +78,9 @@ comparison() {  # NAME: the config and overrides of a de->en comparison, trained
     kd) echo "$recipe data.train=[{\"src\":\"$DATA/train.de\",\"tgt\":\"$DATA/train.en\"},{\"src\":\"$DATA/train.de\",\"tgt\":\"$KD_TEACHER\",\"train_tokenizer\":false}]" ;;
     # Wu et al. (2021)'s Transformer-tiny for Multi30k: 4+4 layers, d_model 128, FFN 256 (2.3M parameters,
     # a third of the recipe's), with 4,000-token batches: its steps cost less, so it sees twice the data
-    tiny) echo "$recipe model.encoder_layers=4 model.decoder_layers=4 model.d_model=128 model.d_ff=256 train.batch_tokens=4000" ;;
-    *) echo "BASELINES: unknown de->en comparison '$1' (known: e6cecd9 reg 9k rdrop enc6 drop2 v4k ema ls2 v16k kd tiny)" >&2
+    tiny) echo "$recipe model.encoder_layers=4 model.decoder_layers=4 model.d_model=128 model.d_ff=256" \
+               "train.batch_tokens=4000" ;;
+    *) echo "BASELINES: unknown de->en comparison '$1' (known: $COMPARISONS)" >&2
        return 1 ;;
   esac
 }
