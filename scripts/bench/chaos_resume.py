@@ -15,7 +15,7 @@ the temporary files killed writers left were removed by the next start, that a t
 directory whose owner is alive (this script, standing in for another run sharing the cache)
 was left alone, and that the final parameters and Adam state equal an uninterrupted run's.
 
-    python scripts/chaos_resume.py [--work runs/chaos] [--kills 20] [--steps 600] [--seed 1]
+    python scripts/bench/chaos_resume.py [--work runs/chaos] [--kills 20] [--steps 600] [--seed 1]
 
 Prints the figures (kills by kind, resumes, steps lost per kill) and writes them to
 WORK/summary.json. Exit status 0 if every check passed.
@@ -36,13 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from common import machine_line  # noqa: E402
 from mt.checkpoint import step_checkpoints  # noqa: E402
 from mt.faults import TEMP_NAME, owner_tag  # noqa: E402
 
@@ -53,20 +54,6 @@ TINY = ["model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=64", 
 CACHE_POINTS = ["cache.tokenizer", "cache.encode", "cache.publish"]
 CHECKPOINT_POINTS = ["checkpoint.partial", "checkpoint.synced"]
 RESUMED = re.compile(r"resuming from \S+ \(step (\d+),")
-
-
-def cpu_description() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}"
 
 
 def plan_kills(n: int, rng: random.Random) -> list[dict]:
@@ -185,7 +172,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     plan = plan_kills(args.kills, rng)
     damage_after = rng.randrange(len(CACHE_POINTS) + 2, max(len(plan) - 1, len(CACHE_POINTS) + 3))
-    print(f"machine: {cpu_description()}")
+    print(f"machine: {machine_line()}")
     print(f"command: {' '.join(command[1:])}")
 
     # another run sharing the cache, writing right now (this script's pid: alive) and one that was killed
@@ -302,7 +289,7 @@ def main() -> int:
         by_kind[kind] = by_kind.get(kind, 0) + 1
     executed = sum(((s["last_step"] or s["resumed_from"]) - s["resumed_from"]) for s in sessions)
     summary = {
-        "machine": cpu_description(), "steps": args.steps, "kills": len(killed_sessions),
+        "machine": machine_line(), "steps": args.steps, "kills": len(killed_sessions),
         "kills_by_kind": by_kind, "sessions": len(sessions), "resumes": sum(1 for s in sessions if s["resumed_from"]),
         "steps_lost_per_kill": lost, "steps_lost_median": statistics.median(lost) if lost else 0,
         "steps_lost_mean": round(statistics.mean(lost), 1) if lost else 0, "steps_lost_max": max(lost, default=0),

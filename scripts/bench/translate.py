@@ -18,19 +18,19 @@ the same process, gets the same malloc). The repeats are interleaved: every row 
 warmed up first, then each round times every row once, so a machine whose speed drifts
 within the run moves all rows alike.
 
-    python scripts/bench_translate.py runs/m30k_main [--repeats 3] [--no-ct2]
+    python scripts/bench/translate.py runs/m30k_main [--repeats 3] [--no-ct2]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from common import machine_line, median
 from mt import decode_mode
 from mt.config import load_config
 from mt.data import read_lines
@@ -51,7 +51,7 @@ def time_interleaved(cells: list[dict], repeats: int) -> None:
             cell["hyps"] = cell["run"]()
             cell_times.append(time.perf_counter() - start)
     for cell, cell_times in zip(cells, times):
-        cell["seconds"] = statistics.median(cell_times)
+        cell["seconds"] = median(cell_times)
 
 
 def languages(model: Path) -> tuple[str, str]:
@@ -83,7 +83,7 @@ def main() -> None:
     allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else \
         "the C library's own (not glibc, MT_ALLOCATOR=glibc, or MALLOC_MMAP_THRESHOLD_ set)"
     info = decode_mode.machine()
-    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 {source}->{target} ({len(src)} sentences), median of "
+    print(f"# {machine_line()}; {args.model}, test2016 {source}->{target} ({len(src)} sentences), median of "
           f"{args.repeats} interleaved rounds; malloc: {allocator}")
     cells: list[dict] = []  # one per table row: engine, variant, mode, beam, run (-> hypotheses), tokenizer
     variants = [("fp32", dict()), ("int8", dict(quantize="int8")), ("bf16", dict(precision="bf16"))]
