@@ -92,6 +92,7 @@ def test_the_two_tours_agree_section_for_section():
         assert term in zh, term
 
 
+@pytest.mark.slow
 def test_the_runnable_checks_pass_on_a_tiny_trained_model(trained_run, tmp_path, monkeypatch):
     run_dir = trained_run[0]
     monkeypatch.chdir(tmp_path)  # a check that writes files writes them here
