@@ -3,8 +3,8 @@
 Starts the command after ``--``, reads the child's /proc/PID/status every ``--every``
 seconds (VmRSS and VmHWM, the peak) and the newest step/epoch of the run's metrics.jsonl,
 and writes one JSON line per sample to ``--out``. At the end it prints a result block:
-peak RSS, RSS when the first epoch ended and at the end, and their ratio (the issue's
-"flat" bar: end <= 1.1 x after the first epoch).
+peak RSS, RSS when the first epoch ended and at the end, and their ratio (memory that stays
+flat: end <= 1.1 x after the first epoch).
 
     python scripts/bench/memory.py --run-dir runs/mem -- \\
         mt train configs/multi30k_de_en.yaml run_dir=runs/mem train.max_time=15m --overwrite

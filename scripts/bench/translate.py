@@ -2,7 +2,7 @@
 greedy and beam 5 for mt fp32, int8 and bf16 (bf16 only where the CPU has native bf16, or
 with --force-bf16), and CTranslate2 in each CPU compute type it supports here (float32, int8,
 int16, and bfloat16 / int8_bfloat16 where available) on the model exported by `mt export`;
-then the issue's ratios: mt fp32 / CTranslate2 fp32, and the best mt mode (the fastest whose
+then two ratios: mt fp32 / CTranslate2 fp32, and the best mt mode (the fastest whose
 BLEU is within 0.2 of mt fp32's, the rule of `mt tune --modes`) / CTranslate2's fastest compute
 type, for greedy and beam 5, with the CPU, its ISA and whether bf16 is native.
 
@@ -170,7 +170,7 @@ def fastest_ways(rows: list[dict]) -> list[dict]:
 
 
 def print_ratios(rows: list[dict]) -> None:
-    """The issue's two ratios of sentences/s per search, when both engines ran."""
+    """The two ratios of sentences/s per search, when both engines ran."""
     rows = fastest_ways(rows)
     ct2 = [row for row in rows if row["engine"] == "CTranslate2"]
     if not ct2:
