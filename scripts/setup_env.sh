@@ -7,7 +7,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 constraints="$repo_root/scripts/constraints.txt"
 stamp="$repo_root/.venv/.mt-installed"
 if [ ! -f "$stamp" ] || [ "$repo_root/pyproject.toml" -nt "$stamp" ] || [ "$constraints" -nt "$stamp" ]; then
-  echo "setting up $repo_root/.venv (first run only)..." >&2
+  echo "setting up $repo_root/.venv with the tested versions (scripts/constraints.txt)..." >&2
   python3 -m venv "$repo_root/.venv"
   pins="$constraints"
   if [ -n "${MT_TORCH:-}" ]; then  # the user's torch: keep its pin out of the constraints
