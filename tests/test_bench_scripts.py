@@ -22,6 +22,7 @@ def load(name: str, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))  # sys.path is restored after the test
     spec = importlib.util.spec_from_file_location(f"bench_script_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 
