@@ -141,6 +141,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     format_scores(score(hyps, refs, args.metrics), as_json=args.json)
 
 
+def cmd_data(args: argparse.Namespace) -> None:
+    from mt.download import download_multi30k
+
+    download_multi30k(args.dir, log=lambda message: print(message, file=sys.stderr))
+
+
 def cmd_average(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -239,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,translate,tune,evaluate,average,plot,attention,figures,export,serve}")
+                                  metavar="{train,translate,tune,evaluate,data,average,plot,attention,figures,export,serve}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -302,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--metrics", nargs="+", default=["bleu", "chrf", "ter"], choices=["bleu", "chrf", "ter"])
     p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("data", parents=[common], help="download a public corpus (Multi30k) where the configs look",
+                         description="Download Multi30k task 1 (train, val, test2016 in en, de, fr, cs) into DIR/multi30k.")
+    p.add_argument("corpus", choices=["multi30k"])
+    p.add_argument("--dir", help="the data root (default: $MT_DATA_ROOT, else ../shared/data, where configs/*.yaml look)")
+    p.set_defaults(func=cmd_data)
 
     p = verbs.add_parser("average", parents=[common], help="average the last (or best) N checkpoints of a run",
                          description="Average the weights of the last N numbered checkpoints (or of the N best "
