@@ -138,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mt.evaluate import format_scores, read_pair, score
 
     hyps, refs = read_pair(args.input, args.reference)
-    format_scores(score(hyps, refs, args.metrics), as_json=args.json)
+    format_scores(score(hyps, refs, args.metrics, args.lowercase, args.tokenize), as_json=args.json)
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="hypothesis file, one sentence per line")
     p.add_argument("-m", "--metrics", nargs="+", default=["bleu", "chrf", "ter"], choices=["bleu", "chrf", "ter"])
     p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
+    p.add_argument("-lc", "--lowercase", action="store_true", help="case-insensitive BLEU (sacreBLEU's -lc)")
+    p.add_argument("-tok", "--tokenize", choices=["13a", "intl", "none", "char", "zh"],
+                   help="BLEU's tokenizer (sacreBLEU's -tok; default 13a; none for text tokenised beforehand)")
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("data", parents=[common], help="download a public corpus (Multi30k) where the configs look",
