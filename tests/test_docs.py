@@ -35,7 +35,7 @@ def text_lines(paths):
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|<img[^>]+src=\"([^\"]+)\"")
 # a repository path written in prose or code: mt/..., scripts/..., configs/..., docs/..., tests/...
-REPO_PATH = re.compile(r"(?<![\w./~$-])((?:mt|scripts|configs|docs|tests)/[\w./{},-]*[\w/}])")
+REPO_PATH = re.compile(r"(?<![\w./~$-])((?:mt|scripts|configs|docs|tests)/[\w./{},*<>-]*[\w/}*>])")
 
 
 def expand_braces(path: str) -> list[str]:
@@ -46,15 +46,30 @@ def expand_braces(path: str) -> list[str]:
             for p in expand_braces(path[:match.start()] + choice + path[match.end():])]
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens, repeats numbered."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S),
+                              re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
 def broken_links(paths) -> list[str]:
     broken = []
     for path, number, line in text_lines(paths):
         for match in LINK.finditer(line):
-            target = (match.group(1) or match.group(2)).split("#")[0]
-            if not target or re.match(r"[a-z]+:", target):  # an anchor in the page, or a URL
+            target, _, anchor = (match.group(1) or match.group(2)).partition("#")
+            if re.match(r"[a-z]+:", target):  # a URL
                 continue
-            if not (path.parent / target).exists():
+            page = path.parent / target if target else path
+            if not page.exists():
                 broken.append(f"{rel(path)}:{number}: link {target}")
+            elif anchor and page.suffix == ".md" and anchor not in anchors(page):
+                broken.append(f"{rel(path)}:{number}: link {target}#{anchor}")
     return broken
 
 
@@ -64,8 +79,8 @@ def missing_paths(paths, prefixes=("mt", "scripts", "configs", "docs", "tests"))
         for match in REPO_PATH.finditer(line):
             if match.group(1).split("/")[0] not in prefixes:
                 continue
-            for candidate in expand_braces(match.group(1).rstrip(".,")):
-                if not (ROOT / candidate).exists():
+            for candidate in expand_braces(re.sub(r"<[^<>]*>", "*", match.group(1).rstrip(".,"))):
+                if not any(ROOT.glob(candidate)) if "*" in candidate else not (ROOT / candidate).exists():
                     missing.append(f"{rel(path)}:{number}: {candidate}")
     return missing
 
@@ -85,13 +100,17 @@ def test_code_points_only_at_docs_that_exist():
 def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     page = tmp_path / "page.md"
-    page.write_text("See [the guide](docs/nope.md), ![fig](figures/x.png), `scripts/bench/none.py`, "
-                    "configs/multi30k_{de,fr}_en.yaml and [web](https://example.org/mt/x.py).\n")
+    page.write_text("# A title: `mt x [y]`\n\nSee [the guide](docs/nope.md), ![fig](figures/x.png), `scripts/bench/none.py`, "
+                    "configs/multi30k_{de,fr}_en.yaml, tests/test_<module>.py, configs/*.yaml, [web](https://example.org/mt/x.py), [here](#a-title-mt-x-y) "
+                    "and [there](#nowhere).\n")
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "multi30k_de_en.yaml").write_text("")
-    assert broken_links([page]) == ["page.md:1: link docs/nope.md", "page.md:1: link figures/x.png"]
-    assert missing_paths([page]) == ["page.md:1: docs/nope.md", "page.md:1: scripts/bench/none.py",
-                                     "page.md:1: configs/multi30k_fr_en.yaml"]
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("")
+    assert broken_links([page]) == ["page.md:3: link docs/nope.md", "page.md:3: link figures/x.png",
+                                    "page.md:3: link #nowhere"]
+    assert missing_paths([page]) == ["page.md:3: docs/nope.md", "page.md:3: scripts/bench/none.py",
+                                     "page.md:3: configs/multi30k_fr_en.yaml"]
 
 
 # -- commands shown in the README ----------------------------------------------------------------
@@ -101,15 +120,18 @@ def code_blocks(path: Path, language: str) -> list[str]:
 
 
 def readme_commands() -> list[list[str]]:
-    """Every `mt ...` command (also after `torchrun ... -m`) in the README's bash blocks, as argv."""
+    """Every `mt ...` command (also after `torchrun ... -m`) in the README's bash blocks and inline code, as argv."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for block in code_blocks(ROOT / "README.md", "bash")
+             for line in block.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`((?:mt|torchrun) [^`]+)`", re.sub(r"```.*?```", "", readme, flags=re.S))
     commands = []
-    for block in code_blocks(ROOT / "README.md", "bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            if "-m" in words and words[0] in ("torchrun", "python"):
-                words = words[words.index("-m") + 1:]
-            if words[:1] == ["mt"]:
-                commands.append(words[1:])
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if "-m" in words and words[0] in ("torchrun", "python"):
+            words = words[words.index("-m") + 1:]
+        if words[:1] == ["mt"] and len(words) > 1:
+            commands.append(words[1:])
     return commands
 
 
@@ -121,8 +143,8 @@ def test_readme_shows_commands():
 @pytest.mark.parametrize("argv", readme_commands(), ids=" ".join)
 def test_readme_command_parses(argv):
     """Each command's verb and options are ones `mt` accepts, and its --help works."""
-    args = build_parser().parse_args(argv)
-    assert args.verb == argv[0]
+    if len(argv) > 1:  # a bare `mt VERB` in prose names the verb; its --help is checked below
+        assert build_parser().parse_args(argv).verb == argv[0]
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([argv[0], "--help"])
     assert exit_.value.code == 0
