@@ -14,7 +14,7 @@ if [ ! -f "$data/train.de" ] || [ ! -f "$data/test2016.de" ]; then
 fi
 run="${MT_DEMO_RUN:-runs/demo_de_en}"
 start=$SECONDS
-mt train configs/demo_de_en.yaml "run_dir=$run" --overwrite "$@"
+mt train configs/demo_de_en.yaml "run_dir=$run" "$@" --overwrite
 mt translate "$run" -i "$data/test2016.de" -o "$run/test2016.hyp.en" --beam 5
 echo "== test2016 de->en, $(wc -l < "$run/test2016.hyp.en") sentences, beam 5 (sacreBLEU):"
 mt evaluate -r "$data/test2016.en" -i "$run/test2016.hyp.en"
