@@ -313,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("data", parents=[common], help="download a public corpus (Multi30k) where the configs look",
-                         description="Download Multi30k task 1 (train, val, test2016 in en, de, fr, cs) into DIR/multi30k.")
+                         description="Download Multi30k task 1 (train, val, test2016 in en, de, fr, cs) "
+                                     "into DIR/multi30k.")
     p.add_argument("corpus", choices=["multi30k"])
-    p.add_argument("--dir", help="the data root (default: $MT_DATA_ROOT, else ../shared/data, where configs/*.yaml look)")
+    p.add_argument("--dir", help="the data root (default: $MT_DATA_ROOT, else ../shared/data, "
+                                 "where configs/*.yaml look)")
     p.set_defaults(func=cmd_data)
 
     p = verbs.add_parser("average", parents=[common], help="average the last (or best) N checkpoints of a run",

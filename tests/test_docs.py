@@ -100,8 +100,9 @@ def test_code_points_only_at_docs_that_exist():
 def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     page = tmp_path / "page.md"
-    page.write_text("# A title: `mt x [y]`\n\nSee [the guide](docs/nope.md), ![fig](figures/x.png), `scripts/bench/none.py`, "
-                    "configs/multi30k_{de,fr}_en.yaml, tests/test_<module>.py, configs/*.yaml, [web](https://example.org/mt/x.py), [here](#a-title-mt-x-y) "
+    page.write_text("# A title: `mt x [y]`\n\nSee [the guide](docs/nope.md), ![fig](figures/x.png), "
+                    "`scripts/bench/none.py`, configs/multi30k_{de,fr}_en.yaml, tests/test_<module>.py, "
+                    "configs/*.yaml, [web](https://example.org/mt/x.py), [here](#a-title-mt-x-y) "
                     "and [there](#nowhere).\n")
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "multi30k_de_en.yaml").write_text("")
