@@ -17,7 +17,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 # DATA_ROOT_ENV and parse_duration are part of this module's API, beside CACHE_DIR_ENV and the dataclasses
-from mt.config_load import DATA_ROOT_ENV, apply_overrides, build, parse_duration, read_with_bases, resolve_paths  # noqa
+from mt.config_load import DATA_ROOT_ENV as DATA_ROOT_ENV
+from mt.config_load import apply_overrides, build, parse_duration, read_with_bases, resolve_paths
 from mt.errors import MTError
 
 CACHE_DIR_ENV = "MT_CACHE_DIR"
@@ -251,7 +252,7 @@ def _need(source: str, ok: bool, key: str, what: str, value: Any) -> None:
 
 
 def _check_values(c: Config, source: str) -> None:
-    """Checks that involve a value's range or several keys, one section after the other."""
+    """Checks that involve a value's range or several keys, section by section; the first that fails raises."""
     _check_data(c.data, source)
     _check_tokenizer(c.tokenizer, source)
     _check_model(c, source)

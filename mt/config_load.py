@@ -22,7 +22,6 @@ DATA_ROOT_ENV = "MT_DATA_ROOT"
 BASE_KEY = "base"  # a config file may extend another: base: multi30k_base.yaml (relative to the file)
 
 
-
 # ---------------------------------------------------------------- YAML files
 
 
