@@ -142,7 +142,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads; 0 = every core
     precision: Literal[PRECISIONS] = "auto"
-    compile: bool = False  # torch.compile the model for the training step (see docs/benchmarks.md for when it pays)
+    compile: bool = False  # torch.compile the model for the training step (see docs/performance.md for when it pays)
     batch_tokens: int = 4096  # per batch: sentences x longest side, padding included
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
