@@ -21,7 +21,7 @@ import httpx  # noqa: E402
 
 from mt.errors import MTError  # noqa: E402
 from mt.serve import App, Limits, load_models  # noqa: E402
-from mt.serve_text import LONG_LINE, detect_language, html_pieces, join_html, segment  # noqa: E402
+from mt.serve.text import LONG_LINE, detect_language, html_pieces, join_html, segment  # noqa: E402
 from mt.translate import Translator  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -491,7 +491,7 @@ def test_several_runs_are_several_pairs(run):
 
 
 def test_closing_a_worker_finishes_what_is_queued(run):
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=1)
@@ -511,7 +511,7 @@ def test_closing_a_worker_finishes_what_is_queued(run):
 def test_the_gathering_rule(run):
     """Wait while the queue grows (until it has been still for gather_ms) or while the server
     announces requests on their way, never past the window, never past the token budget."""
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     models = load_models([str(run[0])], threads=1, gather_ms=5, gather_window_ms=50, gather_tokens=100)
     worker = models[0].worker
@@ -566,7 +566,7 @@ def test_the_gathering_rule(run):
 
 def test_a_client_that_keeps_sending_does_not_wait_the_quiet_time(run):
     """After a round, as many jobs as it answered start the next round at once (the clients are back)."""
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     # a 10-minute quiet time: only the token budget (first round) or the returning clients start a round
@@ -585,7 +585,7 @@ def test_a_client_that_keeps_sending_does_not_wait_the_quiet_time(run):
 
 
 def test_a_lone_job_does_not_wait_for_the_window(run):
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=1, gather_ms=0, gather_window_ms=600_000)
@@ -601,7 +601,7 @@ def test_a_lone_job_does_not_wait_for_the_window(run):
 
 
 def test_the_worker_gathers_the_requests_the_server_announced(run):
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=1, gather_ms=0, gather_window_ms=600_000)
@@ -625,7 +625,7 @@ def test_the_worker_gathers_the_requests_the_server_announced(run):
 
 def test_two_decoders_decode_two_batches_at_once(run):
     import torch
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=2, gather_ms=0)  # CPU: one decoder per core, one thread each
@@ -649,7 +649,7 @@ def test_two_decoders_decode_two_batches_at_once(run):
 
 def test_a_decoder_that_finds_the_queue_taken_waits_again(run):
     import torch
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=2, gather_ms=0, gather_window_ms=600_000)

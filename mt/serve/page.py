@@ -1,0 +1,72 @@
+"""``mt``'s own routes: the web page and what it reads (``/mt/attention``, ``/mt/models``),
+and ``/mt/stats``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mt.serve.request import ApiError, check_texts, missing, read_params
+from mt.serve.text import segment
+
+try:
+    from starlette.responses import FileResponse, JSONResponse
+except ImportError:  # checked by require_web_stack before anything is served
+    FileResponse = JSONResponse = None
+
+STATIC = Path(__file__).parent / "static"
+
+
+async def page(request):
+    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+
+async def static(request):
+    name = request.path_params["name"]
+    if name not in ("app.js", "style.css"):
+        return JSONResponse({"error": "Not Found"}, status_code=404)
+    kind = "text/javascript" if name.endswith(".js") else "text/css"
+    return FileResponse(STATIC / name, media_type=f"{kind}; charset=utf-8")
+
+
+async def models_info(app, request):
+    return JSONResponse([m.info() for m in app.models])
+
+
+async def attention(app, request):
+    """One sentence's translation with its cross-attention (layers, heads, target, source)."""
+    from mt.serve.worker import Job
+
+    params, _ = await read_params(request, app.limits.max_body)
+    app.check_key(params)
+    q, source, target = params.get("q"), params.get("source"), params.get("target")
+    for name, value in (("q", q), ("source", source), ("target", target)):
+        if not value or not isinstance(value, str):
+            raise missing(name)
+    check_texts([q], app.limits, batch=False)
+    model = app.model_for(source, target, source)
+    sentences = segment(q).sentences
+    try:
+        index = int(params.get("sentence", 0))
+    except (TypeError, ValueError):
+        raise ApiError(400, "Invalid request: sentence parameter is not a number") from None
+    if not sentences:
+        return JSONResponse({"sentences": 0, "sentence": 0, "source": [], "target": [], "weights": []})
+    if not 0 <= index < len(sentences):
+        raise ApiError(400, f"Invalid request: sentence parameter must be < {len(sentences)}")
+    tokens = app.count_tokens(model, [sentences[index]])
+    src, tgt, weights = await app.run_job(request, model, Job("attention", [sentences[index]], tokens))
+    return JSONResponse({
+        "sentences": len(sentences), "sentence": index, "text": sentences[index],
+        "translatedText": model.translator.tokenizers.tgt.sp.decode_pieces(tgt[:-1]),
+        "source": src, "target": tgt, "weights": weights.round(decimals=4).tolist(),
+    })
+
+
+async def stats(app, request):
+    """What each worker did so far: decoding rounds, jobs, sentences, the largest round, seconds
+    spent from the oldest job's arrival to its round's start (gathering and queueing), and
+    decoding; with the jobs queued now (to find where the time goes under load)."""
+    out = []
+    for m in app.models:
+        with m.worker.cond:
+            out.append({"source": m.source, "target": m.target, "queued": len(m.worker.queue), **m.worker.stats})
+    return JSONResponse(out)
