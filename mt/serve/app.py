@@ -30,18 +30,24 @@ class App:
         self.pairs = {(m.source, m.target): m for m in models}
 
     def announced(self, endpoint):
-        """Wrap a route that queues a job: from the moment the request reaches it until its job
-        is queued (or it fails), every worker knows one more request is on its way, and keeps
-        gathering for it (``ModelWorker.expect``; the model is known only once it is parsed)."""
+        """Wrap a route that queues a job, so that its announcement (``admit``) is withdrawn
+        however the request ends."""
         async def handler(request: Request) -> Response:
-            request.state.on_its_way = True
-            for m in self.models:
-                m.worker.expect(1)
             try:
                 return await endpoint(request)
             finally:
                 self.arrived(request)
         return handler
+
+    def admit(self, request: Request, params: dict) -> None:
+        """Check the API key; then, until the request's job is queued (or it fails), every worker
+        knows one more request is on its way, and keeps gathering for it (``ModelWorker.expect``;
+        the model is known only once it is parsed). A request still sending its headers or
+        body, or without a valid key, is not waited for."""
+        self.check_key(params)
+        request.state.on_its_way = True
+        for m in self.models:
+            m.worker.expect(1)
 
     def arrived(self, request: Request) -> None:
         """The request's job is queued (or will never be): withdraw its announcement, once."""
@@ -54,6 +60,8 @@ class App:
         if self.api_keys is None:
             return
         key = params.get("api_key")
+        if key and not isinstance(key, str):
+            raise ApiError(400, "Invalid request: api_key parameter must be a string")
         if key and key not in self.api_keys:
             raise ApiError(403, "Invalid API key")
         if not key:
@@ -82,8 +90,13 @@ class App:
             self.arrived(request)
         answer = asyncio.ensure_future(asyncio.wrap_future(future))
         gone = asyncio.ensure_future(_disconnected(request))
-        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server gave up on the request (shutdown timeout)
+            model.worker.cancel(job)
+            raise
+        finally:
+            gone.cancel()
         if not answer.done():  # the client went away: the worker skips the job if it has not started it
             model.worker.cancel(job)
             answer.cancel()
@@ -93,18 +106,24 @@ class App:
         except Exception as e:
             raise ApiError(500, f"Cannot translate text: {e}") from None
 
-    def count_tokens(self, model: ServedModel, sentences: list[str]) -> int:
+    def count_tokens(self, model: ServedModel, sentences: list[str], most: int | None = None) -> int:
+        """The sentences' source tokens (with EOS), within the request's and each sentence's limits
+        (``most``: a route's own limit per sentence)."""
         lengths = [len(ids) + 1 for ids in model.translator.tokenizers.src.encode(sentences)] if sentences else []
-        total = sum(lengths)
+        total, longest = sum(lengths), max(lengths, default=1) - 1
         if total > self.limits.max_tokens:
             raise ApiError(400, f"Invalid request: request ({total} subword tokens) exceeds the token limit "
                                 f"({self.limits.max_tokens})")
         cfg = model.translator.config
         if cfg.model.positions == "learned":  # the model has no positions beyond max_positions
-            longest = int((cfg.model.max_positions - 2 - cfg.decode.max_len_b) / max(cfg.decode.max_len_a, 1e-9))
-            if lengths and max(lengths) - 1 > longest:
-                raise ApiError(400, f"Invalid request: a sentence of {max(lengths) - 1} subword tokens exceeds "
-                                    f"this model's limit ({longest})")
+            table = int((cfg.model.max_positions - 2 - cfg.decode.max_len_b) / max(cfg.decode.max_len_a, 1e-9))
+            if longest > table:
+                raise ApiError(400, f"Invalid request: a sentence of {longest} subword tokens exceeds "
+                                    f"this model's limit ({table})")
+        most = min(self.limits.max_sentence_tokens, most or self.limits.max_sentence_tokens)
+        if longest > most:
+            raise ApiError(400, f"Invalid request: a sentence of {longest} subword tokens exceeds the limit of "
+                                f"{most} per sentence (cut it at a sentence end or a space)")
         return total
 
     def starlette(self) -> "Starlette":
@@ -125,13 +144,14 @@ class App:
             ("/mt/stats", bind(page.stats), "GET"),
         ]
         app = Starlette(routes=[Route(path, _guarded(fn), methods=[method]) for path, fn, method in routes])
+        app.router.redirect_slashes = False  # its redirect names the Host the client sent: SlashRedirect's does not
 
         async def http_error(request, exc):  # 404 / 405 from routing, in the same JSON form
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
         from starlette.exceptions import HTTPException
         app.add_exception_handler(HTTPException, http_error)
-        return CORS(app)
+        return CORS(SlashRedirect(app, {path for path, _, _ in routes if "{" not in path}))
 
 
 def _guarded(endpoint):
@@ -143,6 +163,8 @@ def _guarded(endpoint):
             return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+        except asyncio.CancelledError:  # given up at the shutdown timeout: an answer, not a traceback
+            return JSONResponse({"error": "The server is shutting down"}, status_code=503)
         except Exception as e:  # a bug: say so in JSON, keep serving
             print(f"mt serve: error in {request.url.path}: {e!r}", file=sys.stderr)
             return JSONResponse({"error": f"Internal error: {e}"}, status_code=500)
@@ -155,6 +177,23 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class SlashRedirect:
+    """``/translate/`` -> 307 to ``/translate`` (a relative address: never the client's Host)."""
+
+    def __init__(self, app, paths: set[str]):
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or len(path) < 2 or not path.endswith("/") or path[:-1] not in self.paths:
+            return await self.app(scope, receive, send)
+        query = scope.get("query_string", b"")
+        location = path[:-1].encode() + (b"?" + query if query else b"")
+        await send({"type": "http.response.start", "status": 307,
+                    "headers": [(b"location", location), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class CORS:

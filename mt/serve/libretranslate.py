@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mt.serve.request import ApiError, check_texts, missing, read_params
+import asyncio
+
+from mt.serve.request import ApiError, check_texts, missing, read_params, text_param
 from mt.serve.text import detect_language, html_pieces, join_html, language_name, segment
 
 try:
@@ -26,7 +28,8 @@ class TranslateRequest:
 
 
 def translate_request(params: dict, is_json: bool, app) -> TranslateRequest:
-    q, source, target = params.get("q"), params.get("source"), params.get("target")
+    q = params.get("q")
+    source, target, text_format = (text_param(params, name) for name in ("source", "target", "format"))
     if not q:
         raise missing("q")
     if not source:
@@ -35,7 +38,7 @@ def translate_request(params: dict, is_json: bool, app) -> TranslateRequest:
         raise missing("target")
     try:
         alternatives = max(0, int(params.get("alternatives", 0)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: infinity
         raise ApiError(400, "Invalid request: alternatives parameter is not a number") from None
     batch = isinstance(q, list)
     texts = q if batch else [q]
@@ -44,17 +47,17 @@ def translate_request(params: dict, is_json: bool, app) -> TranslateRequest:
     if not is_json:  # as LibreTranslate: form bodies get Unix line ends before the char limit
         texts = ["\n".join(t.splitlines()) for t in texts]
     check_texts(texts, app.limits, batch)
-    return TranslateRequest(texts, batch, source, target, params.get("format"), alternatives)
+    return TranslateRequest(texts, batch, source, target, text_format, alternatives)
 
 
 async def translate(app, request):
     params, is_json = await read_params(request, app.limits.max_body)
-    app.check_key(params)
+    app.admit(request, params)
     req = translate_request(params, is_json, app)
     detected = None
     if req.source == "auto":
         into_target = [src for src in app.sources if (src, req.target) in app.pairs]  # candidates that can answer
-        detected = detect_language("\n".join(req.texts), into_target or app.sources)[0]
+        detected = (await asyncio.to_thread(detect_language, "\n".join(req.texts), into_target or app.sources))[0]
         source_code = detected["language"]
     else:
         source_code = req.source
@@ -80,13 +83,7 @@ async def translate_texts(app, request, model, req: TranslateRequest) -> tuple[l
     from mt.serve.worker import Job
 
     html = req.text_format == "html"
-    documents = [html_pieces(t) for t in req.texts] if html else None
-    if html:
-        segments = [[segment(s) for is_text, s in doc if is_text] for doc in documents]
-    else:
-        segments = [[segment(t)] for t in req.texts]
-    sentences = [s for per_text in segments for seg in per_text for s in seg.sentences]
-    tokens = app.count_tokens(model, sentences)
+    documents, segments, sentences, tokens = await asyncio.to_thread(prepare, app, model, req.texts, html)
     job = Job("translate", sentences, tokens, nbest=1 + req.alternatives)
     hyps = await app.run_job(request, model, job) if sentences else []
     best, alts, at = [], [], 0
@@ -105,6 +102,18 @@ async def translate_texts(app, request, model, req: TranslateRequest) -> tuple[l
     return best, alts
 
 
+def prepare(app, model, texts: list[str], html: bool) -> tuple:
+    """The texts' html pieces (html only), their segments and sentences, and the sentences'
+    token count: the request's CPU work, done on a thread, off the event loop."""
+    documents = [html_pieces(t) for t in texts] if html else None
+    if html:
+        segments = [[segment(s) for is_text, s in doc if is_text] for doc in documents]
+    else:
+        segments = [[segment(t)] for t in texts]
+    sentences = [s for per_text in segments for seg in per_text for s in seg.sentences]
+    return documents, segments, sentences, app.count_tokens(model, sentences)
+
+
 def _unique(options: list[str], best: str) -> list[str]:
     """Alternatives without repeats, without the translation itself or empty ones (as LibreTranslate)."""
     seen, out = {best, ""}, []
@@ -121,9 +130,11 @@ async def detect(app, request):
     q = params.get("q")
     if not q:
         raise missing("q")
-    if isinstance(q, list):
-        q = "\n".join(str(t) for t in q)
-    return JSONResponse(detect_language(str(q), app.sources))
+    texts = q if isinstance(q, list) else [q]
+    if not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "Invalid request: q must be a string or a list of strings")
+    check_texts(texts, app.limits, isinstance(q, list))
+    return JSONResponse(await asyncio.to_thread(detect_language, "\n".join(texts), app.sources))
 
 
 async def languages(app, request):

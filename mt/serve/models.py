@@ -21,9 +21,14 @@ class ServedModel:
     def translator(self):
         return self.worker.translator
 
+    @property
+    def name(self) -> str:
+        """The run directory's own name: where it lives on the server is nobody else's business."""
+        return Path(self.run).name
+
     def info(self) -> dict:
         cfg = self.translator.config
-        return {"run": self.run, "source": self.source, "target": self.target,
+        return {"run": self.name, "source": self.source, "target": self.target,
                 "beamSize": cfg.decode.beam_size, "layers": cfg.model.decoder_layers, "heads": cfg.model.heads}
 
 
@@ -40,8 +45,12 @@ def parse_run_spec(spec: str) -> tuple[str, str | None, str | None]:
 
 def load_models(specs: list[str], device: str = "auto", precision: str = "fp32", threads: int = 0,
                 quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0,
-                gather_tokens: int = 4096, gather_window_ms: float = 50.0, decoders: int = 0) -> list[ServedModel]:
+                gather_tokens: int = 4096, gather_window_ms: float = 50.0, decoders: int = 0,
+                beam: int | None = None, max_output_tokens: int | None = None) -> list[ServedModel]:
     """Load each run and start its worker; two runs of one pair are an error (no ensembles here).
+
+    ``beam``: the beam size (None: each run's ``decode.beam_size``); ``max_output_tokens``: the
+    most target tokens per sentence (None: ``decode.max_len_a`` x source + ``max_len_b`` alone).
 
     ``threads``: the CPU cores to use (0 = all); ``decoders``: decoding threads per model
     (0 = one per core on CPU, at most 4, each with ``threads // decoders`` torch threads; 1 on
@@ -68,6 +77,9 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
         seen[src, tgt] = run
         models.append(ServedModel(run, src, tgt, None))
     for model, translator in zip(models, translators):
+        translator.max_output_tokens = max_output_tokens
+        if beam is not None:
+            translator.config.decode.beam_size = beam
         model.worker = ModelWorker(translator, max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
                                    gather_window_ms=gather_window_ms, name=f"{model.source}-{model.target}",
                                    decoders=decoders)
