@@ -1,6 +1,7 @@
 """Running ``mt serve``: the listening socket, the API keys, uvicorn, and a graceful stop."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import sys
@@ -65,7 +66,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     try:
         server.run(sockets=[sock])
     finally:
-        left = server.deadline - time.monotonic() if server.deadline else limits.shutdown_timeout
+        left = 0.0 if server.force_exit else min(server.deadline - time.monotonic(), limits.shutdown_timeout)
         finished = all([m.worker.close(max(0.0, left)) for m in models])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -85,7 +86,7 @@ def make_server(app, limits: Limits, url: str, log_level: str):
         header_timeout, body_timeout = limits.header_timeout, limits.body_timeout
 
     class Server(uvicorn.Server):
-        deadline: float | None = None  # when the graceful stop gives up
+        deadline = float("inf")  # when the graceful stop gives up
         abandoned = 0  # requests still running then
 
         async def startup(self, sockets=None):
@@ -101,14 +102,26 @@ def make_server(app, limits: Limits, url: str, log_level: str):
             super().handle_exit(sig, frame)
 
         async def shutdown(self, sockets=None):
-            await super().shutdown(sockets)
-            self.abandoned = len(self.server_state.tasks)
-            for task in self.server_state.tasks:  # (uvicorn cancelled them unless forced)
-                task.cancel()
+            """uvicorn's graceful stop, given up at the deadline or a second signal: what is in
+            flight is cancelled (answered 503), then the connections left are closed."""
+            stopping = asyncio.ensure_future(super().shutdown(sockets))
+            given_up = None
+            while not stopping.done():
+                await asyncio.wait({stopping}, timeout=0.1)
+                now = time.monotonic()
+                if given_up is None and (self.force_exit or now >= self.deadline):
+                    given_up = now
+                    self.abandoned = len(self.server_state.tasks)
+                    for task in self.server_state.tasks:
+                        task.cancel()
+                elif given_up is not None and now - given_up > 1.0:  # a connection without a task
+                    for connection in list(self.server_state.connections):
+                        connection.transport.close()
+                    if now - given_up > 2.0:
+                        stopping.cancel()
 
     config = uvicorn.Config(app, log_level=log_level, access_log=False, http=Protocol, lifespan="off",
-                            timeout_keep_alive=limits.keep_alive_timeout,
-                            timeout_graceful_shutdown=limits.shutdown_timeout)
+                            timeout_keep_alive=limits.keep_alive_timeout, timeout_graceful_shutdown=None)
     return Server(config)
 
 
