@@ -372,3 +372,19 @@ def test_serve_beam_option(run):
             "Invalid request: alternatives parameter must be <= 0"
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--beam", "0", "--beam: must be at least 1, got 0"),
+    ("--max-output-tokens", "0", "--max-output-tokens: must be at least 1, got 0"),
+    ("--max-sentence-tokens", "-1", "--max-sentence-tokens: must be at least 1, got -1"),
+    ("--header-timeout", "0", "--header-timeout: must be a number of seconds > 0, got 0.0"),
+    ("--shutdown-timeout", "nan", "--shutdown-timeout: must be a number of seconds > 0, got nan"),
+])
+def test_bad_serve_options_are_one_line_errors(option, value, message, capsys):
+    from mt.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "runs/none", option, value])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -49,6 +49,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     from mt.serve.models import load_models
 
     limits = limits or Limits()
+    check_options(limits, beam, max_output_tokens)
     api_keys = read_api_keys(api_keys_file) if api_keys_file else None
     sock = bind(host, port)  # before the models load: a busy port fails at once
     models = load_models(specs, device=device, precision=precision, threads=threads, quantize=quantize,
@@ -74,6 +75,18 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     if server.abandoned or not finished:
         raise MTError(f"stopped after the shutdown timeout ({limits.shutdown_timeout:g} s) or a second signal: "
                       f"{server.abandoned} requests abandoned" + ("" if finished else ", a decoder still busy"))
+
+
+def check_options(limits: Limits, beam: int | None, max_output_tokens: int | None) -> None:
+    counts = [("--beam", beam), ("--max-output-tokens", max_output_tokens),
+              ("--max-sentence-tokens", limits.max_sentence_tokens)]
+    for option, value in counts:
+        if value is not None and value < 1:
+            raise MTError(f"{option}: must be at least 1, got {value}")
+    for name in ("header", "body", "keep_alive", "shutdown"):
+        value = getattr(limits, f"{name}_timeout")
+        if not value > 0:
+            raise MTError(f"--{name.replace('_', '-')}-timeout: must be a number of seconds > 0, got {value}")
 
 
 def make_server(app, limits: Limits, url: str, log_level: str):
