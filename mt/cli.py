@@ -30,7 +30,8 @@ def check_translate_options(args: argparse.Namespace) -> None:
         if not ok:
             raise MTError(f"{option}: {what}, got {value}")
 
-    for option, value in [("--beam", args.beam), ("--nbest", args.nbest), ("--batch-tokens", args.batch_tokens)]:
+    for option, value in [("--beam", args.beam), ("--nbest", args.nbest), ("--batch-tokens", args.batch_tokens),
+                          ("--max-output-tokens", args.max_output_tokens)]:
         need(value is None or value >= 1, option, "must be at least 1", value)
     need(args.min_len is None or args.min_len >= 0, "--min-len", "must be >= 0", args.min_len)
     need(args.no_repeat_ngram is None or args.no_repeat_ngram >= 0, "--no-repeat-ngram", "must be >= 0 (0 = off)",
@@ -56,6 +57,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
                                            threads=args.threads, quantize=args.quantize, decoders=args.decoders)
     if translator.mode_note:
         print(f"note: {translator.mode_note}", file=sys.stderr)
+    translator.max_output_tokens = args.max_output_tokens
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
     too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
 
@@ -216,11 +218,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from mt.serve import Limits, serve
 
     limits = Limits(char_limit=args.char_limit, batch_limit=args.batch_limit, max_tokens=args.max_tokens,
-                    max_body=args.max_body)
+                    max_body=args.max_body, max_sentence_tokens=args.max_sentence_tokens,
+                    header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                    keep_alive_timeout=args.keep_alive_timeout, shutdown_timeout=args.shutdown_timeout)
     serve(args.runs, host=args.host, port=args.port, api_keys_file=args.api_keys, limits=limits,
           device=args.device, precision=args.precision, threads=args.threads, quantize=args.quantize,
           max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens,
-          gather_window_ms=args.gather_window_ms, decoders=args.decoders)
+          gather_window_ms=args.gather_window_ms, decoders=args.decoders, beam=args.beam,
+          max_output_tokens=args.max_output_tokens)
 
 
 def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
@@ -276,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="with --sample: only the k most probable tokens")
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="with --sample: random seed")
+    p.add_argument("--max-output-tokens", type=int, default=None,
+                   help="target subword tokens per sentence at most (default: decode.max_len_a x source + max_len_b)")
     add_decoding_hardware_options(p)
     p.set_defaults(func=cmd_translate)
 
@@ -396,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-limit", type=int, default=100, help="texts per request when q is a list (-1 = no limit)")
     p.add_argument("--max-tokens", type=int, default=8192, help="source subword tokens per request")
     p.add_argument("--max-body", type=int, default=4 << 20, help="bytes per request body (default 4 MiB)")
+    p.add_argument("--max-sentence-tokens", type=int, default=256,
+                   help="source subword tokens per sentence (default 256); a longer sentence is refused with 400 "
+                        "(sentences over 400 characters are first cut at spaces)")
+    p.add_argument("--max-output-tokens", type=int, default=256,
+                   help="target subword tokens per sentence at most (default 256): bounds a sentence's decoding time")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
+    for name, default, what in [("header", 60, "a request's headers"), ("body", 60, "each part of a request's body"),
+                                ("keep-alive", 60, "the next request on an idle connection"),
+                                ("shutdown", 30, "requests in flight after SIGTERM/SIGINT, then exit 1")]:
+        p.add_argument(f"--{name}-timeout", type=float, default=default,
+                       help=f"seconds to wait for {what} (default {default})")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model; more get 429 with Retry-After (default 64)")
     p.add_argument("--gather-ms", type=float, default=15.0,

@@ -19,13 +19,15 @@ from mt.model import Transformer, reorder_cache
 from mt.tokenizer import BOS, EOS, PAD
 
 
-def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int | None = None) -> torch.Tensor:
+def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int | None = None,
+                max_tokens: int | None = None) -> torch.Tensor:
     """Per sentence, the most target tokens (EOS excluded) a hypothesis may have.
 
     With learned positions (``max_positions``) the decoder input BOS + tokens must fit the table.
     """
     src_len = (src != PAD).sum(1) - 1  # without the source EOS
     limits = (max_len_a * src_len.float() + max_len_b).long()
+    limits = limits if max_tokens is None else limits.clamp(max=max_tokens)  # a bound on the decoding time
     return limits if max_positions is None else limits.clamp(max=max_positions - 1)
 
 
@@ -87,13 +89,14 @@ class Sampler:
 
 @torch.inference_mode()
 def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
-                  min_len: int = 0, no_repeat_ngram: int = 0, sampler: Sampler | None = None) -> list[list[int]]:
+                  min_len: int = 0, no_repeat_ngram: int = 0, sampler: Sampler | None = None,
+                  max_tokens: int | None = None) -> list[list[int]]:
     """The most probable next token at every step (or, with ``sampler``, a drawn one).
 
     src (B, S) -> B token lists without BOS/EOS.
     """
     memory, src_mask = model.encode(src)
-    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions, max_tokens)
     cache = model.new_cache()
     alive = torch.arange(src.size(0), device=src.device)  # original row of each active sentence
     tokens = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
@@ -124,16 +127,18 @@ def length_penalty(length: int, alpha: float) -> float:
 @torch.inference_mode()
 def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                 max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
-                no_repeat_ngram: int = 0) -> list[list[int]]:
+                no_repeat_ngram: int = 0, max_tokens: int | None = None) -> list[list[int]]:
     """The best finished hypothesis of ``beam_nbest`` for each sentence."""
     return [hyps[0][1] if hyps else [] for hyps in
-            beam_nbest(model, src, beam_size, alpha, max_len_a, max_len_b, min_len, no_repeat_ngram)]
+            beam_nbest(model, src, beam_size, alpha, max_len_a, max_len_b, min_len, no_repeat_ngram,
+                       max_tokens=max_tokens)]
 
 
 @torch.inference_mode()
 def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
-               no_repeat_ngram: int = 0, trace: list | None = None) -> list[list[tuple[float, list[int]]]]:
+               no_repeat_ngram: int = 0, trace: list | None = None,
+               max_tokens: int | None = None) -> list[list[tuple[float, list[int]]]]:
     """Keep the ``beam_size`` best prefixes per sentence; return its finished hypotheses, best first.
 
     Each step scores all k x V extensions and takes the top 2k: those ending in EOS
@@ -146,7 +151,7 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     """
     k, B = beam_size, src.size(0)
     memory, src_mask = model.encode(src)  # one row per sentence: the beams share it (see decode)
-    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions, max_tokens)
     cache = model.new_cache()
     alive = torch.arange(B, device=src.device)  # original sentence of each active group of beams
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (n*w, t): w beams per sentence

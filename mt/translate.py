@@ -47,6 +47,8 @@ def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
 class Translator:
     """A trained model with its tokenizers, ready to translate lists of sentences."""
 
+    max_output_tokens: int | None = None  # target tokens per sentence at most (None: decode.max_len_a/b alone)
+
     def __init__(self, model: Transformer, tokenizers: TokenizerPair, config: Config, device: torch.device,
                  amp_dtype: torch.dtype | None = None, mode: str = "fp32", mode_note: str | None = None,
                  decoders: int = 1):
@@ -109,11 +111,11 @@ class Translator:
         o = self._options(beam_size, length_penalty, max_len_a, max_len_b, min_len, no_repeat_ngram)
         if o["beam_size"] == 1:
             search = partial(greedy_search, self.model, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
-                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"])
+                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])
         else:
             search = partial(beam_search, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"],
                              max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                             no_repeat_ngram=o["no_repeat_ngram"])
+                             no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])
         hyps = self._decode(lines, search, o["beam_size"], batch_tokens, progress)
         return self._detokenize(hyps)
 
@@ -124,7 +126,8 @@ class Translator:
         o = self._options(max(beam_size or self.config.decode.beam_size, nbest), **settings)
         hyps = self._decode(lines, partial(
             beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"], max_len_a=o["max_len_a"],
-            max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"]),
+            max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
+            max_tokens=o["max_tokens"]),
             o["beam_size"], None, progress)
         # an empty line: its empty translation, certain (log-probability 0), as every one of the nbest
         return [[(score, text) for (score, _), text in zip(h[:nbest], self._detokenize([t for _, t in h[:nbest]]))]
@@ -145,7 +148,8 @@ class Translator:
             generators = None if seed is None else [line_generator(seed, first_line + i) for i in line_ids]
             return greedy_search(self.model, src, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
                                  min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
-                                 sampler=Sampler(temperature, top_k, top_p, generators=generators))
+                                 sampler=Sampler(temperature, top_k, top_p, generators=generators),
+                                 max_tokens=o["max_tokens"])
 
         return self._detokenize(self._decode(lines, search, 1, batch_tokens, progress, with_ids=True))
 
@@ -153,7 +157,8 @@ class Translator:
                  no_repeat_ngram=None) -> dict:
         given = dict(beam_size=beam_size, length_penalty=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                      min_len=min_len, no_repeat_ngram=no_repeat_ngram)
-        return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()}
+        return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()} | {
+            "max_tokens": self.max_output_tokens}
 
     def too_long(self, lines: list[str]) -> list[int]:
         """Indices of the lines whose source (with EOS) does not fit the model's learned positions."""
@@ -212,7 +217,7 @@ class Translator:
         src = torch.tensor([src_ids], device=self.device)
         hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
                           max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                          no_repeat_ngram=o["no_repeat_ngram"])[0]
+                          no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])[0]
         memory, src_mask = self.model.encode(src)
         weights: list[torch.Tensor] = []
         self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask, cross_weights=weights)
@@ -241,7 +246,7 @@ class Translator:
         src = torch.tensor([src_ids], device=self.device)
         hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
                           max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                          no_repeat_ngram=o["no_repeat_ngram"])[0]
+                          no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])[0]
         layers = self.model.encoder_layers if kind == "encoder" else self.model.decoder_layers
         weights: list[torch.Tensor] = []
 
