@@ -54,6 +54,8 @@ FIGURES = [
     Figure("beam_tree.png", 14, 7, "a beam search for one sentence: kept, finished and pruned candidates"),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
+# drawn from the config, the tokenizer and the data alone: the same on any machine whatever the weights
+WEIGHTLESS = ["positional_encoding.png", "masks.png", "score_variance.png", "lr_schedules.png"]
 MANIFEST = "figures.json"  # written beside the PNGs: what drew them, from what, and each PNG's hash
 
 
@@ -208,11 +210,11 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
             eps = config.train.label_smoothing
             train_points = sorted({r["step"]: r["train_loss"] for r in train_records}.items())
             valid_points = sorted({r["step"]: r["valid_nll"] for r in valid_records}.items())
-            minutes = max([r.get("time", 0.0) for r in train_records + valid_records]) / 60
+            # no wall time in the title: the same run draws the same picture on a busy machine or an idle one
             save(name, plot.draw_loss_curves(train_points, valid_points,
                                              smoothed_target_entropy(eps, tok.tgt.vocab_size), eps,
-                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} steps, "
-                                             f"{minutes:.1f} min of training", size(name)))
+                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} "
+                                             "steps", size(name)))
         elif name == "beam_tree.png":
             src = torch.tensor([tok.src.encode([sentence])[0] + [EOS]])
             d = config.decode
@@ -230,5 +232,7 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
         written.append(write_manifest(output, {
             "run": run_dir.name, "sentence": sentence, "beam": beam_size,
             "steps": max(r["step"] for r in train_records + valid_records), "valid_points": len(valid_records),
+            # the last validation loss tells whether another machine trained the very same weights
+            "valid_nll": valid_records[-1]["valid_nll"] if valid_records else None,
             "model": asdict(config.model), "train": asdict(config.train)}))
     return written

@@ -40,7 +40,8 @@ def test_figures_command_writes_every_figure_as_a_png_of_its_documented_size(tra
     manifest = json.loads((tmp_path / "figs" / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["code"] == drawing_code_hash() and manifest["inputs"]["beam"] == 3
     for figure in FIGURES:
-        assert manifest["figures"][figure.name] == hashlib.sha256((tmp_path / "figs" / figure.name).read_bytes()).hexdigest()
+        png = (tmp_path / "figs" / figure.name).read_bytes()
+        assert manifest["figures"][figure.name] == hashlib.sha256(png).hexdigest()
 
 
 def shipped_manifest() -> dict:

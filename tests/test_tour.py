@@ -7,6 +7,7 @@ runnable check must pass on a tiny trained model.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def test_the_chinese_checks_have_chinese_comments():
 
 # Claims the code contradicts, once in the tour; they must not come back.
 WRONG = {"transformer.md": ["1,024\npositions", "1,024 positions", "no out-of-vocabulary word", "engineers"],
-         "transformer.zh.md": ["1,024 个位置", "不存在未登录词", "投影的都是*下一层的输出*", "工程师", "学习率计划"]}
+         "transformer.zh.md": ["1,024 个位置", "不存在未登录词", "投影的都是*下一层的输出*", "工程师",
+                               "学习率计划"]}
 
 
 @pytest.mark.parametrize("tour", TOURS, ids=lambda p: p.name)
@@ -191,6 +193,21 @@ def test_the_toy_trains_and_the_tour_holds_on_it(tmp_path, monkeypatch):
     assert translator.translate(["Ein Hund rennt über die Wiese."]) == ["Wiese. die über rennt Hund Ein"]
     monkeypatch.chdir(tmp_path)
     assert run_checks(tmp_path / "run") >= 25
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    from mt.figures import MANIFEST, WEIGHTLESS, make_figures
+
+    shipped = json.loads((ROOT / "docs" / "figures" / MANIFEST).read_text(encoding="utf-8"))
+    make_figures(tmp_path / "run", tmp_path / "figs", shipped["inputs"]["sentence"], shipped["inputs"]["beam"])
+    drawn = json.loads((tmp_path / "figs" / MANIFEST).read_text(encoding="utf-8"))
+    if drawn["matplotlib"] != shipped["matplotlib"]:
+        pytest.skip(f"matplotlib {matplotlib.__version__} draws other pixels than {shipped['matplotlib']}")
+    # another CPU may train slightly different weights; then only the figures without them can match
+    same_weights = drawn["inputs"]["valid_nll"] == shipped["inputs"]["valid_nll"]
+    compared = list(drawn["figures"]) if same_weights else WEIGHTLESS
+    differ = [name for name in compared if drawn["figures"][name] != shipped["figures"][name]]
+    assert not differ, f"docs/figures: {differ} differ from what scripts/tour_figures.sh draws now; run it"
 
 
 @pytest.mark.parametrize("tour", TOURS, ids=lambda p: p.name)
