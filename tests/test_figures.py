@@ -62,6 +62,17 @@ def test_shipped_figures_were_drawn_by_the_current_drawing_code():
         f"changed since docs/figures were drawn: redraw with {REDRAW}")
 
 
+def test_shipped_figures_were_drawn_from_the_toy_config_as_it_is():
+    from dataclasses import asdict
+
+    from mt.config import load_config
+
+    config = load_config(SHIPPED.parent.parent / "configs" / "toy_reverse.yaml", ["data.root=."])
+    inputs = shipped_manifest()["inputs"]
+    assert (inputs["model"], inputs["train"]) == (asdict(config.model), asdict(config.train)), (
+        f"configs/toy_reverse.yaml changed since docs/figures were drawn: redraw with {REDRAW}")
+
+
 def test_shipped_figures_draw_what_the_tour_promises():
     inputs = shipped_manifest()["inputs"]
     tour = (SHIPPED.parent / "transformer.md").read_text(encoding="utf-8")
