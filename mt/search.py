@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mt.batching import pad
-from mt.model import Transformer, reorder_cache
+from mt.model import Transformer
 from mt.tokenizer import BOS, EOS, PAD
 
 
@@ -112,7 +112,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
             if keep.numel() == 0:
                 break
             alive, tokens, memory, src_mask = alive[keep], tokens[keep], memory[keep], src_mask[keep]
-            reorder_cache(cache, keep)
+            cache.select(keep)
     return results
 
 
@@ -185,10 +185,10 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         rows = (keep[:, None] * w + next_beam[keep]).flatten()  # (kept*k,) rows to continue from
         tokens = torch.cat([tokens[rows], next_token[keep].view(-1, 1)], dim=1)
         scores, alive = next_scores[keep], alive[keep]
-        reorder_cache(cache, rows, parts=("self",))
+        cache.reorder(rows)
         if keep.numel() < n:  # sentences left the batch
             memory, src_mask = memory[keep], src_mask[keep]
-            reorder_cache(cache, keep, parts=("cross",))
+            cache.keep_sentences(keep)
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
 
 
@@ -246,8 +246,8 @@ def decode_corpus(search: Callable[..., list], sources: list[list[int]], device:
     ``decoders`` > 1: that many threads decode batches side by side, torch's intra-op threads
     shared out among them (2 threads of 1 rather than 1 of 2). A beam step is a few hundred small
     operators, and with two intra-op threads each one ends in an OpenMP barrier where the
-    calling thread waits; two decoders keep both cores computing (docs/benchmarks.md, "Two
-    decoders for mt translate"). Each batch is decoded as it would be alone, so the output does
+    calling thread waits; two decoders keep both cores computing (docs/performance.md). Each
+    batch is decoded as it would be alone, so the output does
     not depend on ``decoders``. torch's thread count is process-wide: it is set for the call and
     restored after, so call this with ``decoders`` > 1 from one thread at a time.
     """

@@ -261,8 +261,9 @@ class App:
             raise ApiError(400, f"Invalid request: request ({total} subword tokens) exceeds the token limit "
                                 f"({self.limits.max_tokens})")
         cfg = model.translator.config
-        if cfg.model.positions == "learned":  # the model has no positions beyond max_positions
-            longest = int((cfg.model.max_positions - 2 - cfg.decode.max_len_b) / max(cfg.decode.max_len_a, 1e-9))
+        table = model.translator.model.max_positions  # learned positions: none beyond the table
+        if table is not None:
+            longest = int((table - 2 - cfg.decode.max_len_b) / max(cfg.decode.max_len_a, 1e-9))
             if lengths and max(lengths) - 1 > longest:
                 raise ApiError(400, f"Invalid request: a sentence of {max(lengths) - 1} subword tokens exceeds "
                                     f"this model's limit ({longest})")
