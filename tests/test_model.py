@@ -226,3 +226,15 @@ def test_fast_masks_drop_attention_weights_of_the_formula_in_training(cross):
     torch.testing.assert_close(out, attn.out_proj((dropped @ v).transpose(1, 2).reshape(2, 5, 16)))
     torch.testing.assert_close(attn.eval()(x, mask=mask, memory=memory if cross else None),  # no dropout in eval:
                                attn.out_proj(attention(q, k, v, mask).transpose(1, 2).reshape(2, 5, 16)))  # the fused kernel
+
+
+def test_the_position_limit_says_how_many_tokens_fit():
+    learned = ModelConfig(positions="learned", max_positions=6)
+    assert position_limit(learned) == 6 and position_limit(ModelConfig()) is None  # sinusoids: any length
+    assert too_long([6, 7, 2, 9], 6) == [1, 3] and too_long([6, 700], None) == []
+    m = Transformer(ModelConfig(encoder_layers=1, decoder_layers=1, d_model=32, heads=4, d_ff=64,
+                                positions="learned", max_positions=6), V, V)
+    assert m.max_positions == 6
+    m(rand_ids(1, 6), rand_ids(1, 6))  # six fit
+    with pytest.raises(ValueError, match=r"sequence of 7 tokens is longer than model.max_positions \(6\)"):
+        m(rand_ids(1, 7), rand_ids(1, 6))
