@@ -138,7 +138,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mt.evaluate import format_scores, read_pair, score
 
     hyps, refs = read_pair(args.input, args.reference)
-    format_scores(score(hyps, refs, args.metrics), as_json=args.json)
+    format_scores(score(hyps, refs, args.metrics, args.lowercase, args.tokenize), as_json=args.json)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from mt.download import download_multi30k
+
+    download_multi30k(args.dir, log=lambda message: print(message, file=sys.stderr))
 
 
 def cmd_average(args: argparse.Namespace) -> None:
@@ -239,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,translate,tune,evaluate,average,plot,attention,figures,export,serve}")
+                                  metavar="{train,translate,tune,evaluate,data,average,plot,attention,figures,export,serve}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -301,7 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="hypothesis file, one sentence per line")
     p.add_argument("-m", "--metrics", nargs="+", default=["bleu", "chrf", "ter"], choices=["bleu", "chrf", "ter"])
     p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
+    p.add_argument("-lc", "--lowercase", action="store_true", help="case-insensitive BLEU (sacreBLEU's -lc)")
+    p.add_argument("-tok", "--tokenize", choices=["13a", "intl", "none", "char", "zh"],
+                   help="BLEU's tokenizer (sacreBLEU's -tok; default 13a; none for text tokenised beforehand)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("data", parents=[common], help="download a public corpus (Multi30k) where the configs look",
+                         description="Download Multi30k task 1 (train, val, test2016 in en, de, fr, cs) "
+                                     "into DIR/multi30k.")
+    p.add_argument("corpus", choices=["multi30k"])
+    p.add_argument("--dir", help="the data root (default: $MT_DATA_ROOT, else ../shared/data, "
+                                 "where configs/*.yaml look)")
+    p.set_defaults(func=cmd_data)
 
     p = verbs.add_parser("average", parents=[common], help="average the last (or best) N checkpoints of a run",
                          description="Average the weights of the last N numbered checkpoints (or of the N best "

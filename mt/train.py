@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mt import checkpoint as ckpt
 from mt.batching import Batch, batch_from_rows, bucket_batches, bucket_order, make_batch
 from mt.config import Config, parse_duration, save_config
-from mt.cache import describe, prepare_training_data
+from mt.cache import describe_dropped, prepare_training_data
 from mt.data import encode_parallel, read_parallel
 from mt.device import autocast, cpu_threads, resolve_device, resolve_precision, set_threads
 from mt.distributed import Distributed, unshard
@@ -119,7 +119,7 @@ def prepare_data(config: Config, run_dir: Path):
     langs = (config.data.src_lang, config.data.tgt_lang)
     tokenizers, train_data, report = prepare_training_data(config, run_dir,
                                                            threads=cpu_threads(config.train.threads))
-    log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe(report)}), "
+    log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe_dropped(report)}), "
         f"{report['pairs_per_epoch']} per epoch; cached in {train_data.corpora[0].folder.parent}")
     valid = None
     if config.data.valid.is_set():
