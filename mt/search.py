@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mt.batching import pad
-from mt.model import Transformer, reorder_cache
+from mt.model import Transformer
 from mt.tokenizer import BOS, EOS, PAD
 
 
@@ -115,7 +115,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
             if keep.numel() == 0:
                 break
             alive, tokens, memory, src_mask = alive[keep], tokens[keep], memory[keep], src_mask[keep]
-            reorder_cache(cache, keep)
+            cache.select(keep)
     return results
 
 
@@ -161,24 +161,14 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         n, w = scores.shape
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]
         logp = F.log_softmax(logits.float(), dim=-1)  # (n*w, V)
-        V = logp.size(-1)
         constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(w), min_len, no_repeat_ngram)
-        # A sentence's 2k best extensions are among the 2k best of each of its beams.
-        beam_logp, beam_token = logp.topk(min(2 * k, V), dim=1)  # (n*w, 2k)
-        if V < 2 * k:  # a beam wider than half the vocabulary: fill up with impossible extensions
-            filler = (n * w, 2 * k - V)
-            beam_logp = torch.cat([beam_logp, beam_logp.new_full(filler, float("-inf"))], dim=1)
-            beam_token = torch.cat([beam_token, beam_token.new_full(filler, PAD)], dim=1)
+        beam_logp, beam_token = best_extensions(logp, 2 * k)  # (n*w, 2k)
         candidates = (scores.view(-1, 1) + beam_logp).view(n, -1)  # (n, w*2k)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
         top_beam, top_token = top_index // beam_logp.size(1), beam_token.view(n, -1).gather(1, top_index)
         is_eos = top_token == EOS
         alive_list = alive.tolist()
-        for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
-            sentence = finished[alive_list[i]]
-            if len(sentence) < k:
-                hyp = tokens[i * w + top_beam[i, j], 1:].tolist()
-                sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
+        add_finished(finished, alive_list, tokens, top_beam, top_scores, is_eos, k, alpha)
         next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, k)
         next_beam, next_token = top_beam.gather(1, pick), top_token.gather(1, pick)
         if trace is not None:
@@ -190,11 +180,36 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         rows = (keep[:, None] * w + next_beam[keep]).flatten()  # (kept*k,) rows to continue from
         tokens = torch.cat([tokens[rows], next_token[keep].view(-1, 1)], dim=1)
         scores, alive = next_scores[keep], alive[keep]
-        reorder_cache(cache, rows, parts=("self",))
+        cache.reorder(rows)
         if keep.numel() < n:  # sentences left the batch
             memory, src_mask = memory[keep], src_mask[keep]
-            reorder_cache(cache, keep, parts=("cross",))
+            cache.keep_sentences(keep)
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
+
+
+def add_finished(finished: list[list[tuple[float, list[int]]]], alive: list[int], tokens: torch.Tensor,
+                 top_beam: torch.Tensor, top_scores: torch.Tensor, is_eos: torch.Tensor, k: int, alpha: float) -> None:
+    """Each sentence's extensions ending in EOS among its k best become finished hypotheses (score
+    normalised by the length penalty), until it has k."""
+    w = tokens.size(0) // len(alive)
+    for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
+        sentence = finished[alive[i]]
+        if len(sentence) < k:
+            hyp = tokens[i * w + top_beam[i, j], 1:].tolist()
+            sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
+
+
+def best_extensions(logp: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` best (log-probability, token) of each row of ``logp`` (rows, V): a sentence's
+    2k best extensions are among the 2k best of each of its beams. A beam wider than half the
+    vocabulary is filled up with impossible extensions."""
+    V = logp.size(-1)
+    beam_logp, beam_token = logp.topk(min(m, V), dim=1)
+    if V < m:
+        filler = (logp.size(0), m - V)
+        beam_logp = torch.cat([beam_logp, beam_logp.new_full(filler, float("-inf"))], dim=1)
+        beam_token = torch.cat([beam_token, beam_token.new_full(filler, PAD)], dim=1)
+    return beam_logp, beam_token
 
 
 def trace_step(step: int, alive: list[int], tokens: torch.Tensor, top_beam: torch.Tensor, top_token: torch.Tensor,
@@ -251,8 +266,8 @@ def decode_corpus(search: Callable[..., list], sources: list[list[int]], device:
     ``decoders`` > 1: that many threads decode batches side by side, torch's intra-op threads
     shared out among them (2 threads of 1 rather than 1 of 2). A beam step is a few hundred small
     operators, and with two intra-op threads each one ends in an OpenMP barrier where the
-    calling thread waits; two decoders keep both cores computing (docs/benchmarks.md, "Two
-    decoders for mt translate"). Each batch is decoded as it would be alone, so the output does
+    calling thread waits; two decoders keep both cores computing (docs/performance.md). Each
+    batch is decoded as it would be alone, so the output does
     not depend on ``decoders``. torch's thread count is process-wide: it is set for the call and
     restored after, so call this with ``decoders`` > 1 from one thread at a time.
     """

@@ -9,7 +9,6 @@ import os
 import select
 import sys
 import unicodedata
-import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,8 @@ from mt.config import Config, DecodeConfig, config_from_dict
 from mt.device import resolve_device, resolve_precision, set_threads
 from mt.ensemble import Ensemble
 from mt.errors import MTError
-from mt.model import Transformer
+from mt.kernels import pack_output_projection
+from mt.model import Transformer, recording_attention, too_long
 from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 
@@ -35,9 +35,8 @@ from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
     """A ``decoders`` setting as a number: 0 means one per CPU thread, at most 4, and 1 on a GPU.
 
-    On CPU, two decoders of one thread each beat one decoder of two threads at beam search
-    (1.2-1.8x on 2 cores, docs/benchmarks.md); the cap because each decoder spends part of its
-    time in Python, under the one GIL (measured on 2 cores only).
+    On CPU, decoders of one thread each beat one decoder of all the threads at beam search; the
+    cap because each decoder spends part of its time in Python, under the one GIL (docs/performance.md).
     """
     if decoders > 0:
         return decoders
@@ -93,7 +92,7 @@ class Translator:
         config = replace(config, decode=decode_settings(run_dir, config))
         precision, quantize, mode, note = decode_mode.resolve(precision, quantize, config.decode.mode, torch_device)
         amp_dtype = resolve_precision(precision, torch_device)
-        models = [quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
+        models = [decode_mode.quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
         if quantize is None and amp_dtype is None and torch_device.type == "cpu":
             models = [pack_output_projection(m.eval()) for m in models]
         model = Ensemble(models) if len(models) > 1 else models[0]
@@ -162,12 +161,9 @@ class Translator:
 
     def too_long(self, lines: list[str]) -> list[int]:
         """Indices of the lines whose source (with EOS) does not fit the model's learned positions."""
-        table = self.model.max_positions
-        if table is None:
-            return []
         todo = [i for i, line in enumerate(lines) if not is_blank(line)]
-        return [i for i, ids in zip(todo, self.tokenizers.src.encode([lines[i] for i in todo]))
-                if len(ids) + 1 > table]
+        encoded = self.tokenizers.src.encode([lines[i] for i in todo]) if self.model.max_positions else []
+        return [todo[i] for i in too_long((len(ids) + 1 for ids in encoded), self.model.max_positions)]
 
     def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool,
                 with_ids: bool = False) -> list:
@@ -177,7 +173,7 @@ class Translator:
         """
         todo = [i for i, line in enumerate(lines) if not is_blank(line)]
         sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
-        long = [i for i, ids in zip(todo, sources) if self.model.max_positions and len(ids) > self.model.max_positions]
+        long = [todo[i] for i in too_long(map(len, sources), self.model.max_positions)]
         if long:
             raise MTError(too_long_message([i + 1 for i in long], self.model.max_positions) + "; shorten or split them")
         out: list = [None] * len(lines)
@@ -200,6 +196,20 @@ class Translator:
             out[i] = text
         return out
 
+    def _one_sentence(self, line: str, beam_size: int | None, what: str) -> tuple[list[int], torch.Tensor, list[int]]:
+        """For looking at attention: the source ids (with EOS), as a batch of one, and the beam translation."""
+        if isinstance(self.model, Ensemble):
+            raise MTError(f"{what} is per model; load one model, not an ensemble, to look at it")
+        o = self._options(beam_size)
+        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
+        if too_long([len(src_ids)], self.model.max_positions):
+            raise MTError(too_long_message([1], self.model.max_positions).replace("input line 1", "the sentence"))
+        src = torch.tensor([src_ids], device=self.device)
+        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
+                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+                          no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])[0]
+        return src_ids, src, hyp
+
     @torch.no_grad()
     def cross_attention(self, line: str, beam_size: int | None = None) -> tuple[list[str], list[str], torch.Tensor]:
         """Translate one sentence and show where the decoder looked while producing it.
@@ -208,19 +218,10 @@ class Translator:
         cross-attention weights (layers, heads, target, source): row t is what the model
         attended to when it produced target piece t.
         """
-        if isinstance(self.model, Ensemble):
-            raise MTError("cross-attention is per model; load one model, not an ensemble, to look at it")
-        o = self._options(beam_size)
-        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
-        if self.model.max_positions and len(src_ids) > self.model.max_positions:
-            raise MTError(too_long_message([1], self.model.max_positions).replace("input line 1", "the sentence"))
-        src = torch.tensor([src_ids], device=self.device)
-        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
-                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                          no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])[0]
+        src_ids, src, hyp = self._one_sentence(line, beam_size, "cross-attention")
         memory, src_mask = self.model.encode(src)
-        weights: list[torch.Tensor] = []
-        self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask, cross_weights=weights)
+        with recording_attention(layer.cross_attn for layer in self.model.decoder_layers) as weights:
+            self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask)
         pieces = lambda tok, ids: [tok.sp.id_to_piece(i) for i in ids]  # noqa: E731
         return (pieces(self.tokenizers.src, src_ids), pieces(self.tokenizers.tgt, hyp + [EOS]),
                 torch.cat(weights).float().cpu())  # (layers, h, T, S)
@@ -241,26 +242,12 @@ class Translator:
             return tgt_tokens, src_tokens, weights
         if kind not in ("encoder", "decoder"):
             raise MTError(f"--kind {kind}: choose encoder, decoder or cross")
-        o = self._options(beam_size)
-        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
-        src = torch.tensor([src_ids], device=self.device)
-        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
-                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                          no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])[0]
+        src_ids, src, hyp = self._one_sentence(line, beam_size, f"{kind} self-attention")
         layers = self.model.encoder_layers if kind == "encoder" else self.model.decoder_layers
-        weights: list[torch.Tensor] = []
-
-        def ask_for_weights(module, args, kwargs):  # the ``weights`` argument of MultiHeadAttention.forward
-            return args, {**kwargs, "weights": weights}
-
-        hooks = [layer.self_attn.register_forward_pre_hook(ask_for_weights, with_kwargs=True) for layer in layers]
-        try:
+        with recording_attention(layer.self_attn for layer in layers) as weights:
             memory, src_mask = self.model.encode(src)
             if kind == "decoder":
                 self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask)
-        finally:
-            for hook in hooks:
-                hook.remove()
         if kind == "encoder":
             tokens = [self.tokenizers.src.sp.id_to_piece(i) for i in src_ids]
         else:
@@ -327,47 +314,6 @@ def _load_model(path: Path) -> tuple[Transformer, TokenizerPair, Config, Path]:
     model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
     model.load_state_dict(state["model"])
     return model, tokenizers, config, run_dir
-
-
-def quantize_int8(model: Transformer) -> Transformer:
-    """Dynamic int8 quantization of every linear layer: weights stored in int8, activations
-    quantized on the fly (CPU)."""
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
-
-class PackedLinear(torch.nn.Module):
-    """A linear layer for fp32 CPU inference whose weight oneDNN reorders once into its blocked layout.
-
-    Used for the output projection, the largest matrix product of a decoder step (d_model x
-    vocabulary): there MKL's ``addmm`` (what ``F.linear`` runs) reaches about half the rate it
-    reaches on the layers' own shapes, and oneDNN with the packed weight takes 0.53-0.89x its
-    time on 1 thread (docs/benchmarks.md, "The output projection through oneDNN"); the other
-    layers gain nothing from it. ``weight`` stays the plain (tied) parameter for whoever reads it.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        self.weight, self.bias, self.out_features = linear.weight, linear.bias, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: oneDNN's opaque tensor cannot be copied; repack
-        return {k: v for k, v in self.__dict__.items() if k != "packed"}
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
-
-
-def pack_output_projection(model: Transformer) -> Transformer:
-    """``model`` with its output projection a ``PackedLinear`` (fp32 on a CPU with oneDNN only)."""
-    if torch.backends.mkldnn.is_available():
-        model.output = PackedLinear(model.output)
-    return model
 
 
 def decode_settings(run_dir: Path, fallback: Config) -> DecodeConfig:

@@ -26,7 +26,8 @@ import torch
 
 from mt.data import read_lines
 from mt.tokenizer import EOS
-from mt.translate import PackedLinear, Translator, pack_output_projection
+from mt.kernels import PackedLinear, pack_output_projection
+from mt.translate import Translator
 
 
 def load_revision(rev: str, where: Path):

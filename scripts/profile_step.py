@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from mt.config import ModelConfig
 from mt.memory import DEFAULT_ALLOCATOR, tune_allocator
+from mt.loss import sequence_loss
 from mt.model import Transformer
 
 GROUPS = [  # first matching substring of the operator name wins
@@ -71,7 +72,7 @@ def main() -> None:
         with record_function("data"):
             src, tgt = torch.randint(4, 8000, (128, 34)), torch.randint(4, 8000, (128, 33))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            loss = model(src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
+            loss = sequence_loss(model, src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

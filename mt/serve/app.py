@@ -115,8 +115,9 @@ class App:
             raise ApiError(400, f"Invalid request: request ({total} subword tokens) exceeds the token limit "
                                 f"({self.limits.max_tokens})")
         cfg = model.translator.config
-        if cfg.model.positions == "learned":  # the model has no positions beyond max_positions
-            table = int((cfg.model.max_positions - 2 - cfg.decode.max_len_b) / max(cfg.decode.max_len_a, 1e-9))
+        positions = model.translator.model.max_positions  # learned positions: none beyond the table
+        if positions is not None:
+            table = int((positions - 2 - cfg.decode.max_len_b) / max(cfg.decode.max_len_a, 1e-9))
             if longest > table:
                 raise ApiError(400, f"Invalid request: a sentence of {longest} subword tokens exceeds "
                                     f"this model's limit ({table})")
