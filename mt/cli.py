@@ -53,7 +53,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
     check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.models, device=args.device, precision=args.precision,
-                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders)
+                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders,
+                                           engine=args.engine, compute_type=args.compute_type)
     if translator.mode_note:
         print(f"note: {translator.mode_note}", file=sys.stderr)
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
@@ -127,10 +128,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
             print(f"wrote decode.length_penalty: {best['length_penalty']:g} and decode.beam_size: "
                   f"{best['beam_size']} to the run's config.yaml", file=sys.stderr)
     if args.modes is not None:
+        from mt.ctranslate2_engine import installed
+
+        engines = ("torch", "ctranslate2") if installed() else ("torch",)
         table, best, info = tune_modes(args.run[0], args.modes, device=args.device, threads=args.threads,
-                                       repeats=args.repeats, progress=True)
+                                       repeats=args.repeats, progress=True, engines=engines)
         print(format_mode_table(table, best, info))
-        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision auto loads)",
+        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision/--engine auto load)",
               file=sys.stderr)
 
 
@@ -232,6 +236,19 @@ def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
 
 
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """Which decoder runs the searches: mt's torch code or CTranslate2 (mt.ctranslate2_engine)."""
+    from mt.config import ENGINE_COMPUTE_TYPES
+
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "ctranslate2"],
+                   help="torch (the reference), ctranslate2 (the model exported once into the run directory; what "
+                        "it cannot do exactly decodes with torch, with a note), or auto (default): the engine of the "
+                        "run's decode.mode as chosen by mt tune RUN --modes, torch for a run never measured")
+    p.add_argument("--compute-type", default=None, choices=ENGINE_COMPUTE_TYPES,
+                   help="with --engine ctranslate2: its compute type (default: from --precision / --quantize: "
+                        "fp32 float32, bf16 bfloat16, int8 int8; auto: the tuned one, else float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -271,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="with --sample: random seed")
     add_decoding_hardware_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_translate)
 
     p = verbs.add_parser("tune", parents=[common],
@@ -286,8 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, nargs="+", default=None, metavar="ALPHA",
                    help="GNMT length penalties to try, e.g. 0.6 0.8 1.0 1.2")
     p.add_argument("--modes", nargs="*", default=None, metavar="MODE",
-                   help="decode modes to measure, from fp32 int8 bf16 fp16 (fp32 always; none given: every "
-                        "mode this machine runs natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA)")
+                   help="decode modes to measure, from fp32 int8 bf16 fp16 and ctranslate2:TYPE (CTranslate2's compute "
+                        "types, e.g. ctranslate2:int8; fp32 always; none given: every mode this machine runs "
+                        "natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA, and each compute type "
+                        "its CTranslate2 runs, where ctranslate2 is installed)")
     p.add_argument("--repeats", type=int, default=1, help="with --modes: timed rounds per mode (median; default 1)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
