@@ -203,6 +203,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "argos":
+        from mt.argos import export_argos
+
+        out = export_argos(args.model, args.output, quantization=args.quantization, force=args.force)
+        print(f"exported {args.model} -> {out} (Argos Translate package; install with "
+              f"argostranslate.package.install_from_path('{out}'); split sentences offline with "
+              f"ARGOS_CHUNK_TYPE=SPACY)", file=sys.stderr)
+        return
     from mt.export import export_ctranslate2
 
     out = export_ctranslate2(args.model, args.output, quantization=args.quantization, force=args.force)
@@ -375,8 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write the model as a CTranslate2 model directory (needs the ctranslate2 "
                                      "extra: pip install 'mt[ctranslate2]'), with the SentencePiece model beside it.")
     p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
-    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2"])
-    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2", "argos"],
+                   help="ctranslate2: a model directory; argos: an .argosmodel package for Argos Translate and "
+                        "LibreTranslate (needs the argos extra: pip install 'mt[argos]'; a joint tokenizer)")
+    p.add_argument("-o", "--output", required=True, help="output directory (argos: the .argosmodel file)")
     p.add_argument("--quantization", default=None, choices=["int8", "int8_float32", "int16", "float16"],
                    help="store weights quantized (default: fp32; CTranslate2 can also quantize when loading)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
