@@ -106,7 +106,9 @@ class Translator:
         if quantize is None and amp_dtype is None and torch_device.type == "cpu":
             models = [pack_output_projection(m.eval()) for m in models]
         model = Ensemble(models) if len(models) > 1 else models[0]
-        decoders = default_decoders(decoders, torch_device, torch.get_num_threads())
+        # CTranslate2 runs one batch on all threads faster than two side by side (scripts/bench/translate_engines.py)
+        decoders = default_decoders(decoders, torch_device, torch.get_num_threads()) if compute_type is None else \
+            max(decoders, 1)
         searches = None if compute_type is None else ctranslate2_engine.load(
             run_dir, run_of(paths[0])[1], tokenizers, config, compute_type, torch_device, torch.get_num_threads(),
             decoders)
