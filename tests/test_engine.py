@@ -335,3 +335,21 @@ def test_tune_modes_refuses_a_compute_type_this_machine_lacks(engine_run, capsys
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("error: --modes ctranslate2:float16: not measured on cpu: this "
                                               "machine's CTranslate2 runs float32")
+
+
+def test_learned_positions_limit_the_engine_as_they_limit_torch(tiny_config, tmp_path, capsys):
+    from mt.train import train
+
+    train(tiny_config("model.positions=learned", "model.max_positions=8", "data.max_len=7", "train.max_steps=1"))
+    lines = ["der hund läuft .", "der hund läuft im park und die katze schläft am strand .", "", "ein mann singt ."]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = run_cli(["translate", str(tmp_path / "run"), "-i", str(tmp_path / "in.txt"), "-o",
+                              str(tmp_path / "out.txt"), "--engine", "ctranslate2", "--beam", "1"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: input line 2: longer than the model's 8 learned positions (model.max_positions); its output line "
+        "is empty")
+    written = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    torch_translator = Translator.from_pretrained(tmp_path / "run", device="cpu")
+    assert written == [*torch_translator.translate(lines[:1], beam_size=1), "", "",
+                       *torch_translator.translate(lines[3:], beam_size=1), ""]
+    assert all(len(t.split()) <= 7 for t in written)  # the engine stops at the table's end too
