@@ -54,7 +54,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
     check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.models, device=args.device, precision=args.precision,
-                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders)
+                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders,
+                                           engine=args.engine, compute_type=args.compute_type)
     if translator.mode_note:
         print(f"note: {translator.mode_note}", file=sys.stderr)
     translator.max_output_tokens = args.max_output_tokens
@@ -129,10 +130,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
             print(f"wrote decode.length_penalty: {best['length_penalty']:g} and decode.beam_size: "
                   f"{best['beam_size']} to the run's config.yaml", file=sys.stderr)
     if args.modes is not None:
+        from mt.ctranslate2_engine import installed
+
+        engines = ("torch", "ctranslate2") if installed() else ("torch",)
         table, best, info = tune_modes(args.run[0], args.modes, device=args.device, threads=args.threads,
-                                       repeats=args.repeats, progress=True)
+                                       repeats=args.repeats, progress=True, engines=engines)
         print(format_mode_table(table, best, info))
-        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision auto loads)",
+        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision/--engine auto load)",
               file=sys.stderr)
 
 
@@ -207,6 +211,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "argos":
+        from mt.argos import export_argos
+
+        out = export_argos(args.model, args.output, quantization=args.quantization, force=args.force)
+        print(f"exported {args.model} -> {out} (Argos Translate package; install with "
+              f"argostranslate.package.install_from_path('{out}'); split sentences offline with "
+              f"ARGOS_CHUNK_TYPE=SPACY)", file=sys.stderr)
+        return
     from mt.export import export_ctranslate2
 
     out = export_ctranslate2(args.model, args.output, quantization=args.quantization, force=args.force)
@@ -241,6 +253,20 @@ def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
                         "--threads (default: one per core on CPU, at most 4: a beam search's small operators keep "
                         "one core busy, not two; 1 on a GPU)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """Which decoder runs the searches: mt's torch code or CTranslate2 (mt.ctranslate2_engine)."""
+    from mt.config import ENGINE_COMPUTE_TYPES
+
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "ctranslate2"],
+                   help="torch (the reference), ctranslate2 (the model exported once into the run directory; what "
+                        "it cannot do exactly decodes with torch, with a note), or auto (default): the engine of the "
+                        "run's decode.mode as chosen by mt tune RUN --modes, torch for a run never measured; "
+                        "CTranslate2 decodes one batch at a time on all --threads unless --decoders says more")
+    p.add_argument("--compute-type", default=None, choices=ENGINE_COMPUTE_TYPES,
+                   help="with --engine ctranslate2: its compute type (default: from --precision / --quantize: "
+                        "fp32 float32, bf16 bfloat16, int8 int8; auto: the tuned one, else float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-tokens", type=int, default=None,
                    help="target subword tokens per sentence at most (default: decode.max_len_a x source + max_len_b)")
     add_decoding_hardware_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_translate)
 
     p = verbs.add_parser("tune", parents=[common],
@@ -299,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, nargs="+", default=None, metavar="ALPHA",
                    help="GNMT length penalties to try, e.g. 0.6 0.8 1.0 1.2")
     p.add_argument("--modes", nargs="*", default=None, metavar="MODE",
-                   help="decode modes to measure, from fp32 int8 bf16 fp16 (fp32 always; none given: every "
-                        "mode this machine runs natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA)")
+                   help="decode modes to measure, from fp32 int8 bf16 fp16 and ctranslate2:TYPE (CTranslate2's compute "
+                        "types, e.g. ctranslate2:int8; fp32 always; none given: every mode this machine runs "
+                        "natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA, and each compute type "
+                        "its CTranslate2 runs, where ctranslate2 is installed)")
     p.add_argument("--repeats", type=int, default=1, help="with --modes: timed rounds per mode (median; default 1)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -379,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write the model as a CTranslate2 model directory (needs the ctranslate2 "
                                      "extra: pip install 'mt[ctranslate2]'), with the SentencePiece model beside it.")
     p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
-    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2"])
-    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2", "argos"],
+                   help="ctranslate2: a model directory; argos: an .argosmodel package for Argos Translate and "
+                        "LibreTranslate (needs the argos extra: pip install 'mt[argos]'; a joint tokenizer)")
+    p.add_argument("-o", "--output", required=True, help="output directory (argos: the .argosmodel file)")
     p.add_argument("--quantization", default=None, choices=["int8", "int8_float32", "int16", "float16"],
                    help="store weights quantized (default: fp32; CTranslate2 can also quantize when loading)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")

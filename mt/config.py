@@ -182,6 +182,10 @@ class TrainConfig:
 
 
 DECODE_MODES = ("fp32", "int8", "bf16", "fp16")  # the order `mt tune --modes` measures them in; fp32 first
+# CTranslate2's compute types (mt.ctranslate2_engine); decode.mode ctranslate2:TYPE decodes with that engine
+ENGINE_COMPUTE_TYPES = ("float32", "int8_float32", "int8", "int16", "bfloat16", "int8_bfloat16", "float16",
+                        "int8_float16")
+ENGINE_MODES = tuple(f"ctranslate2:{t}" for t in ENGINE_COMPUTE_TYPES)
 
 
 @dataclass
@@ -193,8 +197,9 @@ class DecodeConfig:
     min_len: int = 0  # no EOS before this many tokens
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size (0 = off)
     batch_tokens: int = 6000  # source tokens x beam per decoding batch
-    # what `--precision auto` loads: fp32, int8, bf16 or fp16, the fastest mode within 0.2 validation
-    # BLEU of fp32 as `mt tune RUN --modes` measured it on its machine; null = never measured (fp32)
+    # what `--precision auto` loads: fp32, int8, bf16, fp16 or ctranslate2:TYPE (that engine and compute
+    # type), the fastest mode within 0.2 validation BLEU of fp32 as `mt tune RUN --modes` measured it
+    # on its machine; null = never measured (fp32)
     mode: Optional[str] = None
 
 
@@ -383,6 +388,8 @@ def _check_decode(d: DecodeConfig, source: str) -> None:
           "min_len and no_repeat_ngram must be >= 0", (d.min_len, d.no_repeat_ngram))
     _need(source, d.max_len_a >= 0 and d.max_len_b >= 0, "decode.max_len_a", "max_len_a and max_len_b must be >= 0",
           (d.max_len_a, d.max_len_b))
-    _need(source, d.mode is None or d.mode in DECODE_MODES, "decode.mode",
+    engine_mode = isinstance(d.mode, str) and d.mode.startswith("ctranslate2:")
+    _need(source, d.mode is None or d.mode in DECODE_MODES + ENGINE_MODES, "decode.mode",
+          f"ctranslate2:TYPE takes a TYPE from {', '.join(ENGINE_COMPUTE_TYPES)}" if engine_mode else
           f"must be one of {', '.join(DECODE_MODES)} (written by mt tune RUN --modes) or null (never measured)",
           d.mode)

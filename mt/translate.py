@@ -20,7 +20,8 @@ import yaml
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
-from mt import decode_mode
+from mt import ctranslate2_engine, decode_mode
+from mt import search as torch_search
 from mt.batching import make_batch
 from mt.config import Config, DecodeConfig, config_from_dict
 from mt.device import resolve_device, resolve_precision, set_threads
@@ -28,7 +29,7 @@ from mt.ensemble import Ensemble
 from mt.errors import MTError
 from mt.kernels import pack_output_projection
 from mt.model import Transformer, recording_attention, too_long
-from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
+from mt.search import Sampler, beam_search, decode_corpus
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 
 
@@ -50,15 +51,18 @@ class Translator:
 
     def __init__(self, model: Transformer, tokenizers: TokenizerPair, config: Config, device: torch.device,
                  amp_dtype: torch.dtype | None = None, mode: str = "fp32", mode_note: str | None = None,
-                 decoders: int = 1):
+                 decoders: int = 1, searches=None):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
+        # greedy_search, beam_search, beam_nbest: mt.search's, or an engine's (mt.ctranslate2_engine)
+        self.searches = searches or torch_search
         self.decoders = decoders  # threads that decode batches side by side (``decode_corpus``)
         self.device, self.amp_dtype = device, amp_dtype
         self.mode, self.mode_note = mode, mode_note  # e.g. "int8"; why auto did not load the tuned mode
 
     @classmethod
     def from_pretrained(cls, path: str | Path | list, device: str = "auto", precision: str = "fp32",
-                        threads: int = 0, quantize: str | None = None, decoders: int = 0) -> "Translator":
+                        threads: int = 0, quantize: str | None = None, decoders: int = 0, engine: str = "torch",
+                        compute_type: str | None = None) -> "Translator":
         """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one;
         a list of them is an ensemble (``mt.ensemble``) sharing one vocabulary.
 
@@ -68,7 +72,9 @@ class Translator:
         weights stored in int8, activations quantized on the fly. ``precision="auto"`` (without
         ``quantize``) loads the run's ``decode.mode``, measured by ``mt tune RUN --modes``, where
         this device has it, else fp32 (``mt.decode_mode.resolve``). ``decoders``: threads decoding
-        batches side by side, sharing the ``threads`` (``default_decoders``).
+        batches side by side, sharing the ``threads`` (``default_decoders``). ``engine``: torch, ctranslate2
+        (``compute_type``, else one from ``precision``) or auto: the engine of ``decode.mode``
+        (``mt.ctranslate2_engine.resolve``).
         """
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
@@ -90,14 +96,25 @@ class Translator:
                                   f"'{paths[0]}' (tokenizer {theirs} vs {mine}); the models of an ensemble "
                                   "must share their vocabularies")
         config = replace(config, decode=decode_settings(run_dir, config))
-        precision, quantize, mode, note = decode_mode.resolve(precision, quantize, config.decode.mode, torch_device)
+        compute_type, engine_note = ctranslate2_engine.resolve(engine, precision, quantize, compute_type,
+                                                               config.decode.mode, len(paths) > 1, torch_device)
+        if compute_type is not None:  # the torch model decodes, in fp32, only what the engine cannot
+            precision, quantize = "fp32", None
+        tuned = None if ctranslate2_engine.compute_type_of(config.decode.mode) else config.decode.mode
+        precision, quantize, mode, note = decode_mode.resolve(precision, quantize, tuned, torch_device)
         amp_dtype = resolve_precision(precision, torch_device)
         models = [decode_mode.quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
         if quantize is None and amp_dtype is None and torch_device.type == "cpu":
             models = [pack_output_projection(m.eval()) for m in models]
         model = Ensemble(models) if len(models) > 1 else models[0]
-        return cls(model.to(torch_device), tokenizers, config, torch_device, amp_dtype, mode, note,
-                   decoders=default_decoders(decoders, torch_device, torch.get_num_threads()))
+        # CTranslate2 runs one batch on all threads faster than two side by side (scripts/bench/translate_engines.py)
+        decoders = default_decoders(decoders, torch_device, torch.get_num_threads()) if compute_type is None else \
+            max(decoders, 1)
+        searches = None if compute_type is None else ctranslate2_engine.load(
+            run_dir, run_of(paths[0])[1], tokenizers, config, compute_type, torch_device, torch.get_num_threads(),
+            decoders)
+        return cls(model.to(torch_device), tokenizers, config, torch_device, amp_dtype,
+                   searches.mode if searches else mode, note or engine_note, decoders=decoders, searches=searches)
 
     def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
                   max_len_a: float | None = None, max_len_b: int | None = None, min_len: int | None = None,
@@ -109,12 +126,13 @@ class Translator:
         """
         o = self._options(beam_size, length_penalty, max_len_a, max_len_b, min_len, no_repeat_ngram)
         if o["beam_size"] == 1:
-            search = partial(greedy_search, self.model, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
-                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])
+            search = partial(self.searches.greedy_search, self.model, max_len_a=o["max_len_a"],
+                             max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
+                             max_tokens=o["max_tokens"])
         else:
-            search = partial(beam_search, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"],
-                             max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                             no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])
+            search = partial(self.searches.beam_search, self.model, beam_size=o["beam_size"],
+                             alpha=o["length_penalty"], max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
+                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])
         hyps = self._decode(lines, search, o["beam_size"], batch_tokens, progress)
         return self._detokenize(hyps)
 
@@ -124,9 +142,9 @@ class Translator:
         log-probabilities), best first; the beam is widened to ``nbest`` if needed."""
         o = self._options(max(beam_size or self.config.decode.beam_size, nbest), **settings)
         hyps = self._decode(lines, partial(
-            beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"], max_len_a=o["max_len_a"],
-            max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
-            max_tokens=o["max_tokens"]),
+            self.searches.beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"],
+            max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+            no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"]),
             o["beam_size"], None, progress)
         # an empty line: its empty translation, certain (log-probability 0), as every one of the nbest
         return [[(score, text) for (score, _), text in zip(h[:nbest], self._detokenize([t for _, t in h[:nbest]]))]
@@ -145,10 +163,10 @@ class Translator:
 
         def search(src: torch.Tensor, line_ids: list[int]) -> list:
             generators = None if seed is None else [line_generator(seed, first_line + i) for i in line_ids]
-            return greedy_search(self.model, src, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
-                                 min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
-                                 sampler=Sampler(temperature, top_k, top_p, generators=generators),
-                                 max_tokens=o["max_tokens"])
+            return self.searches.greedy_search(self.model, src, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
+                                               min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
+                                               sampler=Sampler(temperature, top_k, top_p, generators=generators),
+                                               max_tokens=o["max_tokens"])
 
         return self._detokenize(self._decode(lines, search, 1, batch_tokens, progress, with_ids=True))
 
