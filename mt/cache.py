@@ -236,13 +236,7 @@ def _encode_into(folder: Path, corpus: Corpus, key: str, config: Config, tokeniz
     cleaner = Cleaner(data.clean) if data.clean.enabled else None
     report = {"read": 0}
     filtered = {"empty": 0, "too_long": 0, "length_ratio": 0}
-    totals = {"src": 0, "tgt": 0}
-    n_written = 0
-    files = {name: open(folder / name, "wb") for name in
-             ("src.tokens", "tgt.tokens", "src.offsets", "tgt.offsets", "src.lens", "tgt.lens")}
-    try:
-        for side in ("src", "tgt"):
-            files[f"{side}.offsets"].write(np.zeros(1, np.int64).tobytes())
+    with _array_writer(folder, token_dtype, len_dtype) as arrays:
         stream = iter_parallel(corpus, key, data.src_lang, data.tgt_lang, "none" if cleaner else "error")
         with tqdm(desc=f"encoding {key}", unit=" pairs", unit_scale=True, file=sys.stderr, disable=None) as bar:
             for src, tgt in stream:
@@ -257,37 +251,68 @@ def _encode_into(folder: Path, corpus: Corpus, key: str, config: Config, tokeniz
                 keep, dropped = filter_mask(lens["src"], lens["tgt"], data)
                 for why, n in dropped.items():
                     filtered[why] += n
-                kept = np.flatnonzero(keep).tolist()
-                for side in ("src", "tgt"):
-                    kept_lens = lens[side][keep]
-                    rows = itertools.chain.from_iterable(ids[side][i] for i in kept)
-                    files[f"{side}.tokens"].write(np.fromiter(rows, token_dtype, int(kept_lens.sum())).tobytes())
-                    files[f"{side}.offsets"].write((totals[side] + np.cumsum(kept_lens)).tobytes())
-                    files[f"{side}.lens"].write(kept_lens.astype(len_dtype).tobytes())
-                    totals[side] += int(kept_lens.sum())
-                n_written += len(kept)
-                bar.set_postfix(kept=f"{n_written:,}")
+                arrays.append(ids, lens, keep)
+                bar.set_postfix(kept=f"{arrays.pairs:,}")
                 kill_point("cache.encode")
+    if cleaner:
+        report.update(cleaner.dropped)
+    _write_meta(folder, key, report, filtered, token_dtype, len_dtype)
+    return report["read"]
+
+
+class _ArrayWriter:
+    """Appends the pairs kept from each chunk to the open files of a corpus entry (see ``CorpusArrays``)."""
+
+    def __init__(self, files: dict, token_dtype: np.dtype, len_dtype: np.dtype):
+        self.files, self.token_dtype, self.len_dtype = files, token_dtype, len_dtype
+        self.totals = {"src": 0, "tgt": 0}  # tokens written per side: where the next row starts
+        self.pairs = 0
+
+    def append(self, ids: dict, lens: dict, keep: np.ndarray) -> None:
+        """Write the rows of ``ids`` (per side: a list of token id lists) where ``keep`` is set."""
+        kept = np.flatnonzero(keep).tolist()
+        for side in ("src", "tgt"):
+            kept_lens = lens[side][keep]
+            rows = itertools.chain.from_iterable(ids[side][i] for i in kept)
+            self.files[f"{side}.tokens"].write(np.fromiter(rows, self.token_dtype, int(kept_lens.sum())).tobytes())
+            self.files[f"{side}.offsets"].write((self.totals[side] + np.cumsum(kept_lens)).tobytes())
+            self.files[f"{side}.lens"].write(kept_lens.astype(self.len_dtype).tobytes())
+            self.totals[side] += int(kept_lens.sum())
+        self.pairs += len(kept)
+
+
+@contextmanager
+def _array_writer(folder: Path, token_dtype: np.dtype, len_dtype: np.dtype):
+    """An ``_ArrayWriter`` on new files in ``folder``, closed afterwards; each offsets file starts with a 0."""
+    files = {name: open(folder / name, "wb") for name in
+             ("src.tokens", "tgt.tokens", "src.offsets", "tgt.offsets", "src.lens", "tgt.lens")}
+    try:
+        for side in ("src", "tgt"):
+            files[f"{side}.offsets"].write(np.zeros(1, np.int64).tobytes())
+        yield _ArrayWriter(files, token_dtype, len_dtype)
     finally:
         for f in files.values():
             f.close()
-    if cleaner:
-        report.update(cleaner.dropped)
+
+
+def _write_meta(folder: Path, key: str, report: dict, filtered: dict, token_dtype: np.dtype,
+                len_dtype: np.dtype) -> None:
+    """Add the filter counts to the cleaning ``report`` and write ``meta.json``; no pair left is an error."""
     cleaned = report["read"] - sum(report.get(k, 0) for k in ("invalid_utf8", "empty", "duplicate"))
     for why, n in filtered.items():
         report[why] = report.get(why, 0) + n
     report["kept"] = n_kept = cleaned - sum(filtered.values())
     if cleaned == 0:
-        raise MTError(f"{key}: no training pairs left after cleaning ({describe(report)})")
+        raise MTError(f"{key}: no training pairs left after cleaning ({describe_dropped(report)})")
     if n_kept == 0:
-        raise MTError(f"{key}: no training pairs left after filtering ({describe(report)}); "
+        raise MTError(f"{key}: no training pairs left after filtering ({describe_dropped(report)}); "
                       "check data.max_len and data.max_len_ratio")
     meta = {"pairs": n_kept, "report": report, "token_dtype": token_dtype.name, "len_dtype": len_dtype.name}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return report["read"]
 
 
-def describe(report: dict) -> str:
+def describe_dropped(report: dict) -> str:
+    """The pairs a data report counts as dropped, by reason: 'dropped: 3 empty, 12 too long' or 'dropped: none'."""
     dropped = [f"{n} {why.replace('_', ' ')}" for why, n in report.items()
                if why not in ("read", "kept", "corpora", "pairs_per_epoch") and n]
     return "dropped: " + (", ".join(dropped) if dropped else "none")

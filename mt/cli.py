@@ -30,7 +30,8 @@ def check_translate_options(args: argparse.Namespace) -> None:
         if not ok:
             raise MTError(f"{option}: {what}, got {value}")
 
-    for option, value in [("--beam", args.beam), ("--nbest", args.nbest), ("--batch-tokens", args.batch_tokens)]:
+    for option, value in [("--beam", args.beam), ("--nbest", args.nbest), ("--batch-tokens", args.batch_tokens),
+                          ("--max-output-tokens", args.max_output_tokens)]:
         need(value is None or value >= 1, option, "must be at least 1", value)
     need(args.min_len is None or args.min_len >= 0, "--min-len", "must be >= 0", args.min_len)
     need(args.no_repeat_ngram is None or args.no_repeat_ngram >= 0, "--no-repeat-ngram", "must be >= 0 (0 = off)",
@@ -53,9 +54,11 @@ def cmd_translate(args: argparse.Namespace) -> None:
     check_translate_options(args)
     # the model first: a wrong run directory should not wait for stdin to be typed
     translator = Translator.from_pretrained(args.models, device=args.device, precision=args.precision,
-                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders)
+                                           threads=args.threads, quantize=args.quantize, decoders=args.decoders,
+                                           engine=args.engine, compute_type=args.compute_type)
     if translator.mode_note:
         print(f"note: {translator.mode_note}", file=sys.stderr)
+    translator.max_output_tokens = args.max_output_tokens
     settings = dict(length_penalty=args.length_penalty, min_len=args.min_len, no_repeat_ngram=args.no_repeat_ngram)
     too_long: list[int] = []  # line numbers left untranslated, reported once everything else is written
 
@@ -127,10 +130,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
             print(f"wrote decode.length_penalty: {best['length_penalty']:g} and decode.beam_size: "
                   f"{best['beam_size']} to the run's config.yaml", file=sys.stderr)
     if args.modes is not None:
+        from mt.ctranslate2_engine import installed
+
+        engines = ("torch", "ctranslate2") if installed() else ("torch",)
         table, best, info = tune_modes(args.run[0], args.modes, device=args.device, threads=args.threads,
-                                       repeats=args.repeats, progress=True)
+                                       repeats=args.repeats, progress=True, engines=engines)
         print(format_mode_table(table, best, info))
-        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision auto loads)",
+        print(f"wrote decode.mode: {best['mode']} to the run's config.yaml (what --precision/--engine auto load)",
               file=sys.stderr)
 
 
@@ -138,7 +144,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mt.evaluate import format_scores, read_pair, score
 
     hyps, refs = read_pair(args.input, args.reference)
-    format_scores(score(hyps, refs, args.metrics), as_json=args.json)
+    format_scores(score(hyps, refs, args.metrics, args.lowercase, args.tokenize), as_json=args.json)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from mt.download import download_multi30k
+
+    download_multi30k(args.dir, log=lambda message: print(message, file=sys.stderr))
 
 
 def cmd_average(args: argparse.Namespace) -> None:
@@ -199,6 +211,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "argos":
+        from mt.argos import export_argos
+
+        out = export_argos(args.model, args.output, quantization=args.quantization, force=args.force)
+        print(f"exported {args.model} -> {out} (Argos Translate package; install with "
+              f"argostranslate.package.install_from_path('{out}'); split sentences offline with "
+              f"ARGOS_CHUNK_TYPE=SPACY)", file=sys.stderr)
+        return
     from mt.export import export_ctranslate2
 
     out = export_ctranslate2(args.model, args.output, quantization=args.quantization, force=args.force)
@@ -210,11 +230,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from mt.serve import Limits, serve
 
     limits = Limits(char_limit=args.char_limit, batch_limit=args.batch_limit, max_tokens=args.max_tokens,
-                    max_body=args.max_body)
+                    max_body=args.max_body, max_sentence_tokens=args.max_sentence_tokens,
+                    header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                    keep_alive_timeout=args.keep_alive_timeout, shutdown_timeout=args.shutdown_timeout)
     serve(args.runs, host=args.host, port=args.port, api_keys_file=args.api_keys, limits=limits,
           device=args.device, precision=args.precision, threads=args.threads, quantize=args.quantize,
           max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens,
-          gather_window_ms=args.gather_window_ms, decoders=args.decoders)
+          gather_window_ms=args.gather_window_ms, decoders=args.decoders, beam=args.beam,
+          max_output_tokens=args.max_output_tokens)
 
 
 def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
@@ -232,6 +255,20 @@ def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], default=None, help="int8 dynamic quantization of linear layers (CPU)")
 
 
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """Which decoder runs the searches: mt's torch code or CTranslate2 (mt.ctranslate2_engine)."""
+    from mt.config import ENGINE_COMPUTE_TYPES
+
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "ctranslate2"],
+                   help="torch (the reference), ctranslate2 (the model exported once into the run directory; what "
+                        "it cannot do exactly decodes with torch, with a note), or auto (default): the engine of the "
+                        "run's decode.mode as chosen by mt tune RUN --modes, torch for a run never measured; "
+                        "CTranslate2 decodes one batch at a time on all --threads unless --decoders says more")
+    p.add_argument("--compute-type", default=None, choices=ENGINE_COMPUTE_TYPES,
+                   help="with --engine ctranslate2: its compute type (default: from --precision / --quantize: "
+                        "fp32 float32, bf16 bfloat16, int8 int8; auto: the tuned one, else float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -239,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mt", description="Transformer machine translation: train, translate, evaluate.",
                                      parents=[common])
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,translate,tune,evaluate,average,plot,attention,figures,export,serve}")
+                                  metavar="{train,translate,tune,evaluate,data,average,plot,attention,figures,export,serve}")
 
     p = verbs.add_parser("train", parents=[common], help="train a model from a YAML config",
                          description="Train a model. Resumes from the run directory's latest checkpoint if any.")
@@ -270,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="with --sample: only the k most probable tokens")
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="with --sample: random seed")
+    p.add_argument("--max-output-tokens", type=int, default=None,
+                   help="target subword tokens per sentence at most (default: decode.max_len_a x source + max_len_b)")
     add_decoding_hardware_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_translate)
 
     p = verbs.add_parser("tune", parents=[common],
@@ -286,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, nargs="+", default=None, metavar="ALPHA",
                    help="GNMT length penalties to try, e.g. 0.6 0.8 1.0 1.2")
     p.add_argument("--modes", nargs="*", default=None, metavar="MODE",
-                   help="decode modes to measure, from fp32 int8 bf16 fp16 (fp32 always; none given: every "
-                        "mode this machine runs natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA)")
+                   help="decode modes to measure, from fp32 int8 bf16 fp16 and ctranslate2:TYPE (CTranslate2's compute "
+                        "types, e.g. ctranslate2:int8; fp32 always; none given: every mode this machine runs "
+                        "natively: bf16 only with native bf16 or CUDA, fp16 only on CUDA, and each compute type "
+                        "its CTranslate2 runs, where ctranslate2 is installed)")
     p.add_argument("--repeats", type=int, default=1, help="with --modes: timed rounds per mode (median; default 1)")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -301,7 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="hypothesis file, one sentence per line")
     p.add_argument("-m", "--metrics", nargs="+", default=["bleu", "chrf", "ter"], choices=["bleu", "chrf", "ter"])
     p.add_argument("--json", action="store_true", help="sacreBLEU's JSON output")
+    p.add_argument("-lc", "--lowercase", action="store_true", help="case-insensitive BLEU (sacreBLEU's -lc)")
+    p.add_argument("-tok", "--tokenize", choices=["13a", "intl", "none", "char", "zh"],
+                   help="BLEU's tokenizer (sacreBLEU's -tok; default 13a; none for text tokenised beforehand)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("data", parents=[common], help="download a public corpus (Multi30k) where the configs look",
+                         description="Download Multi30k task 1 (train, val, test2016 in en, de, fr, cs) "
+                                     "into DIR/multi30k.")
+    p.add_argument("corpus", choices=["multi30k"])
+    p.add_argument("--dir", help="the data root (default: $MT_DATA_ROOT, else ../shared/data, "
+                                 "where configs/*.yaml look)")
+    p.set_defaults(func=cmd_data)
 
     p = verbs.add_parser("average", parents=[common], help="average the last (or best) N checkpoints of a run",
                          description="Average the weights of the last N numbered checkpoints (or of the N best "
@@ -355,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write the model as a CTranslate2 model directory (needs the ctranslate2 "
                                      "extra: pip install 'mt[ctranslate2]'), with the SentencePiece model beside it.")
     p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
-    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2"])
-    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--format", default="ctranslate2", choices=["ctranslate2", "argos"],
+                   help="ctranslate2: a model directory; argos: an .argosmodel package for Argos Translate and "
+                        "LibreTranslate (needs the argos extra: pip install 'mt[argos]'; a joint tokenizer)")
+    p.add_argument("-o", "--output", required=True, help="output directory (argos: the .argosmodel file)")
     p.add_argument("--quantization", default=None, choices=["int8", "int8_float32", "int16", "float16"],
                    help="store weights quantized (default: fp32; CTranslate2 can also quantize when loading)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
@@ -379,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-limit", type=int, default=100, help="texts per request when q is a list (-1 = no limit)")
     p.add_argument("--max-tokens", type=int, default=8192, help="source subword tokens per request")
     p.add_argument("--max-body", type=int, default=4 << 20, help="bytes per request body (default 4 MiB)")
+    p.add_argument("--max-sentence-tokens", type=int, default=256,
+                   help="source subword tokens per sentence (default 256); a longer sentence is refused with 400 "
+                        "(sentences over 400 characters are first cut at spaces)")
+    p.add_argument("--max-output-tokens", type=int, default=256,
+                   help="target subword tokens per sentence at most (default 256): bounds a sentence's decoding time")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
+    for name, default, what in [("header", 60, "a request's headers"), ("body", 60, "each part of a request's body"),
+                                ("keep-alive", 60, "the next request on an idle connection"),
+                                ("shutdown", 30, "requests in flight after SIGTERM/SIGINT, then exit 1")]:
+        p.add_argument(f"--{name}-timeout", type=float, default=default,
+                       help=f"seconds to wait for {what} (default {default})")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model; more get 429 with Retry-After (default 64)")
     p.add_argument("--gather-ms", type=float, default=15.0,

@@ -1,25 +1,26 @@
-"""One typed config: YAML file + dotted command-line overrides -> validated dataclasses.
+"""One typed config: every key with its default and meaning, and the rules a valid config keeps.
 
-Everything is checked here, once, so the rest of the code can trust the values.
+``load_config`` reads a YAML file and dotted command-line overrides (``mt.config_load``) into
+these dataclasses and checks them here, once, so the rest of the code can trust the values.
 Errors name the file and the dotted key, and suggest the closest valid key.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 
+# DATA_ROOT_ENV and parse_duration are part of this module's API, beside CACHE_DIR_ENV and the dataclasses
+from mt.config_load import DATA_ROOT_ENV as DATA_ROOT_ENV
+from mt.config_load import apply_overrides, build, parse_duration, read_with_bases, resolve_paths
 from mt.errors import MTError
 
-DATA_ROOT_ENV = "MT_DATA_ROOT"
 CACHE_DIR_ENV = "MT_CACHE_DIR"
 
 
@@ -141,7 +142,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads; 0 = every core
     precision: Literal[PRECISIONS] = "auto"
-    compile: bool = False  # torch.compile the model for the training step (see docs/benchmarks.md for when it pays)
+    compile: bool = False  # torch.compile the model for the training step (see docs/performance.md for when it pays)
     batch_tokens: int = 4096  # per batch: sentences x longest side, padding included
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
@@ -181,6 +182,10 @@ class TrainConfig:
 
 
 DECODE_MODES = ("fp32", "int8", "bf16", "fp16")  # the order `mt tune --modes` measures them in; fp32 first
+# CTranslate2's compute types (mt.ctranslate2_engine); decode.mode ctranslate2:TYPE decodes with that engine
+ENGINE_COMPUTE_TYPES = ("float32", "int8_float32", "int8", "int16", "bfloat16", "int8_bfloat16", "float16",
+                        "int8_float16")
+ENGINE_MODES = tuple(f"ctranslate2:{t}" for t in ENGINE_COMPUTE_TYPES)
 
 
 @dataclass
@@ -192,8 +197,9 @@ class DecodeConfig:
     min_len: int = 0  # no EOS before this many tokens
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size (0 = off)
     batch_tokens: int = 6000  # source tokens x beam per decoding batch
-    # what `--precision auto` loads: fp32, int8, bf16 or fp16, the fastest mode within 0.2 validation
-    # BLEU of fp32 as `mt tune RUN --modes` measured it on its machine; null = never measured (fp32)
+    # what `--precision auto` loads: fp32, int8, bf16, fp16 or ctranslate2:TYPE (that engine and compute
+    # type), the fastest mode within 0.2 validation BLEU of fp32 as `mt tune RUN --modes` measured it
+    # on its machine; null = never measured (fp32)
     mode: Optional[str] = None
 
 
@@ -213,131 +219,24 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-class _Plain:
-    """An unquoted YAML scalar that YAML 1.1 reads as a non-string (``no``, ``off``, ``1:30``, ``010``,
-    ``null``), with the text it was written as: a string field keeps the text, any other field the value."""
-
-    __slots__ = ("value", "text")
-
-    def __init__(self, value: Any, text: str):
-        self.value, self.text = value, text
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load`` that wraps every plain non-string scalar in ``_Plain``."""
-
-
-def _construct_plain(loader: _Loader, node: yaml.ScalarNode) -> Any:
-    value = yaml.SafeLoader.yaml_constructors[node.tag](loader, node)
-    return _Plain(value, node.value) if node.style is None else value
-
-
-for _tag in ("bool", "int", "float", "null", "timestamp"):
-    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_plain)
-
-
-def _plain_keys(node: Any) -> Any:
-    """Mapping keys as YAML 1.1 reads them (only values may stay wrapped)."""
-    if isinstance(node, dict):
-        return {(k.value if isinstance(k, _Plain) else k): _plain_keys(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain_keys(v) for v in node]
-    return node
-
-
-def _yaml_values(node: Any) -> Any:
-    """Every ``_Plain`` replaced by its YAML 1.1 value (for untyped lists)."""
-    if isinstance(node, _Plain):
-        return node.value
-    if isinstance(node, dict):
-        return {k: _yaml_values(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_yaml_values(v) for v in node]
-    return node
-
-
-def _parse_yaml(text: str) -> Any:
-    return _plain_keys(yaml.load(text, Loader=_Loader))  # noqa: S506 (a SafeLoader)
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
     """Read ``path`` (YAML), apply ``key=value`` overrides, validate, resolve data paths."""
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        raw = _read_with_bases(Path(path))
-    cli_keys = _apply_overrides(raw, overrides)
-    config = _build(Config, raw, "", source, cli_keys)
+        raw = read_with_bases(Path(path))
+    cli_keys = apply_overrides(raw, overrides)
+    config = build(Config, raw, "", source, cli_keys)
     _check_values(config, source)
     base = Path(path).resolve().parent if path is not None else Path.cwd()
-    _resolve_paths(config, base, cli_keys)
+    resolve_paths(config, base, cli_keys)
     return config
-
-
-BASE_KEY = "base"  # a config file may extend another: base: multi30k_base.yaml (relative to the file)
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MTError(f"config file '{path}' not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MTError(f"config file '{path}': cannot read: {e}") from None
-    try:
-        raw = _parse_yaml(text)
-        raw = {} if raw is None or (isinstance(raw, _Plain) and raw.value is None) else raw
-    except yaml.YAMLError as e:
-        raise MTError(f"{path}: invalid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise MTError(f"{path}: expected a mapping of keys at the top level")
-    return raw
-
-
-def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """The mapping of ``path`` laid over its ``base:`` file's, recursively.
-
-    Mappings merge key by key, the including file winning; lists and other values are
-    replaced whole. A relative ``data.root`` or ``data.cache_dir`` stays relative to the
-    file that sets it, so a recipe may live in another folder than its base.
-    """
-    if path.resolve() in chain:
-        cycle = " -> ".join(p.name for p in chain + (path.resolve(),))
-        raise MTError(f"{chain[-1]}: {BASE_KEY}: config files include each other in a cycle: {cycle}")
-    raw = _read_yaml(path)
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for key in ("root", "cache_dir"):
-            value = data.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                data[key] = str(path.resolve().parent / value)
-    if BASE_KEY not in raw:
-        return raw
-    base = raw.pop(BASE_KEY)
-    if not isinstance(base, str) or not base:
-        raise MTError(f"{path}: {BASE_KEY}: expected the path of a config file, got {base!r}")
-    base_path = Path(base).expanduser()
-    if not base_path.is_absolute():
-        base_path = path.resolve().parent / base_path
-    if not base_path.exists():
-        raise MTError(f"{path}: {BASE_KEY}: config file '{base}' not found (looked for {base_path})")
-    return _merge(_read_with_bases(base_path, chain + (path.resolve(),)), raw)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
     """Rebuild a saved (already resolved) config, e.g. from a run directory or checkpoint."""
-    config = _build(Config, raw, "", source)
+    config = build(Config, raw, "", source)
     _check_values(config, source)
     return config
 
@@ -348,276 +247,149 @@ def save_config(config: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
 
 
-def parse_duration(text: str, key: str = "train.max_time") -> float:
-    """'90s', '25m', '2h', '1h30m', or a bare number of seconds -> seconds."""
-    text = str(text).strip()
-    if not text:
-        return 0.0
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", text).strip():
-        raise MTError(f"{key}: '{text}' is not a duration; use e.g. '90s', '25m', '2h', '1h30m'")
-    unit = {"h": 3600, "m": 60, "s": 1}
-    return sum(float(n) * unit[u] for n, u in parts)
+# ---------------------------------------------------------------- value checks
 
 
-def _apply_overrides(raw: dict, overrides: list[str]) -> set[str]:
-    """Set dotted keys in the raw dict; returns the keys given on the command line."""
-    given = set()
-    for item in overrides:
-        if "=" not in item:
-            raise MTError(f"override '{item}' must look like key=value (e.g. train.max_steps=100)")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        try:
-            parsed = _parse_yaml(value) if value != "" else ""
-        except yaml.YAMLError:
-            parsed = value
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list):  # data.train.1.weight: an item of a list of corpora
-                if not part.isdigit() or int(part) >= len(node):
-                    raise MTError(f"override '{item}': '{part}' is not an index of a list of {len(node)}")
-                node = node[int(part)]
-                continue
-            if not isinstance(node.get(part), (dict, list)):
-                node[part] = {}
-            node = node[part]
-        if isinstance(node, list):
-            raise MTError(f"override '{item}': set a key of one list item, e.g. data.train.0.src=FILE")
-        node[parts[-1]] = parsed
-        given.add(key)
-    return given
-
-
-def _build(cls, raw: Any, prefix: str, source: str, cli_keys: set[str] = frozenset()):
-    """Turn a raw mapping into dataclass ``cls``, checking keys and types.
-
-    Errors about keys given on the command line say so instead of naming the file.
-    """
-    where = prefix.rstrip(".") or "top level"
-    if isinstance(raw, _Plain):
-        raw = raw.value
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        source = "command line" if prefix.rstrip(".") in cli_keys else source
-        raise MTError(f"{source}: {where}: expected a mapping, got {type(raw).__name__} {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            full = prefix + str(key)
-            valid = [prefix + n for n in names]
-            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
-            where = "command line" if any(k == full or k.startswith(full + ".") for k in cli_keys) else source
-            raise MTError(f"{where}: unknown key '{full}'{hint}")
-    values = {}
-    for name in names:
-        if name in raw:
-            key = prefix + name
-            values[name] = _convert(raw[name], hints[name], key, "command line" if key in cli_keys else source,
-                                    cli_keys)
-    return cls(**values)
-
-
-def _convert(value: Any, hint: Any, key: str, source: str, cli_keys: set[str] = frozenset()):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if isinstance(value, _Plain):  # YAML 1.1 read it as a bool/number/null/date: was a string meant?
-        wants_text = hint is str or (origin is Literal and all(isinstance(a, str) for a in args))
-        value = value.text if wants_text else value.value
-    if origin is typing.Union:  # Optional[X], or X | list[X] (one corpus or several)
-        if value is None and type(None) in args:
-            return None
-        lists = [a for a in args if typing.get_origin(a) is list]
-        hint = lists[0] if lists and isinstance(value, list) else next(
-            a for a in args if a is not type(None) and typing.get_origin(a) is not list)
-        return _convert(value, hint, key, source, cli_keys)
-    if origin is list and args:
-        if not isinstance(value, list) or not value:
-            raise MTError(f"{source}: {key}: expected a non-empty list, got {value!r}")
-        return [_convert(v, args[0], f"{key}[{i}]", source, cli_keys) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".", source, cli_keys)
-    if origin is Literal:
-        if value not in args:
-            allowed = ", ".join(str(a) for a in args)
-            raise MTError(f"{source}: {key}: {value!r} is not allowed; choose one of: {allowed}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise MTError(f"{source}: {key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MTError(f"{source}: {key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MTError(f"{source}: {key}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # no setting means anything at nan or inf
-            raise MTError(f"{source}: {key}: expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise MTError(f"{source}: {key}: expected a string, got {value!r}")
-        return str(value)
-    if hint is list:
-        if not isinstance(value, list):
-            raise MTError(f"{source}: {key}: expected a list, got {value!r}")
-        return _yaml_values(value)
-    raise TypeError(f"unsupported config type {hint} for {key}")
+def _need(source: str, ok: bool, key: str, what: str, value: Any) -> None:
+    """The error every value check raises: ``SOURCE: KEY: WHAT, got VALUE``."""
+    if not ok:
+        raise MTError(f"{source}: {key}: {what}, got {value!r}")
 
 
 def _check_values(c: Config, source: str) -> None:
-    """Checks that involve a value's range or several keys."""
+    """Checks that involve a value's range or several keys, section by section; the first that fails raises."""
+    _check_data(c.data, source)
+    _check_tokenizer(c.tokenizer, source)
+    _check_model(c, source)
+    _check_train(c.train, source)
+    _check_decode(c.decode, source)
 
-    def need(ok: bool, key: str, what: str, value: Any) -> None:
-        if not ok:
-            raise MTError(f"{source}: {key}: {what}, got {value!r}")
 
-    m, t, d, tok = c.model, c.train, c.decode, c.tokenizer
+def _check_data(d: DataConfig, source: str) -> None:
+    _need(source, d.max_len > 0, "data.max_len", "must be a positive integer", d.max_len)
+    _need(source, d.max_len_ratio >= 1, "data.max_len_ratio", "must be at least 1 (a ratio of longer to shorter)",
+          d.max_len_ratio)
+    corpora = [(f"data.train[{i}]" if isinstance(d.train, list) else "data.train", corpus)
+               for i, corpus in enumerate(d.train_corpora())]
+    corpora += [(f"data.{split}", getattr(d, split)) for split in ("valid", "test")]
+    for name, corpus in corpora:
+        if corpus is None or (not name.startswith("data.train") and not corpus.is_set()):
+            continue
+        _check_corpus(name, corpus, source)
+    flags = [corpus.train_tokenizer for corpus in d.train_corpora()]
+    listed = isinstance(d.train, list)
+    _need(source, any(flags), "data.train[*].train_tokenizer" if listed else "data.train.train_tokenizer",
+          "at least one training corpus must train the tokenizer", flags if listed else flags[0])
+
+
+def _check_corpus(name: str, corpus: Corpus, source: str) -> None:
+    """One corpus (``name`` is its key, e.g. data.train[1]) has what its kind of source needs."""
+    if name.startswith("data.train"):
+        _need(source, 0 < corpus.weight < math.inf, f"{name}.weight", "must be a positive number", corpus.weight)
+    else:
+        _need(source, corpus.weight == 1.0, f"{name}.weight", "only training corpora are weighted", corpus.weight)
+        _need(source, corpus.train_tokenizer, f"{name}.train_tokenizer", "only training corpora train the tokenizer",
+              corpus.train_tokenizer)
+    kind = corpus.kind()
+    if kind == "text":
+        ok, what = bool(corpus.src and corpus.tgt), "needs both 'src' and 'tgt' file paths (or 'path' or 'dataset')"
+    elif kind == "datasets":
+        ok, what = bool(corpus.dataset), "needs 'dataset' (a hub name, json/csv/parquet, or disk)"
+        if corpus.dataset in ("json", "csv", "parquet", "disk"):
+            ok, what = bool(corpus.path), f"dataset '{corpus.dataset}' needs 'path'"
+    else:
+        ok, what = bool(corpus.path), f"format '{kind}' needs 'path'"
+    if kind == "tsv":
+        ok = ok and all(f.isdigit() for f in (corpus.src_field, corpus.tgt_field) if f)
+        what += "; src_field/tgt_field of a TSV file are column numbers (0-based)"
+    shown = {k: v for k, v in dataclasses.asdict(corpus).items()
+             if v and k not in ("split", "weight", "train_tokenizer")}
+    _need(source, ok, name, what, shown)
+
+
+def _check_tokenizer(tok: TokenizerConfig, source: str) -> None:
+    _need(source, tok.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16", tok.vocab_size)
+    _need(source, 0.9 <= tok.character_coverage <= 1.0, "tokenizer.character_coverage", "must be in [0.9, 1]",
+          tok.character_coverage)
+    _need(source, tok.sample_sentences >= 0, "tokenizer.sample_sentences", "must be >= 0 (0 = every sentence)",
+          tok.sample_sentences)
+    _need(source, all(isinstance(s, str) and s and not any(ch.isspace() for ch in s) for s in tok.user_symbols),
+          "tokenizer.user_symbols", "must be a list of non-empty strings without spaces", tok.user_symbols)
+
+
+def _check_model(c: Config, source: str) -> None:
+    """The model's sizes and rates, and what they need of the data and the tokenizer."""
+    m = c.model
     for key, value in [("model.encoder_layers", m.encoder_layers), ("model.decoder_layers", m.decoder_layers),
                        ("model.d_model", m.d_model), ("model.heads", m.heads), ("model.d_ff", m.d_ff),
-                       ("model.max_positions", m.max_positions), ("train.batch_tokens", t.batch_tokens),
-                       ("train.valid_every", t.valid_every), ("train.log_every", t.log_every),
-                       ("decode.beam_size", d.beam_size), ("decode.batch_tokens", d.batch_tokens),
-                       ("data.max_len", c.data.max_len)]:
-        need(value > 0, key, "must be a positive integer", value)
-    need(m.d_model % m.heads == 0, "model.heads", f"must divide model.d_model ({m.d_model})", m.heads)
-    need(m.positions != "sinusoidal" or m.d_model % 2 == 0, "model.d_model",
-         "sinusoidal positions need an even size (a sine and a cosine per frequency)", m.d_model)
+                       ("model.max_positions", m.max_positions)]:
+        _need(source, value > 0, key, "must be a positive integer", value)
+    _need(source, m.d_model % m.heads == 0, "model.heads", f"must divide model.d_model ({m.d_model})", m.heads)
+    _need(source, m.positions != "sinusoidal" or m.d_model % 2 == 0, "model.d_model",
+          "sinusoidal positions need an even size (a sine and a cosine per frequency)", m.d_model)
     # learned positions: a training source is max_len tokens + EOS, a decoder input BOS + max_len tokens
-    need(m.positions != "learned" or c.data.max_len + 1 <= m.max_positions, "model.max_positions",
-         f"learned positions must cover data.max_len ({c.data.max_len}) + 1 for BOS/EOS = {c.data.max_len + 1}",
-         m.max_positions)
-    need(c.data.max_len_ratio >= 1, "data.max_len_ratio", "must be at least 1 (a ratio of longer to shorter)",
-         c.data.max_len_ratio)
+    _need(source, m.positions != "learned" or c.data.max_len + 1 <= m.max_positions, "model.max_positions",
+          f"learned positions must cover data.max_len ({c.data.max_len}) + 1 for BOS/EOS = {c.data.max_len + 1}",
+          m.max_positions)
     for key, value in [("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
-                       ("model.activation_dropout", m.activation_dropout),
-                       ("train.label_smoothing", t.label_smoothing)]:
-        need(0.0 <= value < 1.0, key, "must be in [0, 1)", value)
-    need(tok.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16", tok.vocab_size)
-    need(0.9 <= tok.character_coverage <= 1.0, "tokenizer.character_coverage", "must be in [0.9, 1]",
-         tok.character_coverage)
-    need(m.tie_embeddings != "all" or tok.joint, "model.tie_embeddings",
-         "'all' needs a shared vocabulary (tokenizer.joint: true)", m.tie_embeddings)
-    need(t.lr > 0, "train.lr", "must be positive", t.lr)
-    need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
-    need(t.max_steps >= 0, "train.max_steps", "must be >= 0", t.max_steps)
-    need(t.max_epochs >= 0, "train.max_epochs", "must be >= 0", t.max_epochs)
-    need(t.keep_last >= 1, "train.keep_last", "must be >= 1", t.keep_last)
-    need(t.keep_best >= 1, "train.keep_best", "must be >= 1", t.keep_best)
-    need(t.accum_steps >= 1, "train.accum_steps", "must be >= 1", t.accum_steps)
-    need(t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)", t.patience)
-    need(t.lr_schedule != "budget" or bool(t.max_time or t.max_steps), "train.lr_schedule",
-         "'budget' needs train.max_time or train.max_steps to decay towards", t.lr_schedule)
-    need(t.clip_norm >= 0, "train.clip_norm", "must be >= 0", t.clip_norm)
-    need(0.0 <= t.subword_alpha <= 1.0, "train.subword_alpha", "must be in [0, 1] (0 = off)", t.subword_alpha)
-    need(t.subword_nbest == -1 or t.subword_nbest > 1, "train.subword_nbest",
-         "must be -1 (all segmentations) or > 1", t.subword_nbest)
-    need(t.rdrop >= 0, "train.rdrop", "must be >= 0 (0 = off)", t.rdrop)
-    need(0.0 <= t.word_dropout < 1.0, "train.word_dropout", "must be in [0, 1)", t.word_dropout)
-    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 = off)", t.ema_decay)
-    need(0 <= t.average_last <= t.keep_last, "train.average_last",
-         f"must be in [0, train.keep_last ({t.keep_last})]: only kept checkpoints can be averaged", t.average_last)
-    need(len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),
-         "train.adam_betas", "must be two numbers in [0, 1)", t.adam_betas)
-    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device) is not None, "train.device",
-         "must be auto, cpu, cuda, cuda:N or mps", t.device)
-    need(t.threads >= 0, "train.threads", "must be >= 0 (0 = every core)", t.threads)
-    need(d.min_len >= 0 and d.no_repeat_ngram >= 0, "decode.min_len", "min_len and no_repeat_ngram must be >= 0",
-         (d.min_len, d.no_repeat_ngram))
-    need(d.max_len_a >= 0 and d.max_len_b >= 0, "decode.max_len_a", "max_len_a and max_len_b must be >= 0",
-         (d.max_len_a, d.max_len_b))
-    need(d.mode is None or d.mode in DECODE_MODES, "decode.mode",
-         f"must be one of {', '.join(DECODE_MODES)} (written by mt tune RUN --modes) or null (never measured)",
-         d.mode)
+                       ("model.activation_dropout", m.activation_dropout)]:
+        _need(source, 0.0 <= value < 1.0, key, "must be in [0, 1)", value)
+    _need(source, m.tie_embeddings != "all" or c.tokenizer.joint, "model.tie_embeddings",
+          "'all' needs a shared vocabulary (tokenizer.joint: true)", m.tie_embeddings)
+
+
+def _check_train(t: TrainConfig, source: str) -> None:
+    for key, value in [("train.batch_tokens", t.batch_tokens), ("train.valid_every", t.valid_every),
+                       ("train.log_every", t.log_every)]:
+        _need(source, value > 0, key, "must be a positive integer", value)
+    _need(source, 0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)", t.label_smoothing)
+    _need(source, t.lr > 0, "train.lr", "must be positive", t.lr)
+    for key, value in [("train.warmup_steps", t.warmup_steps), ("train.max_steps", t.max_steps),
+                       ("train.max_epochs", t.max_epochs)]:
+        _need(source, value >= 0, key, "must be >= 0", value)
+    for key, value in [("train.keep_last", t.keep_last), ("train.keep_best", t.keep_best),
+                       ("train.accum_steps", t.accum_steps)]:
+        _need(source, value >= 1, key, "must be >= 1", value)
+    _need(source, t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)", t.patience)
+    _need(source, t.lr_schedule != "budget" or bool(t.max_time or t.max_steps), "train.lr_schedule",
+          "'budget' needs train.max_time or train.max_steps to decay towards", t.lr_schedule)
+    _need(source, t.clip_norm >= 0, "train.clip_norm", "must be >= 0", t.clip_norm)
+    _check_regularisers(t, source)
+    _need(source, len(t.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in t.adam_betas),
+          "train.adam_betas", "must be two numbers in [0, 1)", t.adam_betas)
+    _need(source, re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device) is not None, "train.device",
+          "must be auto, cpu, cuda, cuda:N or mps", t.device)
+    _need(source, t.threads >= 0, "train.threads", "must be >= 0 (0 = every core)", t.threads)
     try:
         parse_duration(t.max_time)
         dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")
     except MTError as e:
         raise MTError(f"{source}: {e}") from None
-    need(dist_timeout > 0, "train.dist_timeout", "must be positive", t.dist_timeout)
-    need(tok.sample_sentences >= 0, "tokenizer.sample_sentences", "must be >= 0 (0 = every sentence)",
-         tok.sample_sentences)
-    need(all(isinstance(s, str) and s and not any(ch.isspace() for ch in s) for s in tok.user_symbols),
-         "tokenizer.user_symbols", "must be a list of non-empty strings without spaces", tok.user_symbols)
-    corpora = [(f"data.train[{i}]" if isinstance(c.data.train, list) else "data.train", corpus)
-               for i, corpus in enumerate(c.data.train_corpora())]
-    corpora += [(f"data.{split}", getattr(c.data, split)) for split in ("valid", "test")]
-    for name, corpus in corpora:
-        if corpus is None or (not name.startswith("data.train") and not corpus.is_set()):
-            continue
-        if name.startswith("data.train"):
-            need(0 < corpus.weight < math.inf, f"{name}.weight", "must be a positive number", corpus.weight)
-        else:
-            need(corpus.weight == 1.0, f"{name}.weight", "only training corpora are weighted", corpus.weight)
-            need(corpus.train_tokenizer, f"{name}.train_tokenizer", "only training corpora train the tokenizer",
-                 corpus.train_tokenizer)
-        kind = corpus.kind()
-        if kind == "text":
-            ok, what = bool(corpus.src and corpus.tgt), "needs both 'src' and 'tgt' file paths (or 'path' or 'dataset')"
-        elif kind == "datasets":
-            ok, what = bool(corpus.dataset), "needs 'dataset' (a hub name, json/csv/parquet, or disk)"
-            if corpus.dataset in ("json", "csv", "parquet", "disk"):
-                ok, what = bool(corpus.path), f"dataset '{corpus.dataset}' needs 'path'"
-        else:
-            ok, what = bool(corpus.path), f"format '{kind}' needs 'path'"
-        if kind == "tsv":
-            ok = ok and all(f.isdigit() for f in (corpus.src_field, corpus.tgt_field) if f)
-            what += "; src_field/tgt_field of a TSV file are column numbers (0-based)"
-        shown = {k: v for k, v in dataclasses.asdict(corpus).items()
-                 if v and k not in ("split", "weight", "train_tokenizer")}
-        need(ok, name, what, shown)
-    flags = [corpus.train_tokenizer for corpus in c.data.train_corpora()]
-    listed = isinstance(c.data.train, list)
-    need(any(flags), "data.train[*].train_tokenizer" if listed else "data.train.train_tokenizer",
-         "at least one training corpus must train the tokenizer", flags if listed else flags[0])
+    _need(source, dist_timeout > 0, "train.dist_timeout", "must be positive", t.dist_timeout)
 
 
-def _resolve_paths(c: Config, config_dir: Path, cli_keys: set[str]) -> None:
-    """Make corpus paths absolute.
+def _check_regularisers(t: TrainConfig, source: str) -> None:
+    """Subword sampling, R-Drop, word dropout, EMA and checkpoint averaging (all off by default)."""
+    _need(source, 0.0 <= t.subword_alpha <= 1.0, "train.subword_alpha", "must be in [0, 1] (0 = off)",
+          t.subword_alpha)
+    _need(source, t.subword_nbest == -1 or t.subword_nbest > 1, "train.subword_nbest",
+          "must be -1 (all segmentations) or > 1", t.subword_nbest)
+    _need(source, t.rdrop >= 0, "train.rdrop", "must be >= 0 (0 = off)", t.rdrop)
+    _need(source, 0.0 <= t.word_dropout < 1.0, "train.word_dropout", "must be in [0, 1)", t.word_dropout)
+    _need(source, 0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 = off)", t.ema_decay)
+    _need(source, 0 <= t.average_last <= t.keep_last, "train.average_last",
+          f"must be in [0, train.keep_last ({t.keep_last})]: only kept checkpoints can be averaged", t.average_last)
 
-    Paths from the YAML file are relative to ``data.root``; a relative ``data.root`` is
-    relative to the config file, and ``$MT_DATA_ROOT`` replaces it. Paths typed on the
-    command line are relative to the current directory, as a shell user expects.
-    """
-    if "data.root" in cli_keys:
-        root = Path(c.data.root).expanduser()
-    elif os.environ.get(DATA_ROOT_ENV):
-        root = Path(os.environ[DATA_ROOT_ENV]).expanduser()
-    else:
-        root = Path(c.data.root).expanduser()
-        if not root.is_absolute():
-            root = config_dir / root
-    root = root.resolve()
-    c.data.root = str(root)
-    if c.data.cache_dir:
-        cache = Path(c.data.cache_dir).expanduser()
-        base = Path.cwd() if "data.cache_dir" in cli_keys else config_dir
-        c.data.cache_dir = str(cache if cache.is_absolute() else (base / cache).resolve())
-    corpora = [(f"train.{i}" if isinstance(c.data.train, list) else "train", corpus)
-               for i, corpus in enumerate(c.data.train_corpora())]
-    corpora += [(split, getattr(c.data, split)) for split in ("valid", "test")]
-    for name, corpus in corpora:
-        if corpus is None:
-            continue
-        for side in ("src", "tgt", "path"):
-            value = getattr(corpus, side)
-            if not value:
-                continue
-            keys = (f"data.{name}.{side}", f"data.{name}", f"data.{name.split('.')[0]}")
-            from_cli = any(k in cli_keys for k in keys)
-            base = Path.cwd() if from_cli else root
-            p = Path(value).expanduser()
-            setattr(corpus, side, str(p if p.is_absolute() else (base / p).resolve()))
+
+def _check_decode(d: DecodeConfig, source: str) -> None:
+    for key, value in [("decode.beam_size", d.beam_size), ("decode.batch_tokens", d.batch_tokens)]:
+        _need(source, value > 0, key, "must be a positive integer", value)
+    _need(source, d.min_len >= 0 and d.no_repeat_ngram >= 0, "decode.min_len",
+          "min_len and no_repeat_ngram must be >= 0", (d.min_len, d.no_repeat_ngram))
+    _need(source, d.max_len_a >= 0 and d.max_len_b >= 0, "decode.max_len_a", "max_len_a and max_len_b must be >= 0",
+          (d.max_len_a, d.max_len_b))
+    engine_mode = isinstance(d.mode, str) and d.mode.startswith("ctranslate2:")
+    _need(source, d.mode is None or d.mode in DECODE_MODES + ENGINE_MODES, "decode.mode",
+          f"ctranslate2:TYPE takes a TYPE from {', '.join(ENGINE_COMPUTE_TYPES)}" if engine_mode else
+          f"must be one of {', '.join(DECODE_MODES)} (written by mt tune RUN --modes) or null (never measured)",
+          d.mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,6 +25,14 @@ def mode_options(mode: str) -> dict:
     """``Translator.from_pretrained`` keyword arguments of a mode."""
     return {"fp32": dict(precision="fp32", quantize=None), "int8": dict(precision="fp32", quantize="int8"),
             "bf16": dict(precision="bf16", quantize=None), "fp16": dict(precision="fp16", quantize=None)}[mode]
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """The int8 mode's model: dynamic int8 quantization of every linear layer, weights stored in int8,
+    activations quantized on the fly (CPU)."""
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def unavailable_reason(mode: str, device: torch.device) -> str | None:

@@ -2,7 +2,7 @@
 
 ``Ensemble`` offers what the searches of ``mt.search`` use of a ``Transformer``:
 ``encode``, ``new_cache``, ``decode`` (and ``forward`` for scoring), with memories that
-index like a tensor and a cache that ``mt.model.reorder_cache`` reorders. So greedy,
+index like a tensor and one ``mt.kv_cache.KVCache`` over all the models' layers. So greedy,
 beam and sampling search run over an ensemble unchanged: at every step each model
 decodes with its own encoder output and its own key/value cache, and the search sees
 the mean of the models' log-probabilities over the shared target vocabulary.
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt.errors import MTError
+from mt.kv_cache import KVCache
 from mt.model import Transformer
 
 
@@ -52,31 +53,21 @@ class Ensemble(nn.Module):
             memories.append(memory)
         return EnsembleMemory(memories), src_mask
 
-    def new_cache(self, *args, **kwargs) -> list:
-        """The models' layer caches one after the other, so ``reorder_cache`` reorders them all."""
-        return [layer for model in self.models for layer in model.new_cache(*args, **kwargs)]
-
-    def _split(self, cache: Optional[list]) -> list:
-        if cache is None:
-            return [None] * len(self.models)
-        parts, start = [], 0
-        for model in self.models:
-            parts.append(cache[start:start + len(model.decoder_layers)])
-            start += len(model.decoder_layers)
-        return parts
+    def new_cache(self) -> KVCache:
+        """The models' layers one after the other, so that the searches reorder them all at once."""
+        return KVCache(sum(len(m.decoder_layers) for m in self.models))
 
     def decode(self, tgt_in: torch.Tensor, memory: EnsembleMemory, src_mask: torch.Tensor,
-               cache: Optional[list] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
+               cache: Optional[KVCache] = None) -> torch.Tensor:
         """tgt_in (B, T) -> the mean of the models' log-probabilities (B, T, V).
 
         One model's logits pass through unchanged: the search normalises them itself, so
         an ensemble of one decodes exactly like the model.
         """
-        if cross_weights is not None:
-            raise MTError("cross-attention weights are per model; look at one model of the ensemble at a time")
-        outputs = [model.decode(tgt_in, part, src_mask, layers)
-                   for model, part, layers in zip(self.models, memory.parts, self._split(cache))]
-        return self._combine(outputs)
+        caches = [None] * len(self.models) if cache is None else cache.split([len(m.decoder_layers)
+                                                                                for m in self.models])
+        return self._combine([model.decode(tgt_in, part, src_mask, layers)
+                              for model, part, layers in zip(self.models, memory.parts, caches)])
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self._combine([model(src, tgt_in) for model in self.models])

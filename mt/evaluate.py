@@ -33,11 +33,17 @@ def bleu(hyps: list[str], refs: list[str]) -> float:
     return BLEU().corpus_score(hyps, [refs]).score
 
 
-def score(hyps: list[str], refs: list[str], metrics: list[str] = ("bleu", "chrf", "ter")) -> dict:
-    """{metric: (score object, signature object)}, metrics in sacreBLEU's (sorted) order."""
+def score(hyps: list[str], refs: list[str], metrics: list[str] = ("bleu", "chrf", "ter"),
+          lowercase: bool = False, tokenize: str | None = None) -> dict:
+    """{metric: (score object, signature object)}, metrics in sacreBLEU's (sorted) order.
+
+    ``lowercase`` and ``tokenize`` are sacreBLEU's ``-lc`` and ``-tok`` (papers on Multi30k
+    report lower-cased BLEU on Moses-tokenised text: docs/results.md says how to match them).
+    """
+    options = {"bleu": dict(lowercase=lowercase, tokenize=tokenize), "chrf": {}, "ter": {}}
     out = {}
     for name in sorted(metrics, key=str.upper):
-        metric = METRICS[name]()
+        metric = METRICS[name](**options[name])
         out[name] = (metric.corpus_score(hyps, [refs]), metric.get_signature())
     return out
 

@@ -7,14 +7,18 @@ Every figure has a fixed size (``FIGURES``), whatever the model or sentence.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mt import plot
+from mt.checkpoint import atomic_write_bytes
 from mt.batching import causal_mask, make_batch, padding_mask
 from mt.data import read_parallel
 from mt.errors import MTError
@@ -50,6 +54,31 @@ FIGURES = [
     Figure("beam_tree.png", 14, 7, "a beam search for one sentence: kept, finished and pruned candidates"),
 ]
 BY_NAME = {f.name: f for f in FIGURES}
+# drawn from the config, the tokenizer and the data alone: the same on any machine whatever the weights
+WEIGHTLESS = ["positional_encoding.png", "masks.png", "score_variance.png", "lr_schedules.png"]
+MANIFEST = "figures.json"  # written beside the PNGs: what drew them, from what, and each PNG's hash
+
+
+def drawing_code_hash() -> str:
+    """A hash of the code the figures depend on: this module, ``mt.plot``, the learning-rate
+    schedules and the attention capture. A change there means the shipped figures need a redraw."""
+    from mt.translate import Translator
+
+    sources = [Path(__file__).read_text(encoding="utf-8"), Path(plot.__file__).read_text(encoding="utf-8")]
+    sources += [inspect.getsource(f) for f in (budget_lr, inverse_sqrt_lr, Translator.attention,
+                                               Translator.cross_attention)]
+    return hashlib.sha256("\n".join(sources).encode("utf-8")).hexdigest()
+
+
+def write_manifest(output: Path, inputs: dict) -> Path:
+    """Record the inputs, the drawing code's hash and every PNG's hash in ``output/figures.json``."""
+    import matplotlib
+
+    manifest = {"inputs": inputs, "matplotlib": matplotlib.__version__, "code": drawing_code_hash(),
+                "figures": {f.name: hashlib.sha256((output / f.name).read_bytes()).hexdigest() for f in FIGURES}}
+    path = output / MANIFEST
+    atomic_write_bytes(path, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    return path
 
 
 def score_statistics(d_k: int, n: int = 4000, keys: int = 10, seed: int = 0) -> tuple[float, float, float, float]:
@@ -90,6 +119,7 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
 
     ``sentence`` (default: the first validation source line) is the one whose attention
     and beam search are drawn; the beam tree uses ``beam_size`` (small, to stay readable).
+    Drawing them all also writes the manifest (``MANIFEST``) that tests/test_figures.py reads.
     """
     from mt.plot import read_metrics
     from mt.translate import Translator
@@ -180,11 +210,11 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
             eps = config.train.label_smoothing
             train_points = sorted({r["step"]: r["train_loss"] for r in train_records}.items())
             valid_points = sorted({r["step"]: r["valid_nll"] for r in valid_records}.items())
-            minutes = max([r.get("time", 0.0) for r in train_records + valid_records]) / 60
+            # no wall time in the title: the same run draws the same picture on a busy machine or an idle one
             save(name, plot.draw_loss_curves(train_points, valid_points,
                                              smoothed_target_entropy(eps, tok.tgt.vocab_size), eps,
-                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} steps, "
-                                             f"{minutes:.1f} min of training", size(name)))
+                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} "
+                                             "steps", size(name)))
         elif name == "beam_tree.png":
             src = torch.tensor([tok.src.encode([sentence])[0] + [EOS]])
             d = config.decode
@@ -197,4 +227,12 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
             best = tok.tgt.decode([hyps[0][1]])[0] if hyps else ""
             save(name, plot.draw_beam_tree(steps, beam_size, f"beam search, k={beam_size}, length penalty "
                                            f"alpha={d.length_penalty:g}: \"{sentence}\" -> \"{best}\"", size(name)))
+    if only is None:
+        train_records, valid_records = read_metrics(run_dir)
+        written.append(write_manifest(output, {
+            "run": run_dir.name, "sentence": sentence, "beam": beam_size,
+            "steps": max(r["step"] for r in train_records + valid_records), "valid_points": len(valid_records),
+            # the last validation loss tells whether another machine trained the very same weights
+            "valid_nll": valid_records[-1]["valid_nll"] if valid_records else None,
+            "model": asdict(config.model), "train": asdict(config.train)}))
     return written

@@ -15,12 +15,16 @@ float summation order (tests compare values and gradients).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from mt.model import Transformer
 from mt.tokenizer import PAD
 
-CHUNK_ROWS = 512  # rows of logits alive at a time: 512 x 8k fp32 = 16 MB (1024 was as fast, 256 slower)
+CHUNK_ROWS = 512  # rows of logits alive at a time: 512 x 8k fp32 = 16 MB (docs/performance.md)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -90,3 +94,29 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     uniform; padding ignored. ``linear_cross_entropy`` computes the same from the states."""
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1),
                            ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
+
+
+def sequence_loss(model: Transformer, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+                  smoothing: float = 0.0) -> torch.Tensor:
+    """The summed label-smoothed cross-entropy of ``model``'s predictions for ``tgt_out`` (padding
+    ignored), from the decoder states by ``linear_cross_entropy``: the logits are never all held."""
+    memory, src_mask = model.encode(src)
+    return linear_cross_entropy(model.decoder_states(tgt_in, memory, src_mask), model.output.weight, tgt_out,
+                                smoothing)
+
+
+class SequenceLoss(nn.Module):
+    """``sequence_loss`` as a module around the model, so that DDP and ``torch.compile``, which wrap
+    a module's forward, wrap the loss with it."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: Optional[torch.Tensor] = None,
+                smoothing: float = 0.0) -> torch.Tensor:
+        """``sequence_loss``; without ``tgt_out``, the model's logits (B, T, V), for losses that
+        compare them (R-Drop's two passes)."""
+        if tgt_out is None:
+            return self.model(src, tgt_in)
+        return sequence_loss(self.model, src, tgt_in, tgt_out, smoothing)

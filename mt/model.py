@@ -3,23 +3,25 @@
 Read it beside the paper: section 3.2 is ``attention`` and ``MultiHeadAttention``,
 3.3 ``FeedForward``, 3.4 ``Embeddings``, 3.5 ``SinusoidalPositions``, 3.1 the
 ``EncoderLayer``/``DecoderLayer`` stacks and ``Transformer.encode``/``decode``.
+Faster ways to compute the same live in ``mt.kernels``; the keys and values kept while
+decoding one token at a time, in ``mt.kv_cache``; the training loss, in ``mt.loss``.
 
 Shapes: B batch, S source length, T target length, d = d_model, h heads, d_k = d / h.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mt import kernels
 from mt.batching import causal_mask, padding_mask
 from mt.config import ModelConfig
-from mt.loss import linear_cross_entropy
-
-Cache = list  # one {"self": {...}, "cross": {...}} dict of keys/values per decoder layer
+from mt.kernels import FastDropout
+from mt.kv_cache import KeysValues, KVCache
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -36,23 +38,21 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Ten
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Scaled dot-product attention spelled out: softmax(Q K^T / sqrt(d_k)) V.
+    """Scaled dot-product attention (section 3.2.1): softmax(Q K^T / sqrt(d_k)) V.
 
-    Over whole sequences (training, the encoder) ``MultiHeadAttention`` calls the fused
-    ``F.scaled_dot_product_attention``, which computes exactly this (the tests compare the
-    two); the steps of incremental decoding call this one. Training with ``model.dropout_masks: fast``
-    on a CPU spells it out too, dropping the weights between the softmax and V with its own masks.
+    ``MultiHeadAttention`` computes this with ``mt.kernels.attention``, the same result by the
+    fastest way for the situation (the fused kernel over whole sequences).
     """
     return attention_weights(q, k, mask) @ v  # (B, h, Lq, d_k)
 
 
 class MultiHeadAttention(nn.Module):
-    """h attention heads in parallel over d_k-dimensional projections, then W_O.
+    """h attention heads in parallel over d_k-dimensional projections, then W_O (section 3.2.2).
 
     Self-attention projects Q, K and V with one fused (d, 3d) matrix; cross-attention
     projects Q from the decoder and K, V from the encoder output with a fused (d, 2d)
-    matrix. During incremental decoding ``cache`` keeps keys and values, so each new
-    target position costs one projection, not a re-run of the prefix.
+    matrix. During incremental decoding ``cache`` keeps keys and values (``mt.kv_cache``),
+    so each new target position costs one projection, not a re-run of the prefix.
     """
 
     def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False, masks: str = "bernoulli"):
@@ -66,103 +66,60 @@ class MultiHeadAttention(nn.Module):
             self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
-        # On a CPU the fused kernel with dropout_p > 0 takes its fp32 math path (fp32 copies of Q, K,
-        # V and the weights under bf16 autocast), so with ``dropout_masks: fast`` training there
-        # spells the formula out in the compute dtype and drops the weights with FastDropout.
-        # (With nn.Dropout's masks the kernel stays: the formula was 0.95x its speed in bf16.)
-        self.weights_dropout = FastDropout(dropout) if masks == "fast" and dropout > 0 else None
+        self.fast_masks = masks == "fast"
+        self.recorded: Optional[list] = None  # set by ``recording_attention``
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
         return x.view(B, L, self.heads, self.d_k).transpose(1, 2)  # (B, h, L, d_k)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, memory: Optional[torch.Tensor] = None,
-                cache: Optional[dict] = None, is_causal: bool = False,
-                weights: Optional[list] = None) -> torch.Tensor:
-        """``weights``: if a list, the attention weights (B, h, L, Lk) are appended to it,
-        computed with the plain formula (slower; for looking at, not for decoding)."""
-        B, L, _ = x.shape  # x: (B, L, d) queries' input
+    def project(self, x: torch.Tensor, memory: Optional[torch.Tensor],
+                cache: Optional[KeysValues]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, h, L, d_k) from x; keys and values from x or memory, with the cached ones."""
         if not self.cross:
             q, k, v = map(self.split_heads, self.qkv_proj(x).split(self.d_model, dim=-1))
-            if cache is not None:  # append this step's keys/values to the prefix's
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)  # (B, h, t+1, d_k)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
-        else:
-            q = self.split_heads(self.q_proj(x))
-            if cache is not None and "k" in cache:  # encoder keys/values were computed at step 0
-                k, v = cache["k"], cache["v"]
-            else:
-                k, v = map(self.split_heads, self.kv_proj(memory).split(self.d_model, dim=-1))  # (n, h, S, d_k)
-                if cache is not None:  # contiguous once, or every step's K^T and V products copy them
-                    k, v = k.contiguous(), v.contiguous()
-                    cache["k"], cache["v"] = k, v
-        # Beam search keeps one copy of the encoder keys/values per sentence, not per hypothesis:
-        # the w = B / n hypotheses of a sentence (consecutive rows of x) ask their queries together.
-        n = k.size(0)
-        w = B // n
-        if w > 1:
-            q = q.view(n, w, self.heads, L, self.d_k).transpose(1, 2).reshape(n, self.heads, w * L, self.d_k)
-        if (weights is None and cache is None and self.training and self.weights_dropout is not None
-                and x.device.type == "cpu"):
-            if is_causal:
-                mask = causal_mask(L, x.device)
-            out = self.weights_dropout(attention_weights(q, k, mask)) @ v
-        elif weights is None and cache is None:
-            out = F.scaled_dot_product_attention(  # = attention(q, k, v, mask), fused
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
-        elif weights is None:
-            # Incremental decoding, one query per hypothesis: the fused CPU kernel's fixed cost is
-            # most of its time there, and the formula as written is up to 1.8x faster (docs/benchmarks.md).
-            out = attention(q, k, v, mask)
-        else:
-            if is_causal:
-                mask = causal_mask(L, x.device)
-            p = attention_weights(q, k, mask)  # (n, h, w*L, Lk)
+            return (q, k, v) if cache is None else (q, *cache.append(k, v))
+        q = self.split_heads(self.q_proj(x))
+
+        def memory_kv():
+            return tuple(map(self.split_heads, self.kv_proj(memory).split(self.d_model, dim=-1)))  # (n, h, S, d_k)
+
+        return (q, *memory_kv()) if cache is None else (q, *cache.once(memory_kv))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, memory: Optional[torch.Tensor] = None,
+                cache: Optional[KeysValues] = None, is_causal: bool = False) -> torch.Tensor:
+        B, L, _ = x.shape  # x: (B, L, d) queries' input
+        q, k, v = self.project(x, memory, cache)  # (B, h, L, d_k); keys/values (n, h, Lk, d_k)
+        q = KVCache.group_beams(q, k.size(0))  # (n, h, w*L, d_k): beams share their sentence's K, V
+        if self.recorded is None:
+            out = kernels.attention(q, k, v, mask, weights=attention_weights, is_causal=is_causal,
+                                    dropout=self.dropout if self.training else 0.0, fast_masks=self.fast_masks,
+                                    step=cache is not None)
+        else:  # keeping the weights to look at: the formula, without dropout
+            p = attention_weights(q, k, causal_mask(L, x.device) if is_causal else mask)  # (n, h, w*L, Lk)
+            self.recorded.append(KVCache.ungroup_beams(p, B))  # (B, h, L, Lk)
             out = p @ v
-            weights.append(p.view(n, self.heads, w, L, -1).transpose(1, 2).reshape(B, self.heads, L, -1))
-        if w > 1:
-            out = out.view(n, self.heads, w, L, self.d_k).transpose(1, 2).reshape(B, self.heads, L, self.d_k)
+        out = KVCache.ungroup_beams(out, B)  # (B, h, L, d_k)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, self.d_model))  # concat heads, W_O
 
 
-class _FastDropoutFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        n = x.numel()
-        bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        keep = (bits.view(torch.int16)[:n] >= round(p * 65536) - 32768).view(x.shape)  # P = 1 - p
-        ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
-        return torch.ops.aten.native_dropout_backward(x, keep, ctx.scale)  # x * keep / (1 - p), one pass
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None
-
-
-class FastDropout(nn.Module):
-    """Dropout whose mask takes 16 random bits an element, four from each 64-bit random number.
-
-    ``nn.Dropout`` draws one random number an element (``bernoulli_``), on one core on a CPU:
-    up to a sixth of a bf16 training step there. This draws a quarter as many, 6-7x faster. The
-    same distribution (p rounded to a multiple of 1/65,536), other random numbers: another run.
-    """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return _FastDropoutFunction.apply(x, self.p)
+@contextmanager
+def recording_attention(modules: Iterable[MultiHeadAttention]) -> Iterator[list[torch.Tensor]]:
+    """Within the block, each of ``modules`` appends its attention weights (B, h, L, Lk) to the
+    list yielded, in the order they run (slower: the formula; for looking at, not for decoding)."""
+    modules, weights = list(modules), []
+    for module in modules:
+        module.recorded = weights
+    try:
+        yield weights
+    finally:
+        for module in modules:
+            module.recorded = None
 
 
 def dropout_layer(p: float, masks: str = "bernoulli") -> nn.Module:
-    """nn.Dropout(p), or FastDropout(p) with ``model.dropout_masks: fast``."""
+    """nn.Dropout(p), or ``mt.kernels.FastDropout(p)`` (the same distribution, cheaper masks) with
+    ``model.dropout_masks: fast``."""
     return FastDropout(p) if masks == "fast" else nn.Dropout(p)
 
 
@@ -232,13 +189,12 @@ class DecoderLayer(nn.Module):
         self.ff_block = Residual(cfg.d_model, cfg.dropout, pre, cfg.dropout_masks)
 
     def forward(self, y: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                cache: Optional[dict] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
-        # Whole prefix (training): the causal mask, applied inside the fused kernel.
-        # Incremental decoding: one new query that may see every cached position, so no mask.
-        y = self.self_block(y, lambda z: self.self_attn(
-            z, cache=None if cache is None else cache["self"], is_causal=cache is None))
-        y = self.cross_block(y, lambda z: self.cross_attn(
-            z, mask=src_mask, memory=memory, cache=None if cache is None else cache["cross"], weights=cross_weights))
+                cache: Optional[tuple[KeysValues, KeysValues]] = None) -> torch.Tensor:
+        self_kv, cross_kv = (None, None) if cache is None else cache
+        # Whole prefix (training): the causal mask. Incremental decoding: one new query that may
+        # see every cached position, so no mask.
+        y = self.self_block(y, lambda z: self.self_attn(z, cache=self_kv, is_causal=cache is None))
+        y = self.cross_block(y, lambda z: self.cross_attn(z, mask=src_mask, memory=memory, cache=cross_kv))
         return self.ff_block(y, self.feed_forward)  # (B, T, d)
 
 
@@ -294,6 +250,17 @@ class LearnedPositions(nn.Module):
         return self.table.weight[start:start + length]
 
 
+def position_limit(cfg: ModelConfig) -> Optional[int]:
+    """How many tokens a sequence may have (a source with EOS, BOS + a target): the learned
+    positions' table size; None for sinusoids, which extend to any length."""
+    return cfg.max_positions if cfg.positions == "learned" else None
+
+
+def too_long(lengths: Iterable[int], limit: Optional[int]) -> list[int]:
+    """Indices of the sequences, given by their token counts, that do not fit ``limit`` (``position_limit``)."""
+    return [] if limit is None else [i for i, n in enumerate(lengths) if n > limit]
+
+
 class Transformer(nn.Module):
     """Encoder-decoder Transformer: ``encode`` the source once, ``decode`` target prefixes."""
 
@@ -311,8 +278,7 @@ class Transformer(nn.Module):
             self.positions = SinusoidalPositions(cfg.d_model)
         else:
             self.positions = LearnedPositions(cfg.d_model, cfg.max_positions)
-        # the longest sequence either side can hold (None: sinusoids extend to any length)
-        self.max_positions = cfg.max_positions if cfg.positions == "learned" else None
+        self.max_positions = position_limit(cfg)  # the longest sequence either side can hold
         self.embed_dropout = dropout_layer(cfg.dropout, cfg.dropout_masks)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
@@ -346,49 +312,30 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Optional[Cache] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
+               cache: Optional[KVCache] = None) -> torch.Tensor:
         """tgt_in (B, T) -> logits (B, T, V).
 
         Without ``cache`` the whole prefix is decoded at once under the causal mask (training).
         With ``cache`` (from ``new_cache``) tgt_in holds only the newest token, (B, 1), and
         memory/src_mask may hold one row per source sentence for B = n * w rows of target
-        prefixes, w consecutive ones per sentence (the beam). ``cross_weights``: if a list,
-        each decoder layer appends its cross-attention weights (B, h, T, S).
+        prefixes, w consecutive ones per sentence (the beam).
         Right padding needs no extra self-attention mask: under the causal mask a real
         target position only ever sees earlier, real positions.
         """
-        return self.output(self.decoder_states(tgt_in, memory, src_mask, cache, cross_weights))
+        return self.output(self.decoder_states(tgt_in, memory, src_mask, cache))
 
     def decoder_states(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                       cache: Optional[Cache] = None, cross_weights: Optional[list] = None) -> torch.Tensor:
+                       cache: Optional[KVCache] = None) -> torch.Tensor:
         """``decode`` without the output projection: the final states (B, T, d)."""
-        start = 0 if cache is None or "k" not in cache[0]["self"] else cache[0]["self"]["k"].size(2)
-        y = self.embed(self.tgt_embed, tgt_in, start)
+        y = self.embed(self.tgt_embed, tgt_in, 0 if cache is None else cache.length)
         for i, layer in enumerate(self.decoder_layers):
-            y = layer(y, memory, src_mask, cache=None if cache is None else cache[i], cross_weights=cross_weights)
+            y = layer(y, memory, src_mask, None if cache is None else cache.layer(i))
         return self.decoder_norm(y)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: Optional[torch.Tensor] = None,
-                label_smoothing: float = 0.0) -> torch.Tensor:
-        """Logits (B, T, V); given ``tgt_out``, instead the summed label-smoothed cross-entropy
-        against it (padding ignored), computed without holding all the logits (``mt.loss``)."""
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """src (B, S), tgt_in (B, T) -> logits (B, T, V). (Training's loss: ``mt.loss.sequence_loss``.)"""
         memory, src_mask = self.encode(src)
-        if tgt_out is None:
-            return self.decode(tgt_in, memory, src_mask)
-        return linear_cross_entropy(self.decoder_states(tgt_in, memory, src_mask), self.output.weight, tgt_out,
-                                    label_smoothing)
+        return self.decode(tgt_in, memory, src_mask)
 
-    def new_cache(self) -> Cache:
-        return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
-
-
-def reorder_cache(cache: Cache, index: torch.Tensor, parts: tuple[str, ...] = ("self", "cross")) -> None:
-    """Keep/reorder the batch rows of cached keys/values (beam reordering, dropping finished rows).
-
-    Beam search reorders the ``"self"`` part (one row per hypothesis) every step, but the
-    ``"cross"`` part (one row per sentence) only when sentences leave the batch.
-    """
-    for layer in cache:
-        for part in parts:
-            for name, tensor in layer[part].items():
-                layer[part][name] = tensor.index_select(0, index)
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.decoder_layers))

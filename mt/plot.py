@@ -172,17 +172,25 @@ def save_png(fig, path: str | Path, dpi: int) -> Path:
 
 
 def draw_positional_encoding(table: np.ndarray, dims: list[int], title: str, size: tuple[float, float]):
-    """The position table (positions x d_model) as a heatmap, and a few of its dimensions as curves."""
+    """The position table (positions x d_model) as a heatmap, and a few of its dimensions as curves,
+    each in its own lane so they never cross."""
     fig = _new_figure(*size)
     heat_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.2, 1])
     image = heat_ax.imshow(table, cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-    heat_ax.set(xlabel="dimension (even: sin, odd: cos)", ylabel="position", title=title)
+    heat_ax.set(xlabel="dimension (even: sin, odd: cos; slow pairs show as sin 0 / cos 1 stripes)",
+                ylabel="position", title=title)
+    heat_ax.xaxis.label.set_fontsize(8)
     fig.colorbar(image, ax=heat_ax, shrink=0.8)
-    for dim in dims:
-        curve_ax.plot(table[:, dim], label=f"dim {dim} ({'sin' if dim % 2 == 0 else 'cos'})", linewidth=1)
-    curve_ax.set(xlabel="position", ylabel="value", title="a few dimensions: lower dimensions turn faster")
-    curve_ax.legend(fontsize=8, loc="lower left")
-    curve_ax.grid(alpha=0.3)
+    lane = 2.5  # each curve spans [-1, 1]; lanes 2.5 apart leave a gap between neighbours
+    for row, dim in enumerate(dims):
+        offset = -lane * row
+        curve_ax.plot(table[:, dim] + offset, linewidth=1.2)
+        curve_ax.axhline(offset, color="lightgray", linewidth=0.6)
+    curve_ax.set_yticks([-lane * row for row in range(len(dims))],
+                        [f"dim {d} ({'sin' if d % 2 == 0 else 'cos'})" for d in dims], fontsize=8)
+    curve_ax.set(xlabel="position", title="one lane per dimension; higher ones turn slower")
+    curve_ax.title.set_fontsize(10)
+    curve_ax.grid(axis="x", alpha=0.3)
     return fig
 
 
@@ -334,12 +342,12 @@ def draw_beam_tree(steps: list[list[tuple[list[str], float, str]]], beam_size: i
     ax.set_yticks([])
     ax.set_xlabel("step (target pieces so far); each box: the new piece and the prefix's log-probability")
     ax.set_title(title, fontsize=10)
-    for status, colour in BEAM_COLOURS.items():
+    for status, colour in BEAM_COLOURS.items():  # the legend goes below the tree, never over a box
         ax.plot([], [], color=colour, label={"kept": f"kept in the beam (the {beam_size} best non-EOS)",
                                              "finished": "ended with </s>: a finished hypothesis",
                                              "pruned": f"pruned (the other {beam_size} of the 2k={2 * beam_size} best; "
                                                        f"the rest of k x V never shown)"}[status])
-    ax.legend(fontsize=8, loc="lower left")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     return fig

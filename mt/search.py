@@ -15,17 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from mt.batching import pad
-from mt.model import Transformer, reorder_cache
+from mt.model import Transformer
 from mt.tokenizer import BOS, EOS, PAD
 
 
-def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int | None = None) -> torch.Tensor:
+def max_lengths(src: torch.Tensor, max_len_a: float, max_len_b: int, max_positions: int | None = None,
+                max_tokens: int | None = None) -> torch.Tensor:
     """Per sentence, the most target tokens (EOS excluded) a hypothesis may have.
 
     With learned positions (``max_positions``) the decoder input BOS + tokens must fit the table.
     """
     src_len = (src != PAD).sum(1) - 1  # without the source EOS
     limits = (max_len_a * src_len.float() + max_len_b).long()
+    limits = limits if max_tokens is None else limits.clamp(max=max_tokens)  # a bound on the decoding time
     return limits if max_positions is None else limits.clamp(max=max_positions - 1)
 
 
@@ -87,13 +89,14 @@ class Sampler:
 
 @torch.inference_mode()
 def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
-                  min_len: int = 0, no_repeat_ngram: int = 0, sampler: Sampler | None = None) -> list[list[int]]:
+                  min_len: int = 0, no_repeat_ngram: int = 0, sampler: Sampler | None = None,
+                  max_tokens: int | None = None) -> list[list[int]]:
     """The most probable next token at every step (or, with ``sampler``, a drawn one).
 
     src (B, S) -> B token lists without BOS/EOS.
     """
     memory, src_mask = model.encode(src)
-    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions, max_tokens)
     cache = model.new_cache()
     alive = torch.arange(src.size(0), device=src.device)  # original row of each active sentence
     tokens = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
@@ -112,7 +115,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_len_a: float = 1.5,
             if keep.numel() == 0:
                 break
             alive, tokens, memory, src_mask = alive[keep], tokens[keep], memory[keep], src_mask[keep]
-            reorder_cache(cache, keep)
+            cache.select(keep)
     return results
 
 
@@ -124,16 +127,18 @@ def length_penalty(length: int, alpha: float) -> float:
 @torch.inference_mode()
 def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                 max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
-                no_repeat_ngram: int = 0) -> list[list[int]]:
+                no_repeat_ngram: int = 0, max_tokens: int | None = None) -> list[list[int]]:
     """The best finished hypothesis of ``beam_nbest`` for each sentence."""
     return [hyps[0][1] if hyps else [] for hyps in
-            beam_nbest(model, src, beam_size, alpha, max_len_a, max_len_b, min_len, no_repeat_ngram)]
+            beam_nbest(model, src, beam_size, alpha, max_len_a, max_len_b, min_len, no_repeat_ngram,
+                       max_tokens=max_tokens)]
 
 
 @torch.inference_mode()
 def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0,
                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0,
-               no_repeat_ngram: int = 0, trace: list | None = None) -> list[list[tuple[float, list[int]]]]:
+               no_repeat_ngram: int = 0, trace: list | None = None,
+               max_tokens: int | None = None) -> list[list[tuple[float, list[int]]]]:
     """Keep the ``beam_size`` best prefixes per sentence; return its finished hypotheses, best first.
 
     Each step scores all k x V extensions and takes the top 2k: those ending in EOS
@@ -146,7 +151,7 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
     """
     k, B = beam_size, src.size(0)
     memory, src_mask = model.encode(src)  # one row per sentence: the beams share it (see decode)
-    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions)
+    limits = max_lengths(src, max_len_a, max_len_b, model.max_positions, max_tokens)
     cache = model.new_cache()
     alive = torch.arange(B, device=src.device)  # original sentence of each active group of beams
     tokens = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)  # (n*w, t): w beams per sentence
@@ -156,24 +161,14 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         n, w = scores.shape
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]
         logp = F.log_softmax(logits.float(), dim=-1)  # (n*w, V)
-        V = logp.size(-1)
         constrain(logp, tokens, step, (step >= limits[alive]).repeat_interleave(w), min_len, no_repeat_ngram)
-        # A sentence's 2k best extensions are among the 2k best of each of its beams.
-        beam_logp, beam_token = logp.topk(min(2 * k, V), dim=1)  # (n*w, 2k)
-        if V < 2 * k:  # a beam wider than half the vocabulary: fill up with impossible extensions
-            filler = (n * w, 2 * k - V)
-            beam_logp = torch.cat([beam_logp, beam_logp.new_full(filler, float("-inf"))], dim=1)
-            beam_token = torch.cat([beam_token, beam_token.new_full(filler, PAD)], dim=1)
+        beam_logp, beam_token = best_extensions(logp, 2 * k)  # (n*w, 2k)
         candidates = (scores.view(-1, 1) + beam_logp).view(n, -1)  # (n, w*2k)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2k)
         top_beam, top_token = top_index // beam_logp.size(1), beam_token.view(n, -1).gather(1, top_index)
         is_eos = top_token == EOS
         alive_list = alive.tolist()
-        for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
-            sentence = finished[alive_list[i]]
-            if len(sentence) < k:
-                hyp = tokens[i * w + top_beam[i, j], 1:].tolist()
-                sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
+        add_finished(finished, alive_list, tokens, top_beam, top_scores, is_eos, k, alpha)
         next_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (n, k)
         next_beam, next_token = top_beam.gather(1, pick), top_token.gather(1, pick)
         if trace is not None:
@@ -185,11 +180,36 @@ def beam_nbest(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha:
         rows = (keep[:, None] * w + next_beam[keep]).flatten()  # (kept*k,) rows to continue from
         tokens = torch.cat([tokens[rows], next_token[keep].view(-1, 1)], dim=1)
         scores, alive = next_scores[keep], alive[keep]
-        reorder_cache(cache, rows, parts=("self",))
+        cache.reorder(rows)
         if keep.numel() < n:  # sentences left the batch
             memory, src_mask = memory[keep], src_mask[keep]
-            reorder_cache(cache, keep, parts=("cross",))
+            cache.keep_sentences(keep)
     return [sorted(hyps, key=lambda h: -h[0]) for hyps in finished]
+
+
+def add_finished(finished: list[list[tuple[float, list[int]]]], alive: list[int], tokens: torch.Tensor,
+                 top_beam: torch.Tensor, top_scores: torch.Tensor, is_eos: torch.Tensor, k: int, alpha: float) -> None:
+    """Each sentence's extensions ending in EOS among its k best become finished hypotheses (score
+    normalised by the length penalty), until it has k."""
+    w = tokens.size(0) // len(alive)
+    for i, j in (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist():
+        sentence = finished[alive[i]]
+        if len(sentence) < k:
+            hyp = tokens[i * w + top_beam[i, j], 1:].tolist()
+            sentence.append((top_scores[i, j].item() / length_penalty(len(hyp) + 1, alpha), hyp))
+
+
+def best_extensions(logp: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` best (log-probability, token) of each row of ``logp`` (rows, V): a sentence's
+    2k best extensions are among the 2k best of each of its beams. A beam wider than half the
+    vocabulary is filled up with impossible extensions."""
+    V = logp.size(-1)
+    beam_logp, beam_token = logp.topk(min(m, V), dim=1)
+    if V < m:
+        filler = (logp.size(0), m - V)
+        beam_logp = torch.cat([beam_logp, beam_logp.new_full(filler, float("-inf"))], dim=1)
+        beam_token = torch.cat([beam_token, beam_token.new_full(filler, PAD)], dim=1)
+    return beam_logp, beam_token
 
 
 def trace_step(step: int, alive: list[int], tokens: torch.Tensor, top_beam: torch.Tensor, top_token: torch.Tensor,
@@ -246,8 +266,8 @@ def decode_corpus(search: Callable[..., list], sources: list[list[int]], device:
     ``decoders`` > 1: that many threads decode batches side by side, torch's intra-op threads
     shared out among them (2 threads of 1 rather than 1 of 2). A beam step is a few hundred small
     operators, and with two intra-op threads each one ends in an OpenMP barrier where the
-    calling thread waits; two decoders keep both cores computing (docs/benchmarks.md, "Two
-    decoders for mt translate"). Each batch is decoded as it would be alone, so the output does
+    calling thread waits; two decoders keep both cores computing (docs/performance.md). Each
+    batch is decoded as it would be alone, so the output does
     not depend on ``decoders``. torch's thread count is process-wide: it is set for the call and
     restored after, so call this with ``decoders`` > 1 from one thread at a time.
     """

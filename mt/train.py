@@ -30,16 +30,16 @@ from tqdm import tqdm
 from mt import checkpoint as ckpt
 from mt.batching import Batch, batch_from_rows, bucket_batches, bucket_order, make_batch
 from mt.config import Config, parse_duration, save_config
-from mt.cache import describe, prepare_training_data
+from mt.cache import describe_dropped, prepare_training_data
 from mt.data import encode_parallel, read_parallel
 from mt.device import autocast, cpu_threads, resolve_device, resolve_precision, set_threads
 from mt.distributed import Distributed, unshard
 from mt.errors import MTError, TrainingInterrupted, WriteError
 from mt.evaluate import bleu
 from mt.faults import disk_write_error, remove_stale_temps
-from mt.loss import label_smoothed_loss
+from mt.loss import SequenceLoss, label_smoothed_loss, sequence_loss
 from mt.memory import release_free_memory
-from mt.model import Transformer
+from mt.model import Transformer, position_limit
 from mt.search import decode_corpus, greedy_search
 from mt.tokenizer import EOS, PAD, UNK, TokenizerPair
 
@@ -119,14 +119,14 @@ def prepare_data(config: Config, run_dir: Path):
     langs = (config.data.src_lang, config.data.tgt_lang)
     tokenizers, train_data, report = prepare_training_data(config, run_dir,
                                                            threads=cpu_threads(config.train.threads))
-    log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe(report)}), "
+    log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe_dropped(report)}), "
         f"{report['pairs_per_epoch']} per epoch; cached in {train_data.corpora[0].folder.parent}")
     valid = None
     if config.data.valid.is_set():
         valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
         encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
-        if config.model.positions == "learned":  # fail now, not at the first validation
-            table = config.model.max_positions
+        table = position_limit(config.model)
+        if table is not None:  # learned positions: fail now, not at the first validation
             for side, rows, extra in (("source", encoded.src, 0), ("target", encoded.tgt, 1)):
                 for i, ids in enumerate(rows):
                     if len(ids) - extra > table:  # source + EOS; decoder input BOS + target
@@ -232,10 +232,10 @@ class Trainer:
         self.model = build_model(config, self.tokenizers).to(self.device)
         if self.dist.world > 1:  # same initial weights, but each rank its own dropout masks
             torch.manual_seed(t.seed + self.dist.rank)
-        self.ddp_model = self.model  # what the training step runs: the model, or DDP around it
+        self.ddp_model = SequenceLoss(self.model)  # what the training step runs, or DDP around it
         if self.dist.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.ddp_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:  # only the training step; validation and decoding run the plain model
             self.ddp_model = torch.compile(self.ddp_model, dynamic=True)
         # fused: one kernel over all parameters instead of ~10 tensor ops per parameter (3.7x on CPU)
@@ -403,7 +403,7 @@ class Trainer:
         for ids in batches[rank::world]:
             batch = make_batch([encoded.src[i] for i in ids], [encoded.tgt[i] for i in ids]).to(self.device)
             with autocast(self.device, self.amp_dtype):
-                total += self.model(batch.src, batch.tgt_in, batch.tgt_out).item()
+                total += sequence_loss(self.model, batch.src, batch.tgt_in, batch.tgt_out).item()
             tokens += batch.n_tgt_tokens
         total, tokens = self.dist.all_sum(total), self.dist.all_sum(tokens)
         result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}

@@ -9,7 +9,6 @@ import os
 import select
 import sys
 import unicodedata
-import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -21,23 +20,24 @@ import yaml
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
-from mt import decode_mode
+from mt import ctranslate2_engine, decode_mode
+from mt import search as torch_search
 from mt.batching import make_batch
 from mt.config import Config, DecodeConfig, config_from_dict
 from mt.device import resolve_device, resolve_precision, set_threads
 from mt.ensemble import Ensemble
 from mt.errors import MTError
-from mt.model import Transformer
-from mt.search import Sampler, beam_nbest, beam_search, decode_corpus, greedy_search
+from mt.kernels import pack_output_projection
+from mt.model import Transformer, recording_attention, too_long
+from mt.search import Sampler, beam_search, decode_corpus
 from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
 
 
 def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
     """A ``decoders`` setting as a number: 0 means one per CPU thread, at most 4, and 1 on a GPU.
 
-    On CPU, two decoders of one thread each beat one decoder of two threads at beam search
-    (1.2-1.8x on 2 cores, docs/benchmarks.md); the cap because each decoder spends part of its
-    time in Python, under the one GIL (measured on 2 cores only).
+    On CPU, decoders of one thread each beat one decoder of all the threads at beam search; the
+    cap because each decoder spends part of its time in Python, under the one GIL (docs/performance.md).
     """
     if decoders > 0:
         return decoders
@@ -47,17 +47,22 @@ def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
 class Translator:
     """A trained model with its tokenizers, ready to translate lists of sentences."""
 
+    max_output_tokens: int | None = None  # target tokens per sentence at most (None: decode.max_len_a/b alone)
+
     def __init__(self, model: Transformer, tokenizers: TokenizerPair, config: Config, device: torch.device,
                  amp_dtype: torch.dtype | None = None, mode: str = "fp32", mode_note: str | None = None,
-                 decoders: int = 1):
+                 decoders: int = 1, searches=None):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
+        # greedy_search, beam_search, beam_nbest: mt.search's, or an engine's (mt.ctranslate2_engine)
+        self.searches = searches or torch_search
         self.decoders = decoders  # threads that decode batches side by side (``decode_corpus``)
         self.device, self.amp_dtype = device, amp_dtype
         self.mode, self.mode_note = mode, mode_note  # e.g. "int8"; why auto did not load the tuned mode
 
     @classmethod
     def from_pretrained(cls, path: str | Path | list, device: str = "auto", precision: str = "fp32",
-                        threads: int = 0, quantize: str | None = None, decoders: int = 0) -> "Translator":
+                        threads: int = 0, quantize: str | None = None, decoders: int = 0, engine: str = "torch",
+                        compute_type: str | None = None) -> "Translator":
         """``path`` is a run directory (its best checkpoint is used) or a checkpoint file inside one;
         a list of them is an ensemble (``mt.ensemble``) sharing one vocabulary.
 
@@ -67,7 +72,9 @@ class Translator:
         weights stored in int8, activations quantized on the fly. ``precision="auto"`` (without
         ``quantize``) loads the run's ``decode.mode``, measured by ``mt tune RUN --modes``, where
         this device has it, else fp32 (``mt.decode_mode.resolve``). ``decoders``: threads decoding
-        batches side by side, sharing the ``threads`` (``default_decoders``).
+        batches side by side, sharing the ``threads`` (``default_decoders``). ``engine``: torch, ctranslate2
+        (``compute_type``, else one from ``precision``) or auto: the engine of ``decode.mode``
+        (``mt.ctranslate2_engine.resolve``).
         """
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
@@ -89,14 +96,25 @@ class Translator:
                                   f"'{paths[0]}' (tokenizer {theirs} vs {mine}); the models of an ensemble "
                                   "must share their vocabularies")
         config = replace(config, decode=decode_settings(run_dir, config))
-        precision, quantize, mode, note = decode_mode.resolve(precision, quantize, config.decode.mode, torch_device)
+        compute_type, engine_note = ctranslate2_engine.resolve(engine, precision, quantize, compute_type,
+                                                               config.decode.mode, len(paths) > 1, torch_device)
+        if compute_type is not None:  # the torch model decodes, in fp32, only what the engine cannot
+            precision, quantize = "fp32", None
+        tuned = None if ctranslate2_engine.compute_type_of(config.decode.mode) else config.decode.mode
+        precision, quantize, mode, note = decode_mode.resolve(precision, quantize, tuned, torch_device)
         amp_dtype = resolve_precision(precision, torch_device)
-        models = [quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
+        models = [decode_mode.quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
         if quantize is None and amp_dtype is None and torch_device.type == "cpu":
             models = [pack_output_projection(m.eval()) for m in models]
         model = Ensemble(models) if len(models) > 1 else models[0]
-        return cls(model.to(torch_device), tokenizers, config, torch_device, amp_dtype, mode, note,
-                   decoders=default_decoders(decoders, torch_device, torch.get_num_threads()))
+        # CTranslate2 runs one batch on all threads faster than two side by side (scripts/bench/translate_engines.py)
+        decoders = default_decoders(decoders, torch_device, torch.get_num_threads()) if compute_type is None else \
+            max(decoders, 1)
+        searches = None if compute_type is None else ctranslate2_engine.load(
+            run_dir, run_of(paths[0])[1], tokenizers, config, compute_type, torch_device, torch.get_num_threads(),
+            decoders)
+        return cls(model.to(torch_device), tokenizers, config, torch_device, amp_dtype,
+                   searches.mode if searches else mode, note or engine_note, decoders=decoders, searches=searches)
 
     def translate(self, lines: list[str], beam_size: int | None = None, length_penalty: float | None = None,
                   max_len_a: float | None = None, max_len_b: int | None = None, min_len: int | None = None,
@@ -108,12 +126,13 @@ class Translator:
         """
         o = self._options(beam_size, length_penalty, max_len_a, max_len_b, min_len, no_repeat_ngram)
         if o["beam_size"] == 1:
-            search = partial(greedy_search, self.model, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
-                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"])
+            search = partial(self.searches.greedy_search, self.model, max_len_a=o["max_len_a"],
+                             max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
+                             max_tokens=o["max_tokens"])
         else:
-            search = partial(beam_search, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"],
-                             max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                             no_repeat_ngram=o["no_repeat_ngram"])
+            search = partial(self.searches.beam_search, self.model, beam_size=o["beam_size"],
+                             alpha=o["length_penalty"], max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
+                             min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])
         hyps = self._decode(lines, search, o["beam_size"], batch_tokens, progress)
         return self._detokenize(hyps)
 
@@ -123,8 +142,9 @@ class Translator:
         log-probabilities), best first; the beam is widened to ``nbest`` if needed."""
         o = self._options(max(beam_size or self.config.decode.beam_size, nbest), **settings)
         hyps = self._decode(lines, partial(
-            beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"], max_len_a=o["max_len_a"],
-            max_len_b=o["max_len_b"], min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"]),
+            self.searches.beam_nbest, self.model, beam_size=o["beam_size"], alpha=o["length_penalty"],
+            max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+            no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"]),
             o["beam_size"], None, progress)
         # an empty line: its empty translation, certain (log-probability 0), as every one of the nbest
         return [[(score, text) for (score, _), text in zip(h[:nbest], self._detokenize([t for _, t in h[:nbest]]))]
@@ -143,9 +163,10 @@ class Translator:
 
         def search(src: torch.Tensor, line_ids: list[int]) -> list:
             generators = None if seed is None else [line_generator(seed, first_line + i) for i in line_ids]
-            return greedy_search(self.model, src, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
-                                 min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
-                                 sampler=Sampler(temperature, top_k, top_p, generators=generators))
+            return self.searches.greedy_search(self.model, src, max_len_a=o["max_len_a"], max_len_b=o["max_len_b"],
+                                               min_len=o["min_len"], no_repeat_ngram=o["no_repeat_ngram"],
+                                               sampler=Sampler(temperature, top_k, top_p, generators=generators),
+                                               max_tokens=o["max_tokens"])
 
         return self._detokenize(self._decode(lines, search, 1, batch_tokens, progress, with_ids=True))
 
@@ -153,16 +174,14 @@ class Translator:
                  no_repeat_ngram=None) -> dict:
         given = dict(beam_size=beam_size, length_penalty=length_penalty, max_len_a=max_len_a, max_len_b=max_len_b,
                      min_len=min_len, no_repeat_ngram=no_repeat_ngram)
-        return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()}
+        return {k: getattr(self.config.decode, k) if v is None else v for k, v in given.items()} | {
+            "max_tokens": self.max_output_tokens}
 
     def too_long(self, lines: list[str]) -> list[int]:
         """Indices of the lines whose source (with EOS) does not fit the model's learned positions."""
-        table = self.model.max_positions
-        if table is None:
-            return []
         todo = [i for i, line in enumerate(lines) if not is_blank(line)]
-        return [i for i, ids in zip(todo, self.tokenizers.src.encode([lines[i] for i in todo]))
-                if len(ids) + 1 > table]
+        encoded = self.tokenizers.src.encode([lines[i] for i in todo]) if self.model.max_positions else []
+        return [todo[i] for i in too_long((len(ids) + 1 for ids in encoded), self.model.max_positions)]
 
     def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool,
                 with_ids: bool = False) -> list:
@@ -172,7 +191,7 @@ class Translator:
         """
         todo = [i for i, line in enumerate(lines) if not is_blank(line)]
         sources = [ids + [EOS] for ids in self.tokenizers.src.encode([lines[i] for i in todo])]
-        long = [i for i, ids in zip(todo, sources) if self.model.max_positions and len(ids) > self.model.max_positions]
+        long = [todo[i] for i in too_long(map(len, sources), self.model.max_positions)]
         if long:
             raise MTError(too_long_message([i + 1 for i in long], self.model.max_positions) + "; shorten or split them")
         out: list = [None] * len(lines)
@@ -195,6 +214,20 @@ class Translator:
             out[i] = text
         return out
 
+    def _one_sentence(self, line: str, beam_size: int | None, what: str) -> tuple[list[int], torch.Tensor, list[int]]:
+        """For looking at attention: the source ids (with EOS), as a batch of one, and the beam translation."""
+        if isinstance(self.model, Ensemble):
+            raise MTError(f"{what} is per model; load one model, not an ensemble, to look at it")
+        o = self._options(beam_size)
+        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
+        if too_long([len(src_ids)], self.model.max_positions):
+            raise MTError(too_long_message([1], self.model.max_positions).replace("input line 1", "the sentence"))
+        src = torch.tensor([src_ids], device=self.device)
+        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
+                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
+                          no_repeat_ngram=o["no_repeat_ngram"], max_tokens=o["max_tokens"])[0]
+        return src_ids, src, hyp
+
     @torch.no_grad()
     def cross_attention(self, line: str, beam_size: int | None = None) -> tuple[list[str], list[str], torch.Tensor]:
         """Translate one sentence and show where the decoder looked while producing it.
@@ -203,19 +236,10 @@ class Translator:
         cross-attention weights (layers, heads, target, source): row t is what the model
         attended to when it produced target piece t.
         """
-        if isinstance(self.model, Ensemble):
-            raise MTError("cross-attention is per model; load one model, not an ensemble, to look at it")
-        o = self._options(beam_size)
-        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
-        if self.model.max_positions and len(src_ids) > self.model.max_positions:
-            raise MTError(too_long_message([1], self.model.max_positions).replace("input line 1", "the sentence"))
-        src = torch.tensor([src_ids], device=self.device)
-        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
-                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                          no_repeat_ngram=o["no_repeat_ngram"])[0]
+        src_ids, src, hyp = self._one_sentence(line, beam_size, "cross-attention")
         memory, src_mask = self.model.encode(src)
-        weights: list[torch.Tensor] = []
-        self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask, cross_weights=weights)
+        with recording_attention(layer.cross_attn for layer in self.model.decoder_layers) as weights:
+            self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask)
         pieces = lambda tok, ids: [tok.sp.id_to_piece(i) for i in ids]  # noqa: E731
         return (pieces(self.tokenizers.src, src_ids), pieces(self.tokenizers.tgt, hyp + [EOS]),
                 torch.cat(weights).float().cpu())  # (layers, h, T, S)
@@ -236,26 +260,12 @@ class Translator:
             return tgt_tokens, src_tokens, weights
         if kind not in ("encoder", "decoder"):
             raise MTError(f"--kind {kind}: choose encoder, decoder or cross")
-        o = self._options(beam_size)
-        src_ids = self.tokenizers.src.encode([line])[0] + [EOS]
-        src = torch.tensor([src_ids], device=self.device)
-        hyp = beam_search(self.model, src, beam_size=o["beam_size"], alpha=o["length_penalty"],
-                          max_len_a=o["max_len_a"], max_len_b=o["max_len_b"], min_len=o["min_len"],
-                          no_repeat_ngram=o["no_repeat_ngram"])[0]
+        src_ids, src, hyp = self._one_sentence(line, beam_size, f"{kind} self-attention")
         layers = self.model.encoder_layers if kind == "encoder" else self.model.decoder_layers
-        weights: list[torch.Tensor] = []
-
-        def ask_for_weights(module, args, kwargs):  # the ``weights`` argument of MultiHeadAttention.forward
-            return args, {**kwargs, "weights": weights}
-
-        hooks = [layer.self_attn.register_forward_pre_hook(ask_for_weights, with_kwargs=True) for layer in layers]
-        try:
+        with recording_attention(layer.self_attn for layer in layers) as weights:
             memory, src_mask = self.model.encode(src)
             if kind == "decoder":
                 self.model.decode(torch.tensor([[BOS] + hyp], device=self.device), memory, src_mask)
-        finally:
-            for hook in hooks:
-                hook.remove()
         if kind == "encoder":
             tokens = [self.tokenizers.src.sp.id_to_piece(i) for i in src_ids]
         else:
@@ -322,47 +332,6 @@ def _load_model(path: Path) -> tuple[Transformer, TokenizerPair, Config, Path]:
     model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
     model.load_state_dict(state["model"])
     return model, tokenizers, config, run_dir
-
-
-def quantize_int8(model: Transformer) -> Transformer:
-    """Dynamic int8 quantization of every linear layer: weights stored in int8, activations
-    quantized on the fly (CPU)."""
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
-
-class PackedLinear(torch.nn.Module):
-    """A linear layer for fp32 CPU inference whose weight oneDNN reorders once into its blocked layout.
-
-    Used for the output projection, the largest matrix product of a decoder step (d_model x
-    vocabulary): there MKL's ``addmm`` (what ``F.linear`` runs) reaches about half the rate it
-    reaches on the layers' own shapes, and oneDNN with the packed weight takes 0.53-0.89x its
-    time on 1 thread (docs/benchmarks.md, "The output projection through oneDNN"); the other
-    layers gain nothing from it. ``weight`` stays the plain (tied) parameter for whoever reads it.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        self.weight, self.bias, self.out_features = linear.weight, linear.bias, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: oneDNN's opaque tensor cannot be copied; repack
-        return {k: v for k, v in self.__dict__.items() if k != "packed"}
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
-
-
-def pack_output_projection(model: Transformer) -> Transformer:
-    """``model`` with its output projection a ``PackedLinear`` (fp32 on a CPU with oneDNN only)."""
-    if torch.backends.mkldnn.is_available():
-        model.output = PackedLinear(model.output)
-    return model
 
 
 def decode_settings(run_dir: Path, fallback: Config) -> DecodeConfig:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mt import decode_mode
+from mt import ctranslate2_engine, decode_mode
 from mt.checkpoint import atomic_write_text
 from mt.config import DECODE_MODES, Config, config_from_dict, save_config
 from mt.data import read_parallel
@@ -114,14 +114,47 @@ def timed_translate(translator: Translator, sources: list[str], progress: bool =
     return hyps, time.perf_counter() - start
 
 
+def modes_to_measure(modes: list[str] | None, engines: tuple[str, ...], device) -> list[str]:
+    """The decode modes ``tune_modes`` measures, fp32 first: those named (checked), else every one this
+    device runs natively with the given engines (``ctranslate2:TYPE`` for each compute type it runs)."""
+    engine_types = ctranslate2_engine.supported_compute_types(device.type) \
+        if "ctranslate2" in engines or any(ctranslate2_engine.compute_type_of(m) for m in modes or []) else []
+    for mode in modes or []:
+        if ctranslate2_engine.compute_type_of(mode):
+            if ctranslate2_engine.compute_type_of(mode) not in engine_types:
+                raise MTError(f"--modes {mode}: not measured on {device.type}: this machine's CTranslate2 runs "
+                              f"{', '.join(engine_types)}")
+            continue
+        if mode not in DECODE_MODES:
+            raise MTError(f"--modes: '{mode}' is not a decode mode; choose from {', '.join(DECODE_MODES)}")
+        why = decode_mode.unavailable_reason(mode, device)
+        if why:
+            raise MTError(f"--modes {mode}: not measured on {device.type}: {why}")
+    if modes:
+        return ["fp32"] + [m for m in DECODE_MODES[1:] if m in modes] + \
+            [ctranslate2_engine.mode_name(t) for t in engine_types if ctranslate2_engine.mode_name(t) in modes]
+    torch_modes = decode_mode.available_modes(device) if "torch" in engines else ["fp32"]
+    return torch_modes + [ctranslate2_engine.mode_name(t) for t in engine_types]
+
+
+def mode_translator(run: str | Path, mode: str, device: str, threads: int) -> Translator:
+    compute_type = ctranslate2_engine.compute_type_of(mode)
+    if compute_type:
+        return Translator.from_pretrained(run, device=device, threads=threads, engine="ctranslate2",
+                                          compute_type=compute_type)
+    return Translator.from_pretrained(run, device=device, threads=threads, **decode_mode.mode_options(mode))
+
+
 def tune_modes(run: str | Path, modes: list[str] | None = None, device: str = "auto", threads: int = 0,
-               repeats: int = 1, progress: bool = False) -> tuple[list[dict], dict, dict]:
+               repeats: int = 1, progress: bool = False,
+               engines: tuple[str, ...] = ("torch",)) -> tuple[list[dict], dict, dict]:
     """Measure each decode mode on the validation set; write the fastest whose BLEU is within
     ``decode_mode.BLEU_TOLERANCE`` of fp32's into ``RUN/config.yaml`` as ``decode.mode``.
 
-    ``modes``: those to measure (default: every mode this device runs natively; fp32, the
-    reference, is always measured). The modes take turns, ``repeats`` rounds after a warm-up,
-    so a change in the machine's load touches them all alike; the median time counts.
+    ``modes``: those to measure (default: every mode this device runs natively with ``engines``,
+    torch and/or ctranslate2; torch's fp32, the reference, is always measured). The modes take
+    turns, ``repeats`` rounds after a warm-up, so a change in the machine's load touches them all
+    alike; the median time counts.
     Returns the table (mode, BLEU, chrF, sentences/s, seconds), the chosen row and the machine.
     """
     if repeats < 1:
@@ -129,17 +162,9 @@ def tune_modes(run: str | Path, modes: list[str] | None = None, device: str = "a
     run_dir, config_file, config = run_config(run)
     set_threads(threads)
     torch_device = resolve_device(device)
-    for mode in modes or []:
-        if mode not in DECODE_MODES:
-            raise MTError(f"--modes: '{mode}' is not a decode mode; choose from {', '.join(DECODE_MODES)}")
-        why = decode_mode.unavailable_reason(mode, torch_device)
-        if why:
-            raise MTError(f"--modes {mode}: not measured on {torch_device.type}: {why}")
-    chosen_modes = decode_mode.available_modes(torch_device) if not modes else \
-        [mode for mode in DECODE_MODES if mode == "fp32" or mode in modes]
+    chosen_modes = modes_to_measure(modes, engines, torch_device)
     sources, references = read_parallel(config.data.valid, "data.valid", config.data.src_lang, config.data.tgt_lang)
-    translators = {mode: Translator.from_pretrained(run, device=device, threads=threads,
-                                                    **decode_mode.mode_options(mode)) for mode in chosen_modes}
+    translators = {mode: mode_translator(run, mode, device, threads) for mode in chosen_modes}
     for translator in translators.values():
         translator.translate(sources[:16])  # warm-up: first-call allocations and kernel choices
     seconds: dict[str, list[float]] = {mode: [] for mode in chosen_modes}
@@ -171,13 +196,14 @@ def tune_modes(run: str | Path, modes: list[str] | None = None, device: str = "a
 def format_mode_table(table: list[dict], best: dict, info: dict) -> str:
     fp32 = next(row for row in table if row["mode"] == "fp32")
     search = "greedy" if info["beam_size"] == 1 else f"beam {info['beam_size']}"
+    width = max(len(row["mode"]) for row in table)  # torch's fp32 ... and CTranslate2's ctranslate2:int8 ...
     lines = [f"# {decode_mode.describe(info)}",
              f"# {info['device']}, valid ({info['sentences']} sentences), {search}, length penalty "
              f"{info['length_penalty']:g}, median of {info['repeats']}",
-             "mode  sentences/s  BLEU (valid)  vs fp32"]
+             f"{'mode':<{width}}  sentences/s  BLEU (valid)  vs fp32"]
     for row in table:
         mark = "  <- chosen" if row is best else ""
-        lines.append(f"{row['mode']:<4}  {row['sentences_per_s']:>11.1f}  {row['bleu']:>12.2f}  "
+        lines.append(f"{row['mode']:<{width}}  {row['sentences_per_s']:>11.1f}  {row['bleu']:>12.2f}  "
                      f"{row['bleu'] - fp32['bleu']:>+7.2f}{mark}")
     lines.append(f"chosen: the fastest with BLEU >= fp32's - {info['tolerance']:g}")
     lines.append(f"BLEU signature: {table[0]['signature']}")

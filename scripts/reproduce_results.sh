@@ -54,7 +54,7 @@ comparison() {  # NAME: the config and overrides of a de->en comparison, trained
     reg) echo "$recipe train.subword_alpha=0.3 train.word_dropout=0.1" ;;
     # a longer schedule: the recipe's seeds still gain on validation NLL at update 6,000
     9k) echo "$recipe train.max_steps=9000" ;;
-    # R-Drop, kept only if it wins at equal wall-clock time, not only at equal updates (issue 15)
+    # R-Drop, kept only if it wins at equal wall-clock time, not only at equal updates
     rdrop) echo "$recipe train.rdrop=2.5 train.max_steps=$RDROP_STEPS" ;;
     # a deeper encoder (6 layers instead of 3, decoder unchanged): capacity rather than regularisation
     # may be what the recipe lacks, as its validation NLL still falls at update 6,000
@@ -96,7 +96,7 @@ train_once() {  # RUN CONFIG [overrides...]: train unless RUN is finished
   touch "$run/.done"
 }
 
-# up to 3.0: on val, de_en_s1 kept gaining past the issue's 0.6-1.2 (docs/results.md)
+# up to 3.0: on val, de_en_s1 kept gaining past 0.6-1.2 (docs/results.md)
 PENALTIES="0.6 0.8 1.0 1.2 1.5 2.0 2.5 3.0"
 
 tune_once() {  # RUN: choose the length penalty on val (written to RUN/config.yaml)

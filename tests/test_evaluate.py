@@ -44,6 +44,16 @@ def test_json_output_is_exactly_sacrebleus(files, capsys):
     assert [m["name"] for m in json.loads(ours)] == ["BLEU", "chrF2", "TER"]
 
 
+@pytest.mark.parametrize("options", [["-lc"], ["-tok", "none"], ["-lc", "-tok", "none"], ["-tok", "intl"]])
+def test_lowercase_and_tokenize_are_sacrebleus(files, capsys, options):
+    hyp, ref = files
+    ours = mt_evaluate(capsys, "-r", ref, "-i", hyp, *options)
+    assert ours == sacrebleu_cli(ref, "-i", hyp, "-m", "bleu", "chrf", "ter", "-f", "text", *options)
+    signature = ours.lstrip().splitlines()[0]
+    assert ("case:lc" in signature) == ("-lc" in options)
+    assert ("tok:none" in signature) == ("none" in options)
+
+
 def test_single_metric(files, capsys):
     hyp, ref = files
     assert mt_evaluate(capsys, "-r", ref, "-i", hyp, "-m", "chrf") == sacrebleu_cli(ref, "-i", hyp, "-m", "chrf", "-f", "text")

@@ -1,16 +1,23 @@
 """``mt figures`` (the tour's pictures), the three kinds of attention, and the beam-search trace."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mt.figures import FIGURES, score_statistics, smoothed_target_entropy
+from mt.figures import FIGURES, MANIFEST, drawing_code_hash, score_statistics, smoothed_target_entropy
 from mt.search import beam_nbest, length_penalty
 from mt.tokenizer import EOS
+
+SHIPPED = Path(__file__).resolve().parent.parent / "docs" / "figures"
+REDRAW = "scripts/tour_figures.sh"  # the one command that draws the shipped figures
 
 
 def png_size(path) -> tuple[int, int]:
@@ -27,10 +34,53 @@ def test_figures_command_writes_every_figure_as_a_png_of_its_documented_size(tra
     run_dir = trained_run[0]
     main(["figures", str(run_dir), "-o", str(tmp_path / "figs")])
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert written == sorted(f.name for f in FIGURES)
+    assert written == sorted([f.name for f in FIGURES] + [MANIFEST])
     for figure in FIGURES:
         assert png_size(tmp_path / "figs" / figure.name) == figure.pixels, figure.name
-    assert capsys.readouterr().err.count("wrote ") == len(FIGURES)
+    assert capsys.readouterr().err.count("wrote ") == len(FIGURES) + 1
+    manifest = json.loads((tmp_path / "figs" / MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["code"] == drawing_code_hash() and manifest["inputs"]["beam"] == 3
+    for figure in FIGURES:
+        png = (tmp_path / "figs" / figure.name).read_bytes()
+        assert manifest["figures"][figure.name] == hashlib.sha256(png).hexdigest()
+
+
+def shipped_manifest() -> dict:
+    return json.loads((SHIPPED / MANIFEST).read_text(encoding="utf-8"))
+
+
+def test_shipped_figures_are_the_ones_their_manifest_records():
+    manifest = shipped_manifest()
+    assert sorted(manifest["figures"]) == sorted(f.name for f in FIGURES)
+    changed = [name for name, digest in manifest["figures"].items()
+               if hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() != digest]
+    assert not changed, f"docs/figures: {changed} differ from what {REDRAW} drew; redraw with {REDRAW}"
+
+
+def test_shipped_figures_were_drawn_by_the_current_drawing_code():
+    assert shipped_manifest()["code"] == drawing_code_hash(), (
+        f"the code the figures depend on (mt/figures.py, mt/plot.py, the lr schedules, Translator.attention) "
+        f"changed since docs/figures were drawn: redraw with {REDRAW}")
+
+
+def test_shipped_figures_were_drawn_from_the_toy_config_as_it_is():
+    from dataclasses import asdict
+
+    from mt.config import load_config
+
+    config = load_config(SHIPPED.parent.parent / "configs" / "toy_reverse.yaml", ["data.root=."])
+    inputs = shipped_manifest()["inputs"]
+    assert (inputs["model"], inputs["train"]) == (asdict(config.model), asdict(config.train)), (
+        f"configs/toy_reverse.yaml changed since docs/figures were drawn: redraw with {REDRAW}")
+
+
+def test_shipped_figures_draw_what_the_tour_promises():
+    inputs = shipped_manifest()["inputs"]
+    tour = (SHIPPED.parent / "transformer.md").read_text(encoding="utf-8")
+    promised = re.search(r'^"(.+?)"  ->', tour, re.M).group(1)  # section 1's example sentence
+    assert inputs["sentence"] == promised
+    assert inputs["valid_points"] >= 3, "the learning curves need a validation trend, not two points"
+    assert f'--sentence "{promised}"' in (SHIPPED.parent.parent / REDRAW).read_text(encoding="utf-8")
 
 
 def test_figures_command_rejects_an_unknown_figure_before_drawing(trained_run, tmp_path, capsys):

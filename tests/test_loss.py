@@ -69,3 +69,22 @@ def test_fused_loss_under_bf16_autocast_equals_the_written_out_loss_of_the_same_
     grad_h, grad_w = torch.autograd.grad(expected, (hidden, weight))
     torch.testing.assert_close(fused_h, grad_h, rtol=1e-2, atol=1e-2)  # both from bf16 gradients of the logits
     torch.testing.assert_close(fused_w, grad_w, rtol=1e-2, atol=1e-2)
+
+
+def test_the_sequence_loss_is_the_label_smoothed_loss_of_the_models_logits():
+    from mt.config import ModelConfig
+    from mt.loss import SequenceLoss, sequence_loss
+    from mt.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(encoder_layers=1, decoder_layers=1, d_model=16, heads=2, d_ff=32), 30, 30).eval()
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(4, 30, (3, 6), generator=g), torch.randint(4, 30, (3, 5), generator=g)
+    tgt[2, 3:] = PAD
+    loss = sequence_loss(model, src, tgt[:, :-1], tgt[:, 1:], 0.1)
+    torch.testing.assert_close(loss, label_smoothed_loss(model(src, tgt[:, :-1]), tgt[:, 1:], 0.1),
+                               rtol=1e-5, atol=1e-5)
+    wrapped = SequenceLoss(model)  # what DDP and torch.compile wrap in training
+    assert torch.equal(wrapped(src, tgt[:, :-1], tgt[:, 1:], 0.1), loss)
+    assert torch.equal(wrapped(src, tgt[:, :-1]), model(src, tgt[:, :-1]))  # without a target: the logits
+    assert list(wrapped.parameters()) == list(model.parameters())

@@ -4,8 +4,10 @@ import torch.nn.functional as F
 
 from mt.batching import causal_mask, padding_mask
 from mt.config import ModelConfig
-from mt.model import (FastDropout, MultiHeadAttention, SinusoidalPositions, Transformer, attention,
-                      attention_weights, reorder_cache)
+from mt.kernels import FastDropout
+from mt.loss import sequence_loss
+from mt.model import (MultiHeadAttention, SinusoidalPositions, Transformer, attention, attention_weights,
+                      position_limit, recording_attention, too_long)
 from mt.tokenizer import BOS, EOS, PAD
 
 V = 50
@@ -76,9 +78,9 @@ def test_cached_encoder_keys_and_values_are_contiguous():
     memory, src_mask = m.encode(rand_ids(3, 6))
     cache = m.new_cache()
     m.decode(torch.full((3, 1), BOS), memory, src_mask, cache)
-    for layer in cache:
-        assert layer["cross"]["k"].shape == layer["cross"]["v"].shape == (3, 4, 6, 8)
-        assert layer["cross"]["k"].is_contiguous() and layer["cross"]["v"].is_contiguous()
+    for kv in cache.cross_attn:
+        assert kv.k.shape == kv.v.shape == (3, 4, 6, 8)
+        assert kv.k.is_contiguous() and kv.v.is_contiguous()
 
 
 def test_reordering_the_cache_follows_the_rows():
@@ -88,7 +90,7 @@ def test_reordering_the_cache_follows_the_rows():
     cache = m.new_cache()
     m.decode(tgt, memory, src_mask, cache)
     order = torch.tensor([2, 0])
-    reorder_cache(cache, order)
+    cache.select(order)
     step2 = m.decode(rand_ids(2, 1, seed=9), memory[order], src_mask[order], cache)
     full = m.decode(torch.cat([tgt[order], rand_ids(2, 1, seed=9)], 1), memory[order], src_mask[order])
     torch.testing.assert_close(step2[:, 0], full[:, 1], atol=1e-5, rtol=1e-5)
@@ -147,7 +149,7 @@ def test_beams_sharing_one_memory_row_equal_repeated_memory():
         a = m.decode(tgt[:, t:t + 1], memory, src_mask, shared)
         b = m.decode(tgt[:, t:t + 1], memory.repeat_interleave(3, 0), src_mask.repeat_interleave(3, 0), repeated)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert shared[0]["cross"]["k"].size(0) == 2 and repeated[0]["cross"]["k"].size(0) == 6
+    assert shared.cross_attn[0].k.size(0) == 2 and repeated.cross_attn[0].k.size(0) == 6
 
 
 def test_cross_attention_weights_are_distributions_over_real_source_tokens():
@@ -155,8 +157,9 @@ def test_cross_attention_weights_are_distributions_over_real_source_tokens():
     src, tgt = rand_ids(2, 6), rand_ids(2, 4, seed=2)
     src[1, 4:] = PAD
     memory, src_mask = m.encode(src)
-    weights: list = []
-    logits = m.decode(tgt, memory, src_mask, cross_weights=weights)
+    with recording_attention(layer.cross_attn for layer in m.decoder_layers) as weights:
+        logits = m.decode(tgt, memory, src_mask)
+    assert all(layer.cross_attn.recorded is None for layer in m.decoder_layers)  # recording ends with the block
     torch.testing.assert_close(logits, m.decode(tgt, memory, src_mask))  # the plain formula = the fused kernel
     assert len(weights) == 2 and weights[0].shape == (2, 4, 4, 6)  # layers; (B, h, T, S)
     for w in weights:
@@ -190,7 +193,7 @@ def test_dropout_masks_choose_the_dropout_modules_and_fast_trains():
     optimizer = torch.optim.Adam(fast.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
-        loss = fast(src, tgt[:, :-1], tgt[:, 1:], 0.0) / tgt[:, 1:].numel()
+        loss = sequence_loss(fast, src, tgt[:, :-1], tgt[:, 1:], 0.0) / tgt[:, 1:].numel()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -223,3 +226,15 @@ def test_fast_masks_drop_attention_weights_of_the_formula_in_training(cross):
     torch.testing.assert_close(out, attn.out_proj((dropped @ v).transpose(1, 2).reshape(2, 5, 16)))
     torch.testing.assert_close(attn.eval()(x, mask=mask, memory=memory if cross else None),  # no dropout in eval:
                                attn.out_proj(attention(q, k, v, mask).transpose(1, 2).reshape(2, 5, 16)))  # the fused kernel
+
+
+def test_the_position_limit_says_how_many_tokens_fit():
+    learned = ModelConfig(positions="learned", max_positions=6)
+    assert position_limit(learned) == 6 and position_limit(ModelConfig()) is None  # sinusoids: any length
+    assert too_long([6, 7, 2, 9], 6) == [1, 3] and too_long([6, 700], None) == []
+    m = Transformer(ModelConfig(encoder_layers=1, decoder_layers=1, d_model=32, heads=4, d_ff=64,
+                                positions="learned", max_positions=6), V, V)
+    assert m.max_positions == 6
+    m(rand_ids(1, 6), rand_ids(1, 6))  # six fit
+    with pytest.raises(ValueError, match=r"sequence of 7 tokens is longer than model.max_positions \(6\)"):
+        m(rand_ids(1, 7), rand_ids(1, 6))

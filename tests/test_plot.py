@@ -137,3 +137,37 @@ def test_missing_matplotlib_is_a_clear_error_for_learning_curves(tmp_path, witho
     with pytest.raises(MTError, match=r"needs matplotlib: pip install 'mt\[plot\]'"):
         plot_learning_curves(tmp_path, tmp_path / "curves.png")
     assert not (tmp_path / "curves.png").exists()
+
+
+def _rendered_boxes(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    return renderer, [t.get_bbox_patch().get_window_extent(renderer) for ax in fig.axes for t in ax.texts]
+
+
+def test_the_beam_tree_legend_covers_no_candidate():
+    pytest.importorskip("matplotlib")
+    from mt.plot import draw_beam_tree
+
+    steps = [[([f"w{t}{r}"], -0.5 * r - t, "kept" if r < 3 else "pruned") for r in range(6)] for t in range(5)]
+    fig = draw_beam_tree(steps, 3, "a beam", (14, 7))
+    renderer, boxes = _rendered_boxes(fig)
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends and len(boxes) == 31  # <s> and 5 x 6 candidates
+    for legend in legends:
+        extent = legend.get_window_extent(renderer)
+        assert not any(extent.overlaps(box) for box in boxes)
+
+
+def test_the_positional_encoding_curves_never_cross():
+    pytest.importorskip("matplotlib")
+    from mt.plot import draw_positional_encoding
+
+    table = np.random.default_rng(0).uniform(-1, 1, (100, 16))
+    fig = draw_positional_encoding(table, [0, 1, 4, 8], "t", (11, 4))
+    lines = [line for line in fig.axes[1].lines if len(line.get_ydata()) == 100]
+    spans = sorted((min(line.get_ydata()), max(line.get_ydata())) for line in lines)
+    assert len(spans) == 4 and all(low > high for (_, high), (low, _) in zip(spans, spans[1:]))

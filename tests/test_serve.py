@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -20,95 +19,13 @@ pytest.importorskip("starlette", reason="mt[serve] is not installed")
 import httpx  # noqa: E402
 
 from mt.errors import MTError  # noqa: E402
-from mt.serve import App, Limits, load_models  # noqa: E402
-from mt.serve_text import LONG_LINE, detect_language, html_pieces, join_html, segment  # noqa: E402
+from mt.serve import App, load_models  # noqa: E402
+from mt.serve.text import LONG_LINE, detect_language, html_pieces, join_html, segment  # noqa: E402
 from mt.translate import Translator  # noqa: E402
+from serve_helpers import Hold, InProcessServer, ServerProcess, error_of, post  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``mt serve`` in its own process; ready when it says it is listening."""
-
-    def __init__(self, *args: str, timeout: float = 120):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", *args, "--port", str(self.port),
-                                      "--threads", "1"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        self.log = self._read_until("mt serve: listening on", timeout)
-
-    def _read_until(self, marker: str, timeout: float) -> str:
-        import time
-        deadline, log = time.monotonic() + timeout, b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stderr, selectors.EVENT_READ)
-            while marker.encode() not in log:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    self.proc.kill()
-                    raise AssertionError(f"mt serve did not start within {timeout} s; its log:\n{log.decode()}")
-                chunk = os.read(self.proc.stderr.fileno(), 65536)
-                if not chunk:
-                    raise AssertionError(f"mt serve exited with {self.proc.wait()}; its log:\n{log.decode()}")
-                log += chunk
-        return log.decode()
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        try:
-            _, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"mt serve did not stop within {timeout} s of signal {sig}") from None
-        return self.proc.returncode, err.decode()
-
-
-class InProcessServer:
-    """The app on uvicorn in a thread of the test process, so a test can hold its workers."""
-
-    def __init__(self, models, limits: Limits | None = None, api_keys=None):
-        import uvicorn
-
-        self.models = models
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)  # listening before the thread starts: no readiness wait needed
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(App(models, limits, api_keys).starlette(), log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the in-process server did not stop within 30 s"
-        for m in self.models:
-            m.worker.close(30)
-        self.sock.close()
-
-
-class Hold:
-    """A worker hook that stops the worker before its next batch until ``release``."""
-
-    def __init__(self, worker):
-        self.taken, self.go, self.batches = threading.Event(), threading.Event(), []
-        worker.before_batch = self
-
-    def __call__(self, jobs):
-        self.batches.append(len(jobs))
-        self.taken.set()
-        assert self.go.wait(60), "the test never released the worker"
-
-    def release(self):
-        self.go.set()
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +45,6 @@ def server(run, tmp_path_factory):
     yield srv
     if srv.proc.poll() is None:
         srv.stop()
-
-
-def post(url, path, **kw):
-    return httpx.post(url + path, timeout=60, **kw)
-
-
-def error_of(response, status):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    return response.json()["error"]
 
 
 # ---------------------------------------------------------------- text handling
@@ -491,7 +398,7 @@ def test_several_runs_are_several_pairs(run):
 
 
 def test_closing_a_worker_finishes_what_is_queued(run):
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=1)
@@ -511,7 +418,7 @@ def test_closing_a_worker_finishes_what_is_queued(run):
 def test_the_gathering_rule(run):
     """Wait while the queue grows (until it has been still for gather_ms) or while the server
     announces requests on their way, never past the window, never past the token budget."""
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     models = load_models([str(run[0])], threads=1, gather_ms=5, gather_window_ms=50, gather_tokens=100)
     worker = models[0].worker
@@ -566,7 +473,7 @@ def test_the_gathering_rule(run):
 
 def test_a_client_that_keeps_sending_does_not_wait_the_quiet_time(run):
     """After a round, as many jobs as it answered start the next round at once (the clients are back)."""
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     # a 10-minute quiet time: only the token budget (first round) or the returning clients start a round
@@ -585,7 +492,7 @@ def test_a_client_that_keeps_sending_does_not_wait_the_quiet_time(run):
 
 
 def test_a_lone_job_does_not_wait_for_the_window(run):
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=1, gather_ms=0, gather_window_ms=600_000)
@@ -601,7 +508,7 @@ def test_a_lone_job_does_not_wait_for_the_window(run):
 
 
 def test_the_worker_gathers_the_requests_the_server_announced(run):
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=1, gather_ms=0, gather_window_ms=600_000)
@@ -625,7 +532,7 @@ def test_the_worker_gathers_the_requests_the_server_announced(run):
 
 def test_two_decoders_decode_two_batches_at_once(run):
     import torch
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=2, gather_ms=0)  # CPU: one decoder per core, one thread each
@@ -649,7 +556,7 @@ def test_two_decoders_decode_two_batches_at_once(run):
 
 def test_a_decoder_that_finds_the_queue_taken_waits_again(run):
     import torch
-    from mt.serve_worker import Job
+    from mt.serve.worker import Job
 
     _, pairs = run
     models = load_models([str(run[0])], threads=2, gather_ms=0, gather_window_ms=600_000)

@@ -231,7 +231,7 @@ def test_early_stopping_after_patience_validations(tiny_config, tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_training(tiny_config, monkeypatch):
-    import mt.model as model_module
+    import mt.loss as model_module
 
     real = model_module.linear_cross_entropy
     calls = {"n": 0}
@@ -405,9 +405,9 @@ def test_compile_wraps_only_the_training_model(tiny_config):
     scripts/bench/model.py --compile measures it)."""
     trainer = Trainer(tiny_config("train.compile=true"))
     assert isinstance(trainer.ddp_model, torch._dynamo.eval_frame.OptimizedModule)
-    assert trainer.ddp_model._orig_mod is trainer.model
+    assert trainer.ddp_model._orig_mod.model is trainer.model
     assert not any(name.startswith("_orig_mod") for name in trainer.state_dict()["model"])
-    assert Trainer(tiny_config("train.max_steps=1"), overwrite=True).ddp_model.__class__.__name__ == "Transformer"
+    assert Trainer(tiny_config("train.max_steps=1"), overwrite=True).ddp_model.__class__.__name__ == "SequenceLoss"
 
 
 def test_learned_positions_cap_decoding_so_validation_survives(tiny_config, tmp_path):

@@ -10,7 +10,8 @@ import torch
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.cli import main
 from mt.errors import MTError
-from mt.translate import PackedLinear, Translator, default_decoders
+from mt.kernels import PackedLinear
+from mt.translate import Translator, default_decoders
 
 
 def pipe_with(data: bytes):
@@ -395,3 +396,21 @@ def test_a_full_disk_under_the_output_is_one_line_and_keeps_the_old_file(trained
         "or give -o a file on another disk")
     assert out.read_text(encoding="utf-8") == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "in.de", "out.en"]
+
+
+def test_a_run_directory_written_by_an_earlier_mt_translates_as_it_did():
+    """tests/fixtures/old_run holds what an earlier version of mt wrote (config, tokenizer,
+    checkpoints/best.pt of a 1+1-layer model) and the translations it made then (expected.json):
+    the parameter names still load, and greedy, beam and n-best output stay the same to the bit."""
+    import json
+    from pathlib import Path
+
+    run = Path(__file__).parent / "fixtures" / "old_run"
+    lines = (run / "input.de").read_text(encoding="utf-8").splitlines()
+    expected = json.loads((run / "expected.json").read_text(encoding="utf-8"))
+    translator = Translator.from_pretrained(run, device="cpu", threads=1)
+    assert translator.translate(lines, beam_size=1) == expected["greedy"]
+    assert translator.translate(lines, beam_size=3) == expected["beam3"]
+    nbest = translator.translate_nbest(lines[:5], 2, beam_size=3)
+    assert [[[score, text] for score, text in hyps] for hyps in nbest] == expected["nbest2"]
+    assert expected["greedy"][0] and "" in expected["greedy"]  # real translations, and the empty line's

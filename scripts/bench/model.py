@@ -23,6 +23,7 @@ from torch import nn
 
 from common import machine_line, median, timed
 from mt.config import ModelConfig
+from mt.loss import sequence_loss
 from mt.model import Transformer
 
 SHAPES = {  # layers, d_model, heads, d_ff, vocab, batch size x source length x target length
@@ -95,7 +96,7 @@ def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int)
     def step():
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             if fused:
-                loss = model(src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
+                loss = sequence_loss(model, src, tgt[:, :-1], tgt[:, 1:], 0.1) / tgt[:, 1:].numel()
             else:
                 logits = model(src, tgt[:, :-1])
         if not fused:

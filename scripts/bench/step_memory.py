@@ -35,7 +35,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from common import machine_line
 from mt import loss as loss_module
-from mt import model as model_module
 from mt.config import load_config
 from mt.model import Transformer
 from mt.tokenizer import PAD
@@ -73,7 +72,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = Transformer(config.model, vocab, vocab).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    model_module.linear_cross_entropy = functools.partial(loss_module.linear_cross_entropy,
+    loss_module.linear_cross_entropy = functools.partial(loss_module.linear_cross_entropy,
                                                           chunk_rows=args.chunk_rows)
     src, tgt = random_batch(args.batch, args.src_len, args.tgt_len, vocab)
     smoothing = config.train.label_smoothing
@@ -86,7 +85,7 @@ def main() -> None:
 
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if saved is not None else nullcontext()
         with autocast(torch.device("cpu"), dtype), hooks:
-            loss = model(src, tgt[:, :-1], tgt[:, 1:], smoothing)
+            loss = loss_module.sequence_loss(model, src, tgt[:, :-1], tgt[:, 1:], smoothing)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ import torch
 from common import machine_line, median, rss_mb
 from mt.batching import batch_from_rows, bucket_order
 from mt.config import load_config
-from mt.loss import label_smoothed_loss
+from mt.loss import label_smoothed_loss, sequence_loss
 from mt.memory import M_MMAP_THRESHOLD, MMAP_THRESHOLD
 from mt.train import Trainer
 
@@ -53,7 +53,7 @@ def main() -> None:
             return label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
 
         def fused_loss(batch):
-            return model(batch.src, batch.tgt_in, batch.tgt_out, t.label_smoothing)
+            return sequence_loss(model, batch.src, batch.tgt_in, batch.tgt_out, t.label_smoothing)
 
         variants = {"logits": (logits_loss, 32 << 20), "fused": (fused_loss, 32 << 20),
                     "fused+mmap1m": (fused_loss, MMAP_THRESHOLD)}

@@ -36,6 +36,9 @@ import torch
 from mt.translate import Translator
 
 
+HEAVY_TOKENS = 256  # source tokens: a job with more is heavy
+
+
 class QueueFull(Exception):
     """The worker's queue holds ``max_queue`` jobs already."""
 
@@ -54,9 +57,15 @@ class Job:
     cancelled: bool = False
 
     @property
+    def heavy(self) -> bool:
+        """A job long to decode (see ``ModelWorker``'s lanes)."""
+        return self.tokens > HEAVY_TOKENS
+
+    @property
     def options(self) -> tuple:
-        """Jobs with equal options may be decoded in one batch (nbest only trims the answer)."""
-        return (self.kind,)
+        """Jobs with equal options may be decoded in one batch (nbest only trims the answer); a
+        light job never waits in a heavy job's round."""
+        return self.kind, self.heavy
 
 
 class ModelWorker:
@@ -72,6 +81,10 @@ class ModelWorker:
     ``gather_ms``: the queue must stay still this long (no new job, none announced) before
     the worker starts; ``gather_window_ms``: the longest it gathers, from the first job's
     arrival; ``gather_tokens``: it starts at once when the queue holds this many tokens.
+
+    Lanes: with several decoders, heavy jobs (more than ``HEAVY_TOKENS`` source tokens) occupy
+    at most all decoders but one, so a client sending long texts cannot make a one-sentence
+    request wait for its rounds (docs/serving.md).
     """
 
     def __init__(self, translator: Translator, max_queue: int = 64, gather_ms: float = 15.0,
@@ -87,6 +100,8 @@ class ModelWorker:
         self.last_arrival = 0.0
         self.round_end = 0.0  # when the last decoding round's answers went out
         self.idle = 0  # decoders waiting for a batch
+        self.heavy_lanes = max(1, decoders - 1)  # decoders that may decode heavy jobs at once
+        self.heavy_running = 0
         self.returning = 0  # jobs the latest rounds answered, less those taken since: clients that may be back
         self.stats = {"rounds": 0, "jobs": 0, "sentences": 0, "largest_round": 0,
                       "gather_seconds": 0.0, "decode_seconds": 0.0}
@@ -133,13 +148,21 @@ class ModelWorker:
         with self.cond:
             return self.cond.wait_for(lambda: len(self.queue) >= n, timeout)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop taking jobs, finish the queued ones, end the threads."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking jobs, finish the queued ones, end the threads; False if some thread
+        was still decoding after ``timeout`` seconds (it is left to end with the process)."""
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self.threads)
+
+    def _startable(self) -> int | None:
+        """The position of the first queued job a free decoder may take (lanes), or None."""
+        lane_free = self.heavy_running < self.heavy_lanes
+        return next((i for i, job in enumerate(self.queue) if lane_free or not job.heavy), None)
 
     def _gather_reason(self, now: float) -> tuple[str, float]:
         """Why the worker should keep gathering and until when; ("", 0) when it should start."""
@@ -166,7 +189,7 @@ class ModelWorker:
         with self.cond:
             self.idle += 1
             while True:
-                self.cond.wait_for(lambda: self.queue or self.stopping)
+                self.cond.wait_for(lambda: self._startable() is not None or (self.stopping and not self.queue))
                 if not self.queue:
                     self.idle -= 1
                     return None  # stopping and nothing left
@@ -178,13 +201,16 @@ class ModelWorker:
                     if self.on_gather_wait is not None:
                         self.on_gather_wait(reason)
                     self.cond.wait(until - now)
-                if self.queue:
+                if self._startable() is not None:
                     break
             # Decoders that are free share what is queued: this one takes its part, the others
             # take theirs at once, and the batches decode side by side.
             share = -(-len(self.queue) // self.idle)
             self.idle -= 1
-            first = self.queue.popleft()
+            at = self._startable()
+            first = self.queue[at]
+            del self.queue[at]
+            self.heavy_running += first.heavy
             batch, budget, rest = [first], first.tokens, deque()
             while self.queue:
                 job = self.queue.popleft()
@@ -204,15 +230,20 @@ class ModelWorker:
             while (batch := self._take()) is not None:
                 if self.before_batch is not None:
                     self.before_batch(batch)
+                heavy = batch[0].heavy
                 batch = [job for job in batch if not job.cancelled and job.future.set_running_or_notify_cancel()]
-                if not batch:
-                    continue
                 started = time.monotonic()
                 try:
-                    results = self._decode(batch)
+                    results = self._decode(batch) if batch else []
                 except Exception as e:  # a bad batch fails its requests, never the worker
                     for job in batch:
                         job.future.set_exception(e)
+                    continue
+                finally:
+                    with self.cond:
+                        self.heavy_running -= heavy
+                        self.cond.notify_all()
+                if not batch:
                     continue
                 self._count(batch, started)
                 for job, result in zip(batch, results):

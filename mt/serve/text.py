@@ -3,7 +3,9 @@ translate and put the translations back in its place; HTML text nodes; language 
 
 The model was trained on one sentence per line, so a text is cut at line breaks, and a
 long line (more than ``LONG_LINE`` characters) also after each sentence end: ``.``, ``!``,
-``?`` or ``…`` (closing quotes or brackets may follow) and then whitespace. Everything that
+``?`` or ``…`` (closing quotes or brackets may follow) and then whitespace; a sentence
+longer than ``MAX_SENTENCE_CHARS`` is cut at its last whitespace before that length (so that
+one sentence costs a bounded time, with ``mt serve --max-output-tokens``). Everything that
 is not translated (the line breaks, the whitespace between sentences, leading and trailing
 whitespace) is kept exactly and the translations are put back between it.
 """
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from html import escape
-from html.parser import HTMLParser
+from html import escape, unescape
 
 LONG_LINE = 200  # characters: a longer line is also cut at sentence ends
+MAX_SENTENCE_CHARS = 400  # characters: a longer sentence is cut at its last space before the limit
 _LINE_BREAK = re.compile(r"(\r\n|\n|\r)")
+_SPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])([\"'”’»)\]]*)(\s+)")
 
 
@@ -46,7 +49,18 @@ def split_sentences(line: str) -> list[str]:
         pieces.append(line[start:m.end()])
         start = m.end()
     pieces.append(line[start:])
-    return [p for p in pieces if p]
+    return [cut for p in pieces if p for cut in _cut_long(p)]
+
+
+def _cut_long(piece: str) -> list[str]:
+    """``piece`` in parts of at most ``MAX_SENTENCE_CHARS``, cut after whitespace where there is some."""
+    parts, start = [], 0
+    while len(piece) - start > MAX_SENTENCE_CHARS:
+        spaces = list(_SPACE.finditer(piece, start + 1, start + MAX_SENTENCE_CHARS))
+        cut = spaces[-1].end() if spaces else start + MAX_SENTENCE_CHARS
+        parts.append(piece[start:cut])
+        start = cut
+    return parts + [piece[start:]]
 
 
 def segment(text: str) -> Segmented:
@@ -74,69 +88,87 @@ def segment(text: str) -> Segmented:
 # Text inside these elements is not prose: it is kept as it is.
 SKIP_ELEMENTS = {"script", "style", "code", "pre", "textarea", "kbd", "samp", "var"}
 VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+RAW_TEXT_ELEMENTS = {"script", "style"}  # their content is not markup: it runs to the element's end tag
+
+# One token of HTML at a time, as a browser's tokenizer cuts it; each alternative always
+# matches (an unclosed construct runs to the end), so the scan is one pass over the input.
+_TOKEN = re.compile(r"""
+    <!--(?:-?>|.*?(?:-->|\Z))                                      # comment (an unclosed one: to the end)
+  | <!\[CDATA\[.*?(?:\]\]>|\Z)                                     # CDATA section
+  | </[A-Za-z][^>]*(?:>|\Z)                                        # end tag
+  | <[A-Za-z](?:"[^"]*(?:"|\Z)|'[^']*(?:'|\Z)|[^'">])*(?:>|\Z)     # start tag, quoted values may hold >
+  | <[!?/][^>]*(?:>|\Z)                                            # doctype, processing instruction, bogus
+  | (?P<text>[^<]+|<)                                               # text (a < that starts nothing is text)
+""", re.S | re.X)
+_TAG_NAME = re.compile(r"</?([A-Za-z][^\s/>]*)")
+_ATTRIBUTE = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]*)))?""")
 
 
-class _Pieces(HTMLParser):
-    """Split HTML into markup (kept verbatim) and text nodes (to translate), in order."""
+def _attributes(tag: str, name_end: int) -> dict[str, str]:
+    return {m.group(1).lower(): unescape(m.group(2) or m.group(3) or m.group(4) or "")
+            for m in _ATTRIBUTE.finditer(tag, name_end)}
+
+
+class _OpenElements:
+    """The open elements and whether text inside each is kept; closing an element closes the
+    ones opened inside it (forgiving, like browsers), in time linear in the whole document."""
 
     def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.pieces: list[tuple[bool, str]] = []  # (is_text_to_translate, text)
-        self.stack: list[tuple[str, bool]] = []  # open elements: (tag, text inside is kept)
+        self.stack: list[tuple[str, bool]] = []
+        self.count: dict[str, int] = {}
 
-    def _skipping(self) -> bool:
+    def skipping(self) -> bool:
         return bool(self.stack) and self.stack[-1][1]
 
-    def handle_starttag(self, tag, attrs):
-        self.pieces.append((False, self.get_starttag_text()))
-        if tag in VOID_ELEMENTS:
-            return
-        attrs = dict(attrs)
-        skip = (self._skipping() or tag in SKIP_ELEMENTS or (attrs.get("translate") or "").lower() == "no"
-                or "notranslate" in (attrs.get("class") or "").split())
-        self.stack.append((tag, skip))
+    def open(self, name: str, tag: str, name_end: int) -> None:
+        attrs = _attributes(tag, name_end) if ("translate" in tag or "class" in tag) else {}
+        skip = (self.skipping() or name in SKIP_ELEMENTS or attrs.get("translate", "").lower() == "no"
+                or "notranslate" in attrs.get("class", "").split())
+        self.stack.append((name, skip))
+        self.count[name] = self.count.get(name, 0) + 1
 
-    def handle_startendtag(self, tag, attrs):
-        self.pieces.append((False, self.get_starttag_text()))
-
-    def handle_endtag(self, tag):
-        self.pieces.append((False, f"</{tag}>"))
-        for i in range(len(self.stack) - 1, -1, -1):  # close up to the matching element (forgiving, like browsers)
-            if self.stack[i][0] == tag:
-                del self.stack[i:]
-                break
-
-    def handle_data(self, data):
-        if self._skipping() or self.cdata_elem:  # script/style content arrives raw
-            self.pieces.append((False, data if self.cdata_elem else escape(data, quote=False)))
-        else:
-            self.pieces.append((True, data))
-
-    def handle_comment(self, data):
-        self.pieces.append((False, f"<!--{data}-->"))
-
-    def handle_decl(self, decl):
-        self.pieces.append((False, f"<!{decl}>"))
-
-    def handle_pi(self, data):
-        self.pieces.append((False, f"<?{data}>"))
-
-    def unknown_decl(self, data):
-        self.pieces.append((False, f"<![{data}]>"))
+    def close(self, name: str) -> None:
+        if not self.count.get(name):
+            return  # an end tag that matches nothing open
+        while True:
+            top, _ = self.stack.pop()
+            self.count[top] -= 1
+            if top == name:
+                return
 
 
 def html_pieces(markup: str) -> list[tuple[bool, str]]:
-    """``markup`` as (translate?, text) pieces; text pieces are unescaped, markup verbatim."""
-    parser = _Pieces()
-    parser.feed(markup)
-    parser.close()
-    merged: list[tuple[bool, str]] = []
-    for is_text, text in parser.pieces:  # the parser may deliver one text node in several calls
-        if merged and is_text and merged[-1][0]:
-            merged[-1] = (True, merged[-1][1] + text)
-        else:
-            merged.append((is_text, text))
-    return merged
+    """``markup`` as (translate?, text) pieces, in order: text pieces unescaped, markup (and
+    text that is kept) verbatim, so joining untranslated pieces gives ``markup`` back."""
+    pieces: list[tuple[bool, str]] = []
+    elements, pos = _OpenElements(), 0
+    while pos < len(markup):
+        m = _TOKEN.match(markup, pos)
+        token, pos = m.group(), m.end()
+        if m.group("text") is not None:
+            if elements.skipping():
+                pieces.append((False, token))
+            elif pieces and pieces[-1][0]:
+                pieces[-1] = (True, pieces[-1][1] + token)
+            else:
+                pieces.append((True, token))
+            continue
+        pieces.append((False, token))
+        name = _TAG_NAME.match(token)
+        if name is None:  # comment, CDATA, declaration
+            continue
+        tag = name.group(1).lower()
+        if token.startswith("</"):
+            elements.close(tag)
+        elif tag in RAW_TEXT_ELEMENTS and not token.endswith("/>"):
+            end = re.compile(rf"</{tag}[\s/>]", re.I).search(markup, pos)
+            raw_end = end.start() if end else len(markup)
+            if raw_end > pos:
+                pieces.append((False, markup[pos:raw_end]))
+            pos = raw_end
+        elif tag not in VOID_ELEMENTS and not token.endswith("/>"):
+            elements.open(tag, token, name.end())
+    return [(is_text, unescape(text) if is_text else text) for is_text, text in pieces]
 
 
 def join_html(pieces: list[tuple[bool, str]], translations: list[str]) -> str:
