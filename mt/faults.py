@@ -6,7 +6,7 @@ killed mid-write leaves at most a temporary file. Its name carries the writer's 
 host (``owner_tag``); the next start removes those whose writer is gone and leaves the
 others alone, since several runs may share a cache and one may be writing right now.
 
-Kill points make the chaos test (``scripts/chaos_resume.py``) land where a random kill
+Kill points make the chaos test (``scripts/bench/chaos_resume.py``) land where a random kill
 rarely does: with ``MT_KILL_AT=NAME`` (or ``NAME#N``) the process sends itself SIGKILL the
 first (N-th) time it passes ``kill_point(NAME)``. The variable is read once at import; when
 it is unset a kill point costs one string comparison. The points:

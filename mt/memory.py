@@ -36,7 +36,7 @@ import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, from glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20
-# $MT_ALLOCATOR: what the mt command sets (scripts/bench_allocator.py measures each)
+# $MT_ALLOCATOR: what the mt command sets (scripts/bench/allocator.py measures each)
 ALLOCATOR_MODES = ("heap", "mmap1m", "mmap1m+thp", "glibc")
 DEFAULT_ALLOCATOR = "heap"
 # read by oneDNN and ideep when torch first creates a primitive, so set before any bf16 product runs

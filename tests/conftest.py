@@ -1,14 +1,13 @@
-"""Shared fixtures: a tiny parallel corpus written to disk, a tiny config, a trained tiny run."""
+"""Fixtures: a tiny config, a trained tiny run, and test-only caches; shared helpers live in helpers.py."""
 from __future__ import annotations
 
-import itertools
-from pathlib import Path
+import os
 
-import numpy as np
 import pytest
 import torch
 
-from mt.config import load_config
+from helpers import TINY_OVERRIDES, tiny_pairs, write_corpus
+from mt.config import DATA_ROOT_ENV, load_config
 
 torch.set_num_threads(1)  # tests are small; one thread keeps them deterministic and polite
 
@@ -16,48 +15,14 @@ torch.set_num_threads(1)  # tests are small; one thread keeps them deterministic
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     """Tokenizer and corpus caches of the tests go to a temporary directory, never ~/.cache/mt."""
-    import os
-
     os.environ["MT_CACHE_DIR"] = str(tmp_path_factory.mktemp("mt_cache"))
 
-SUBJECTS = [("der hund", "the dog"), ("die katze", "the cat"), ("ein mann", "a man"),
-            ("eine frau", "a woman"), ("das kind", "the child")]
-VERBS = [("läuft", "runs"), ("schläft", "sleeps"), ("springt", "jumps"), ("singt", "sings")]
-PLACES = [("im park", "in the park"), ("am strand", "on the beach")]
 
-
-def tiny_pairs(n: int = 20) -> list[tuple[str, str]]:
-    """``n`` German-English pairs built from a small grammar, all different."""
-    pairs = [(f"{s} {v} {p} .", f"{se} {ve} {pe} .")
-             for (s, se), (v, ve), (p, pe) in itertools.product(SUBJECTS, VERBS, PLACES)]
-    return pairs[:n]
-
-
-def write_corpus(folder: Path, name: str, pairs: list[tuple[str, str]]) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    src, tgt = folder / f"{name}.de", folder / f"{name}.en"
-    src.write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
-    tgt.write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
-    return src, tgt
-
-
-def cached_ids(data, side: str) -> list[list[int]]:
-    """Every pair's ids on one side of a ``mt.cache.TrainingData``, with the special tokens that
-    ``mt.data.encode_parallel`` adds (src + EOS, BOS + tgt + EOS), for comparing the two."""
-    from mt.tokenizer import BOS, EOS
-
-    rows = data.rows(np.arange(len(data)), side)
-    return [r.tolist() + [EOS] if side == "src" else [BOS] + r.tolist() + [EOS] for r in rows]
-
-
-TINY_OVERRIDES = [
-    "tokenizer.vocab_size=60", "tokenizer.model_type=word",
-    "model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=64", "model.heads=4",
-    "model.d_ff=128", "model.dropout=0.0", "model.attention_dropout=0.0",
-    "train.precision=fp32", "train.threads=1", "train.batch_tokens=120", "train.lr=0.003",
-    "train.warmup_steps=20", "train.label_smoothing=0.0", "train.log_every=5", "train.valid_every=100",
-    "decode.beam_size=3",
-]
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_root():
+    """Test configs name their own data: a data root set for real runs ($MT_DATA_ROOT) would
+    redirect them (tests about that variable set it themselves)."""
+    os.environ.pop(DATA_ROOT_ENV, None)
 
 
 @pytest.fixture
@@ -93,34 +58,3 @@ def trained_run(tmp_path_factory):
     config = load_config(cfg_file, TINY_OVERRIDES + ["train.max_steps=300"])
     metrics = train(config)
     return tmp / "run", pairs, metrics, cfg_file
-
-
-# ---------------------------------------------------------------- subprocesses in tests
-# Generous limits (the machine may be busy: CI, a training run beside), and a failure that says
-# what hung instead of a bare TimeoutExpired; never a fixed sleep standing in for an event.
-
-
-def run_process(args: list, what: str, timeout: float = 300, **kwargs) -> "subprocess.CompletedProcess":
-    import subprocess
-
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    try:
-        return subprocess.run([str(a) for a in args], timeout=timeout, **kwargs)
-    except subprocess.TimeoutExpired as e:
-        tail = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-        pytest.fail(f"{what} hung for {timeout:.0f} s; its stderr ended with:\n{tail[-2000:]}")
-
-
-def wait_for_lines(path: Path, n: int, proc, what: str, timeout: float = 240) -> None:
-    """Wait until the process ``proc`` has written ``n`` lines to ``path`` (polls the file it appends to)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().count("\n") >= n):
-        if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
-            pytest.fail(f"the process exited ({proc.returncode}) before {what}: {err[-2000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)

@@ -6,7 +6,7 @@ import sys
 import zipfile
 
 import pytest
-from conftest import run_process
+from helpers import run_process
 
 from mt.cli import main
 

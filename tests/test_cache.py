@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mt.cache
-from conftest import cached_ids, tiny_pairs, write_corpus
+from helpers import cached_ids, tiny_pairs, write_corpus
 from mt.batching import batch_from_rows, bucket_order, make_batch
 from mt.cache import prepare_training_data
 from mt.data import encode_parallel, filter_pairs, read_parallel

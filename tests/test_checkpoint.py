@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run_process
+from helpers import run_process
 from mt.checkpoint import (atomic_write_bytes, best_checkpoints, keep_if_best, latest_checkpoint, load_checkpoint,
                            save_checkpoint)
 from mt.cli import main

@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from conftest import run_process
+from helpers import run_process
 from mt.cli import main
 
 

@@ -303,3 +303,21 @@ def test_frozen_recipe_is_the_e6cecd9_de_en_config(monkeypatch):
     assert (frozen.model.dropout, frozen.train.max_time, frozen.train.lr_schedule, frozen.train.subword_alpha) == (
         0.1, "90m", "budget", 0.0)
     assert Path(frozen.data.train.src) == (REPO.parent / "shared" / "data" / "multi30k" / "train.de").resolve()
+
+
+SHIPPED = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads_validates_and_round_trips(name, tmp_path, monkeypatch):
+    """No file is read but the YAML: the data root points at an empty folder."""
+    root = tmp_path / "data"
+    monkeypatch.setenv(DATA_ROOT_ENV, str(root))
+    config = load_config(REPO / "configs" / name)
+    data = config.data
+    corpora = [*(data.train if isinstance(data.train, list) else [data.train]), data.valid]
+    corpora += [data.test] if data.test is not None else []
+    for corpus in corpora:  # every file is found under the data root, none beside the config
+        assert corpus.src.startswith(f"{root}/") and corpus.tgt.startswith(f"{root}/"), corpus
+    save_config(config, tmp_path / "run" / "config.yaml")
+    assert config_from_dict(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())) == config

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_OVERRIDES, run_process, wait_for_lines
+from helpers import TINY_OVERRIDES, run_process, wait_for_lines
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_collectives_are_exact_and_close_waits_until_gloo_released_every_tensor(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""
@@ -37,6 +39,8 @@ def test_collectives_are_exact_and_close_waits_until_gloo_released_every_tensor(
         ["rank 0: closed, 0 tensors still pinned", "rank 1: closed, 0 tensors still pinned"]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_stalled_rank_makes_the_other_fail_within_the_timeout_naming_it(tiny_config, tmp_path):
     tiny_config()  # writes tiny.yaml and the data
     args = TORCHRUN + ["-m", "mt", "train", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES,
@@ -65,6 +69,8 @@ def test_a_stalled_rank_makes_the_other_fail_within_the_timeout_naming_it(tiny_c
     assert proc.returncode != 0
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_killed_rank_ends_the_whole_job(tiny_config, tmp_path):
     tiny_config()
     args = TORCHRUN + ["-m", "mt", "train", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES,

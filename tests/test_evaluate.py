@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_process
+from helpers import run_process
 from mt.cli import main
 
 HYPS = ["The cat sat on the mat.", "A dog runs in the park!", "Two men are playing football.", "hello world"]

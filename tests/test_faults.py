@@ -130,7 +130,7 @@ def test_a_disk_that_cannot_take_a_checkpoint_stops_training_with_one_line_and_k
         tiny_config, tmp_path, monkeypatch, capsys, code):
     """The disk fails halfway through the first checkpoint write of a resumed run (injected
     at the write's kill point): one line naming the file and what to do, exit 2, step 10 whole."""
-    from conftest import TINY_OVERRIDES
+    from helpers import TINY_OVERRIDES
 
     train(tiny_config("train.max_steps=10", "train.valid_every=10"))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -180,7 +180,7 @@ def test_a_full_disk_under_the_metrics_log_is_one_line_too(tiny_config, tmp_path
 
 @pytest.mark.parametrize("point", ["cache.tokenizer", "cache.encode", "cache.publish"])
 def test_a_kill_inside_the_cache_build_publishes_nothing_and_the_next_start_cleans_up(tiny_config, tmp_path, point):
-    from conftest import TINY_OVERRIDES
+    from helpers import TINY_OVERRIDES
 
     cache = tmp_path / "cache"
     overrides = [*TINY_OVERRIDES, "train.max_steps=2", f"data.cache_dir={cache}"]

@@ -26,6 +26,7 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_figures_command_writes_every_figure_as_a_png_of_its_documented_size(trained_run, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from mt.cli import main

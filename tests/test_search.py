@@ -147,6 +147,7 @@ def test_nbest_is_sorted_and_starts_with_the_beam_result():
         assert hyps[0][1] == top
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
     from mt.search import Sampler
 

@@ -608,6 +608,8 @@ def ready_for(page, text: str) -> None:
                            arg=text, timeout=60000)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_page_in_a_real_browser(run, translator):
     if not Path(CHROMIUM).exists():
         message = f"BROWSER TEST SKIPPED: no {CHROMIUM} (apt-get install chromium; .ci/run installs it)"

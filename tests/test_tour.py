@@ -162,6 +162,7 @@ def run_checks(run_dir: Path, tour: Path = TOURS[0]) -> int:
     return len(found)
 
 
+@pytest.mark.slow
 def test_the_runnable_checks_pass_on_a_tiny_trained_model(trained_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a check that writes files writes them here
     assert run_checks(trained_run[0]) >= 25

@@ -133,7 +133,7 @@ def test_max_epochs_stops_and_saves(tiny_config, tmp_path):
 def test_trains_from_a_jsonl_corpus(tiny_config, tmp_path):
     import json
 
-    from conftest import tiny_pairs
+    from helpers import tiny_pairs
 
     with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as f:
         for de, en in tiny_pairs(20):
@@ -247,16 +247,17 @@ def test_non_finite_losses_are_skipped_then_stop_training(tiny_config, monkeypat
     assert trainer.step == 2  # calls 1 and 3 were updates; 2 was skipped, then 4.. diverged
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_says_how_to_resume(tiny_config, tmp_path):
     import signal
     import subprocess
     import sys
 
-    from conftest import wait_for_lines
+    from helpers import TINY_OVERRIDES, wait_for_lines
 
     config = tiny_config()
     cfg_file = tmp_path / "tiny.yaml"
-    args = [sys.executable, "-m", "mt", "train", str(cfg_file), *__import__("conftest").TINY_OVERRIDES,
+    args = [sys.executable, "-m", "mt", "train", str(cfg_file), *TINY_OVERRIDES,
             "train.max_steps=100000", "train.valid_every=100000", "train.log_every=1"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     try:
@@ -283,12 +284,14 @@ def test_separate_vocabularies_train_two_tokenizers_and_translate(tiny_config, t
     assert len(translator.translate(["der hund läuft .", ""], beam_size=2)) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config, tmp_path):
     """torchrun, gloo on CPU: both ranks end identical, and equal to a single process."""
     import sys
     from pathlib import Path
 
-    from conftest import TINY_OVERRIDES, run_process
+    from helpers import TINY_OVERRIDES, run_process
 
     # A large Adam epsilon makes the update proportional to the gradient (plain Adam is blind to
     # its scale, so a wrongly scaled DDP gradient would go unnoticed) and keeps float noise in
@@ -314,6 +317,8 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny_config
     assert ddp_valid["valid_nll"] == pytest.approx(single_valid["valid_nll"], abs=2e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_ddp_with_accumulation_equals_one_process(tiny_config, tmp_path):
     """torchrun + train.accum_steps=2: no_sync for the first batch of each update, sync on the last;
     the result equals one process accumulating the same batches."""
@@ -321,7 +326,7 @@ def test_two_process_ddp_with_accumulation_equals_one_process(tiny_config, tmp_p
     import sys
     from pathlib import Path
 
-    from conftest import TINY_OVERRIDES
+    from helpers import TINY_OVERRIDES
 
     common = ["train.max_steps=2", "train.accum_steps=2", "train.adam_eps=0.01", "train.lr=0.3",
               "train.batch_tokens=60"]
@@ -346,6 +351,8 @@ def last_validation(run_dir) -> dict:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open() if "valid_nll" in line][-1]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ddp_validation_is_shared_and_gathered_in_order(trained_run, tmp_path):
     """Two ranks resume the memorising tiny model for one step: each translates half the validation
     set, and the gathered BLEU (100 only if every line is back in its place) equals one process's."""
@@ -353,7 +360,7 @@ def test_ddp_validation_is_shared_and_gathered_in_order(trained_run, tmp_path):
     import sys
     from pathlib import Path
 
-    from conftest import TINY_OVERRIDES, run_process
+    from helpers import TINY_OVERRIDES, run_process
 
     run_dir, _, _, cfg_file = trained_run
     for name in ("single", "ddp"):
@@ -395,7 +402,7 @@ def test_invalid_utf8_training_lines_are_dropped_and_reported_or_an_error(tiny_c
 def test_compile_wraps_only_the_training_model(tiny_config):
     """train.compile compiles the model the training step runs; checkpoints, validation and
     decoding keep the plain module (compiling a step takes minutes on 2 cores, so no step here;
-    scripts/bench_model.py --compile measures it)."""
+    scripts/bench/model.py --compile measures it)."""
     trainer = Trainer(tiny_config("train.compile=true"))
     assert isinstance(trainer.ddp_model, torch._dynamo.eval_frame.OptimizedModule)
     assert trainer.ddp_model._orig_mod.model is trainer.model
@@ -413,7 +420,7 @@ def test_learned_positions_cap_decoding_so_validation_survives(tiny_config, tmp_
 
 
 def test_a_validation_line_longer_than_the_learned_positions_is_refused_before_training(tiny_config, tmp_path):
-    from conftest import write_corpus
+    from helpers import write_corpus
 
     write_corpus(tmp_path / "data", "valid", [("der hund läuft im park und die katze schläft am strand .",
                                                "the dog runs in the park .")])
@@ -602,10 +609,11 @@ def test_average_last_must_fit_in_keep_last(tiny_config):
 @pytest.mark.parametrize("recipe", ["multi30k_de_en", "multi30k_fr_en", "multi30k_cs_en", "multi30k_en_de",
                                     "multi30k_en_fr", "multi30k_en_cs", "multi30k_xx_en",
                                     "frozen/multi30k_de_en_e6cecd9"])
+@pytest.mark.slow
 def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
     from pathlib import Path
 
-    from conftest import tiny_pairs, write_corpus
+    from helpers import tiny_pairs, write_corpus
     from mt.config import load_config
 
     src, tgt = write_corpus(tmp_path / "data", "train", tiny_pairs(20))
@@ -643,6 +651,7 @@ def test_weight_ema_is_the_moving_average_of_the_updates_and_applied_gives_the_w
     assert torch.equal(layer.weight, w2)  # the trained weights, bitwise
 
 
+@pytest.mark.slow
 def test_ema_writes_ema_pt_logs_its_bleu_and_resumes_exactly(tiny_config, tmp_path, capsys):
     common = ("model.dropout=0.1", "train.max_steps=30", "train.valid_every=10", "train.ema_decay=0.9")
     train(tiny_config(*common, f"run_dir={tmp_path / 'a'}"))

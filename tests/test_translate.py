@@ -57,6 +57,7 @@ def test_cli_translates_stdin_to_stdout(trained_run, capsys, monkeypatch):
     assert (code, out) == (0, f"{pairs[5][1]}\n")
 
 
+@pytest.mark.slow
 def test_decoders_default_to_one_per_cpu_thread_and_translate_alike(trained_run):
     run_dir, pairs, _, _ = trained_run
     lines = [src for src, _ in pairs] * 3
@@ -204,6 +205,7 @@ def test_stdin_batches_keep_every_line_and_number_errors_across_chunks():
         list(stdin_batches(f.fileno()))
 
 
+@pytest.mark.slow
 def test_translate_answers_each_line_before_stdin_ends(trained_run):
     """A pipeline: the translation of line 1 arrives while the input is still open."""
     run_dir, pairs, _, _ = trained_run
@@ -282,6 +284,7 @@ def test_translate_options_are_checked_before_anything_runs(tmp_path, capsys, op
     assert (code, out, err) == (2, "", f"error: {message}\n")
 
 
+@pytest.mark.slow
 def test_seeded_samples_do_not_depend_on_how_the_input_arrives(trained_run, tmp_path, capsys, monkeypatch):
     """Each line draws from its own generator, seeded by --seed and the line's position in the input:
     stdin cut into batches of 256 lines gives what -i gives in one batch."""
@@ -307,6 +310,7 @@ def big_input(tmp_path, pairs, lines: int):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["stdin", "-i"])
 def test_a_pipe_closed_by_head_ends_translation_quietly(trained_run, tmp_path, source):
     """`mt translate RUN < big | head -3`: the output (10,000 lines, ~250 kB) is far more than
@@ -333,6 +337,7 @@ def test_a_pipe_closed_by_head_ends_translation_quietly(trained_run, tmp_path, s
     assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Exception ignored" not in err, err[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("existing", [False, True])
 def test_ctrl_c_while_translating_to_a_file_leaves_no_partial_file_and_exits_130(trained_run, tmp_path, existing):
     """SIGINT once the progress bar shows translation has begun (beam 5 over 20,000 lines takes

@@ -11,33 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from http.client import HTTPConnection
-from pathlib import Path
+
+from common import free_port, machine_line
 
 SENTENCE = "Ein Mann fährt mit dem Fahrrad über eine Brücke."
 WORDS = "der hund läuft im park und die katze schläft am strand während ein mann mit seinem kind spielt".split()
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def isa() -> str:
-    from mt.device import cpu_supports_bf16
-
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "pre-AVX2"
-    return simd + (", AMX" if "amx_tile" in flags else "") + (", bf16" if cpu_supports_bf16() else "")
 
 
 def long_line(chars: int = 5000) -> str:
@@ -51,9 +35,7 @@ def long_line(chars: int = 5000) -> str:
 
 
 def start_server(run: str, threads: int, decoders: int) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", run, "--port", str(port), "--threads", str(threads),
                              "--decoders", str(decoders)], stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # mt serve announces the address once it listens
@@ -97,7 +79,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="one-sentence requests per measurement")
     parser.add_argument("--threads", type=int, default=2, help="mt serve --threads (default 2)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()} ({isa()}), {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"# {machine_line()} at start")
     proc, port = start_server(args.run, args.threads, decoders=2)
     try:
         translate(HTTPConnection("127.0.0.1", port, timeout=600), SENTENCE)  # warm up

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from mt import ctranslate2_engine, decode_mode
+from common import machine_line
+from mt import ctranslate2_engine
 from mt.config import load_config
 from mt.data import read_lines
 from mt.evaluate import bleu
@@ -159,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_allocator()  # as the mt command does
     torch.set_num_threads(args.threads)
-    print(f"# {decode_mode.describe(decode_mode.machine())}; {args.run}")
+    print(f"# {machine_line()}; {args.run}")
     agreement(args) if args.agreement else speed(args)
 
 

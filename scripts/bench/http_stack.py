@@ -4,23 +4,20 @@ A Starlette app that echoes the `/translate` body (no model), 32 keep-alive clie
 (stdlib `http.client`, one thread each), 3,000 requests per server; the server's CPU time per
 request from /proc. Each stack is measured twice, interleaved.
 
-    python scripts/bench_http_stack.py [--requests 3000] [--clients 32]
+    python scripts/bench/http_stack.py [--requests 3000] [--clients 32]
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import cpu_name, isa  # noqa: E402
+from common import cpu_seconds, free_port, machine_line
 
 STACKS = [("h11", "asyncio"), ("httptools", "uvloop")]
 
@@ -38,15 +35,8 @@ def serve(port: int, http_impl: str, loop: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http=http_impl, loop=loop)
 
 
-def server_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(http_impl: str, loop: str, requests: int, clients: int) -> tuple[float, float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), http_impl, loop])
     try:
         for _ in range(100):  # wait until it listens
@@ -64,13 +54,13 @@ def measure(http_impl: str, loop: str, requests: int, clients: int) -> tuple[flo
                 conn.getresponse().read()
 
         per_client = requests // clients
-        cpu0, t0 = server_cpu_seconds(proc.pid), time.perf_counter()
+        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
         threads = [threading.Thread(target=client, args=(per_client,)) for _ in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        wall, cpu = time.perf_counter() - t0, server_cpu_seconds(proc.pid) - cpu0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
         done = per_client * clients
         return done / wall, 1000 * cpu / done
     finally:
@@ -86,7 +76,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
-    print(f"# {cpu_name()} ({isa()}), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"# {machine_line()} at start")
     print("| uvicorn http | loop | requests/s | server CPU ms a request |\n|---|---|---|---|")
     for http_impl, loop in STACKS * 2:
         rate, cpu_ms = measure(http_impl, loop, args.requests, args.clients)

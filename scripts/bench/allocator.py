@@ -8,12 +8,12 @@ steps after ``--warmup`` (from metrics.jsonl's 10-step windows), minor page faul
 kernel (system) CPU seconds per step, and peak RSS (the child's ``ru_maxrss``). Prints the
 medians per variant and their ratios to the first one, with the CPU, its ISA and the load.
 
-    python scripts/bench_allocator.py configs/frozen/multi30k_de_en_e6cecd9.yaml --steps 80 --repeats 2
+    python scripts/bench/allocator.py configs/frozen/multi30k_de_en_e6cecd9.yaml --steps 80 --repeats 2
 
 Variants (``--variants`` picks some):
-  mmap1m       what `mt` sets today: glibc maps every block of 1 MB and more, unmaps it when freed
+  mmap1m       glibc maps every block of 1 MB and more, unmaps it when freed
   mmap1m+thp   the same, and PyTorch allocates blocks of 2 MB and more on transparent huge pages
-  heap         every block from glibc's heap, which is never trimmed (no faults once warm)
+  heap         every block from glibc's heap, which is never trimmed (no faults once warm): the `mt` command's default
   glibc        glibc's own dynamic thresholds (MALLOC_MMAP_THRESHOLD_ unset; mt's setting off)
   heap+arena1  heap, with one malloc arena for all threads (MALLOC_ARENA_MAX=1)
   heap8m       blocks of 8 MB and more mapped, the rest from the untrimmed heap
@@ -36,14 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mt.decode_mode import describe, machine
+from common import machine_line, median
 
 VARIANTS = {
     "mmap1m": {"MT_ALLOCATOR": "mmap1m"},
@@ -105,7 +104,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    print(f"machine: {describe(machine())}; load {os.getloadavg()[0]:.1f} at the start; "
+    print(f"machine: {machine_line()} at the start; "
           f"{args.config} {' '.join(args.overrides)}")
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     for round_ in range(args.repeats):
@@ -119,11 +118,11 @@ def main() -> None:
                   f"peak {r['peak_rss_mb']:.0f} MB  ({time.monotonic() - start:.0f} s)", flush=True)
     print(f"\nmedians over {args.repeats} rounds, steps {args.warmup + 1}-{args.steps}; "
           f"load {os.getloadavg()[0]:.1f} at the end")
-    base = statistics.median(r["tok_s"] for r in results[args.variants[0]])
+    base = median(r["tok_s"] for r in results[args.variants[0]])
     print("| variant | real target tok/s | vs first | minor faults/step | system s/step | user s/step | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for variant, runs in results.items():
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med = {k: median(r[k] for r in runs) for k in runs[0]}
         print(f"| {variant} | {med['tok_s']:,.0f} | {med['tok_s'] / base:.2f}x | {med['minflt_per_step']:,.0f} | "
               f"{med['sys_s_per_step']:.3f} | {med['user_s_per_step']:.3f} | {med['peak_rss_mb']:,.0f} |")
 

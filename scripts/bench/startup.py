@@ -1,25 +1,24 @@
-"""Goal 5 of issue 14: how long `mt` takes to start, against `python -c "import torch"`.
+"""How long `mt` takes to start, against `python -c "import torch"`.
 
 Runs, in interleaved rounds, each as a fresh process: `import torch`, `mt --help` (which must not
 import torch) and `mt translate RUN -i ONE_LINE` (import, load the model, translate one sentence,
 end to end), and prints the median wall time of each and their ratios to `import torch` (the bar:
 translate <= 2x). A fresh process each time, so the OS's file cache is warm after the first round.
 
-    python scripts/bench_startup.py runs/results/de_en_s1 --rounds 5
-    python scripts/bench_startup.py runs/results/de_en_s1 --baseline ../old   # and an older checkout's mt
+    python scripts/bench/startup.py runs/results/de_en_s1 --rounds 5
+    python scripts/bench/startup.py runs/results/de_en_s1 --baseline ../old   # and an older checkout's mt
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mt.decode_mode import describe, machine
+from common import machine_line, median
 
 
 def wall_time(command: list[str], cwd: str | None = None) -> float:
@@ -62,14 +61,14 @@ def main() -> None:
             for name, command in commands.items():
                 times[name].append(wall_time(command, cwds[name]))
 
-    print(f"machine: {describe(machine())}; load {os.getloadavg()[0]:.1f} at the end; "
+    print(f"machine: {machine_line()} at the end; "
           f"{args.rounds} interleaved rounds, medians")
-    torch_s = statistics.median(times["import torch"])
+    torch_s = median(times["import torch"])
     print("| command | median s | runs (s) | vs import torch |")
     print("|---|---|---|---|")
     for name, runs in times.items():
-        median = statistics.median(runs)
-        print(f"| `{name}` | {median:.2f} | {' / '.join(f'{t:.2f}' for t in runs)} | {median / torch_s:.2f}x |")
+        m = median(runs)
+        print(f"| `{name}` | {m:.2f} | {' / '.join(f'{t:.2f}' for t in runs)} | {m / torch_s:.2f}x |")
 
 
 if __name__ == "__main__":

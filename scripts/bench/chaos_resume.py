@@ -15,7 +15,7 @@ the temporary files killed writers left were removed by the next start, that a t
 directory whose owner is alive (this script, standing in for another run sharing the cache)
 was left alone, and that the final parameters and Adam state equal an uninterrupted run's.
 
-    python scripts/chaos_resume.py [--work runs/chaos] [--kills 20] [--steps 600] [--seed 1]
+    python scripts/bench/chaos_resume.py [--work runs/chaos] [--kills 20] [--steps 600] [--seed 1]
 
 Prints the figures (kills by kind, resumes, steps lost per kill) and writes them to
 WORK/summary.json. Exit status 0 if every check passed.
@@ -36,13 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from common import machine_line  # noqa: E402
 from mt.checkpoint import step_checkpoints  # noqa: E402
 from mt.faults import TEMP_NAME, owner_tag  # noqa: E402
 
@@ -53,20 +54,6 @@ TINY = ["model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=64", 
 CACHE_POINTS = ["cache.tokenizer", "cache.encode", "cache.publish"]
 CHECKPOINT_POINTS = ["checkpoint.partial", "checkpoint.synced"]
 RESUMED = re.compile(r"resuming from \S+ \(step (\d+),")
-
-
-def cpu_description() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}"
 
 
 def plan_kills(n: int, rng: random.Random) -> list[dict]:
@@ -166,130 +153,143 @@ def check_whole(run_dir: Path, cache: Path, excused: dict[Path, str]) -> list[st
     return problems
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="runs/chaos", help="working directory (replaced)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "demo_de_en.yaml"))
-    parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=1, help="seed of the kill plan")
-    args = parser.parse_args()
+class Work:
+    """The folders of one chaos run, and the temporary cache entries of two other (pretend) runs."""
 
-    work = Path(args.work).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    cache, run_dir, straight_dir = work / "cache", work / "chaos", work / "straight"
-    logs = work / "logs"
-    logs.mkdir(parents=True)
-    common = [*TINY, f"train.max_steps={args.steps}", f"data.cache_dir={cache}"]
-    command = [sys.executable, "-m", "mt", "train", args.config, *common, f"run_dir={run_dir}"]
-    rng = random.Random(args.seed)
-    plan = plan_kills(args.kills, rng)
-    damage_after = rng.randrange(len(CACHE_POINTS) + 2, max(len(plan) - 1, len(CACHE_POINTS) + 3))
-    print(f"machine: {cpu_description()}")
-    print(f"command: {' '.join(command[1:])}")
+    def __init__(self, root: Path):
+        self.root = root
+        self.cache, self.run_dir, self.straight_dir = self.root / "cache", self.root / "chaos", self.root / "straight"
+        self.logs = self.root / "logs"
+        self.metrics = self.run_dir / "metrics.jsonl"
+        self.watched = [self.run_dir, self.run_dir / "checkpoints", self.cache / "corpora", self.cache / "tokenizers"]
+        # another run sharing the cache, writing right now (this script's pid: alive) and one that was killed
+        host = owner_tag().split("@")[1]
+        self.live_tmp = self.cache / "corpora" / f"0000live0000.tmp.{os.getpid()}@{host}"
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        self.dead_tmp = self.cache / "corpora" / f"0000dead0000.tmp.{int(dead.stdout)}@{host}"
 
-    # another run sharing the cache, writing right now (this script's pid: alive) and one that was killed
-    host = owner_tag().split("@")[1]
-    live_tmp = cache / "corpora" / f"0000live0000.tmp.{os.getpid()}@{host}"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_tmp = cache / "corpora" / f"0000dead0000.tmp.{int(dead.stdout)}@{host}"
-    for tmp in (live_tmp, dead_tmp):
-        tmp.mkdir(parents=True)
-        (tmp / "src.tokens").write_bytes(b"\0" * 1000)
+    def create(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.logs.mkdir(parents=True)
+        for tmp in (self.live_tmp, self.dead_tmp):
+            tmp.mkdir(parents=True)
+            (tmp / "src.tokens").write_bytes(b"\0" * 1000)
 
+
+def run_session(command: list[str], kill: dict | None, work: Work, log_path: Path, timing: dict) -> tuple:
+    """One start of the training command, killed as ``kill`` says (a kill point, or SIGKILL after a
+    delay placed with the startup and step times measured so far, which it adds to ``timing``).
+    Returns the process, its log, the steps it trained and its seconds."""
+    env = dict(os.environ)
+    env.pop("MT_KILL_AT", None)
+    if kill and kill["kind"] == "kill point":
+        env["MT_KILL_AT"] = kill["point"]
+    offset = work.metrics.stat().st_size if work.metrics.exists() else 0
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        first_step_at = None
+        startup = statistics.median(timing["startup"]) if timing["startup"] else 20.0
+        step = statistics.median(timing["step"]) if timing["step"] else 0.3
+        if kill and kill["kind"] == "random, from start":
+            kill["delay"] = round(kill["fraction"] * (startup + 60 * step), 2)
+        elif kill and kill["kind"] == "random, while training":
+            kill["delay"] = round(kill["fraction"] * 60 * step, 2)
+        while proc.poll() is None:
+            now = time.monotonic()
+            if first_step_at is None and training_steps(work.metrics, offset):
+                first_step_at = now
+            if kill and kill["kind"].startswith("random"):
+                origin = started if kill["kind"] == "random, from start" else first_step_at
+                if origin is not None and now - origin >= kill["delay"]:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    break
+            time.sleep(0.02)
+    seconds = time.monotonic() - started
+    steps = training_steps(work.metrics, offset)
+    if first_step_at is not None:
+        timing["startup"].append(first_step_at - started)
+        if len(steps) > 1:
+            timing["step"].append((time.monotonic() - first_step_at) / len(steps))
+    return proc, log_path.read_text(errors="replace"), steps, seconds
+
+
+def record_session(index: int, kill: dict | None, proc, text: str, steps: list[int], seconds: float) -> dict:
+    """What one session did, printed as one line."""
+    resumed = RESUMED.search(text)
+    session = {"session": index, "kill": kill, "returncode": proc.returncode, "seconds": round(seconds, 1),
+               "resumed_from": int(resumed.group(1)) if resumed else 0,
+               "last_step": max(steps) if steps else None,
+               "skipped_damaged": "skipping a damaged checkpoint" in text,
+               "temps_removed": len(re.findall(r"removed \S+, left by a writer that was killed", text))}
+    killed = proc.returncode == -signal.SIGKILL
+    print(f"session {index:2d}: {('killed: ' + json.dumps(kill)) if killed else 'exit ' + str(proc.returncode)}"
+          f", resumed from {session['resumed_from']}, reached {session['last_step']}, {seconds:.1f} s"
+          + (", skipped a damaged checkpoint" if session["skipped_damaged"] else "")
+          + (f", removed {session['temps_removed']} stale temp files" if session["temps_removed"] else ""),
+          flush=True)
+    return session
+
+
+def inspect_after_kill(session: dict, work: Work, excused: dict, damage: bool) -> list[str]:
+    """After a kill: the temporary files it left, every file read whole; with ``damage``, a disk
+    damages the newest checkpoint while nothing runs (once), so the next start must skip it."""
+    session["temps_left"] = [str(p.relative_to(work.root)) for p in temp_entries(work.watched)
+                             if p not in (work.live_tmp, work.dead_tmp)]
+    problems = [f"after session {session['session']}: {p}" for p in check_whole(work.run_dir, work.cache, excused)]
+    numbered = step_checkpoints(work.run_dir)
+    if damage and not excused and len(numbered) >= 2:
+        numbered[-1].write_bytes(numbered[-1].read_bytes()[:4096])
+        excused[numbered[-1]] = digest(numbered[-1])
+        session["damaged_after"] = str(numbered[-1].relative_to(work.root))
+        print(f"  cut {numbered[-1].name} short to 4096 bytes", flush=True)
+    return problems
+
+
+def run_chaos(command: list[str], plan: list[dict], damage_after: int, work: Work) -> tuple[list, list, bool]:
+    """Start, kill and restart the run until a start ends on its own: (sessions, problems, ok)."""
     sessions, problems, excused = [], [], {}
-    metrics = run_dir / "metrics.jsonl"
-    watched = [run_dir, run_dir / "checkpoints", cache / "corpora", cache / "tokenizers"]
-    start_all = time.monotonic()
     queue = list(plan)
-    startup_times, step_times = [], []  # measured, for placing the random kills
+    timing = {"startup": [], "step": []}  # measured, for placing the random kills
     while True:
         kill = queue.pop(0) if queue else None
         index = len(sessions)
-        env = dict(os.environ)
-        env.pop("MT_KILL_AT", None)
-        if kill and kill["kind"] == "kill point":
-            env["MT_KILL_AT"] = kill["point"]
-        offset = metrics.stat().st_size if metrics.exists() else 0
-        log_path = logs / f"session_{index:02d}.log"
-        started = time.monotonic()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-            first_step_at = None
-            startup = statistics.median(startup_times) if startup_times else 20.0
-            step = statistics.median(step_times) if step_times else 0.3
-            if kill and kill["kind"] == "random, from start":
-                kill["delay"] = round(kill["fraction"] * (startup + 60 * step), 2)
-            elif kill and kill["kind"] == "random, while training":
-                kill["delay"] = round(kill["fraction"] * 60 * step, 2)
-            while proc.poll() is None:
-                now = time.monotonic()
-                if first_step_at is None and training_steps(metrics, offset):
-                    first_step_at = now
-                if kill and kill["kind"].startswith("random"):
-                    origin = started if kill["kind"] == "random, from start" else first_step_at
-                    if origin is not None and now - origin >= kill["delay"]:
-                        proc.send_signal(signal.SIGKILL)
-                        proc.wait()
-                        break
-                time.sleep(0.02)
-        seconds = time.monotonic() - started
-        text = log_path.read_text(errors="replace")
-        resumed = RESUMED.search(text)
-        steps = training_steps(metrics, offset)
-        if first_step_at is not None:
-            startup_times.append(first_step_at - started)
-            if len(steps) > 1:
-                step_times.append((time.monotonic() - first_step_at) / len(steps))
-        session = {"session": index, "kill": kill, "returncode": proc.returncode, "seconds": round(seconds, 1),
-                   "resumed_from": int(resumed.group(1)) if resumed else 0,
-                   "last_step": max(steps) if steps else None,
-                   "skipped_damaged": "skipping a damaged checkpoint" in text,
-                   "temps_removed": len(re.findall(r"removed \S+, left by a writer that was killed", text))}
+        proc, text, steps, seconds = run_session(command, kill, work, work.logs / f"session_{index:02d}.log", timing)
+        session = record_session(index, kill, proc, text, steps, seconds)
         sessions.append(session)
         killed = proc.returncode == -signal.SIGKILL
-        print(f"session {index:2d}: {('killed: ' + json.dumps(kill)) if killed else 'exit ' + str(proc.returncode)}"
-              f", resumed from {session['resumed_from']}, reached {session['last_step']}, {seconds:.1f} s"
-              + (", skipped a damaged checkpoint" if session["skipped_damaged"] else "")
-              + (f", removed {session['temps_removed']} stale temp files" if session["temps_removed"] else ""),
-              flush=True)
         if not killed and proc.returncode != 0:
             print(text[-3000:])
             print(f"FAIL: session {index} exited with {proc.returncode}")
-            return 1
+            return sessions, problems, False
         if killed:
-            session["temps_left"] = [str(p.relative_to(work)) for p in temp_entries(watched)
-                                     if p not in (live_tmp, dead_tmp)]
-            found = check_whole(run_dir, cache, excused)
-            problems += [f"after session {index}: {p}" for p in found]
-            numbered = step_checkpoints(run_dir)
-            if index >= damage_after and not excused and len(numbered) >= 2:
-                # a disk damages the newest checkpoint while nothing runs: the next start must skip it
-                numbered[-1].write_bytes(numbered[-1].read_bytes()[:4096])
-                excused[numbered[-1]] = digest(numbered[-1])
-                session["damaged_after"] = str(numbered[-1].relative_to(work))
-                print(f"  cut {numbered[-1].name} short to 4096 bytes", flush=True)
+            problems += inspect_after_kill(session, work, excused, damage=index >= damage_after)
         if proc.returncode == 0:
-            break
-    chaos_seconds = time.monotonic() - start_all
+            return sessions, problems, True
 
+
+def compare_with_uninterrupted(command: list[str], work: Work, steps: int) -> tuple[bool, bool] | None:
+    """Train the same run without interruption; are the final parameters and Adam state bitwise equal?"""
     print("uninterrupted reference run...", flush=True)
-    with open(logs / "straight.log", "w") as log:
-        ref = subprocess.run([*command[:-1], f"run_dir={straight_dir}"], stdout=log, stderr=subprocess.STDOUT,
+    with open(work.logs / "straight.log", "w") as log:
+        ref = subprocess.run([*command[:-1], f"run_dir={work.straight_dir}"], stdout=log, stderr=subprocess.STDOUT,
                              cwd=REPO, env={k: v for k, v in os.environ.items() if k != "MT_KILL_AT"})
     if ref.returncode != 0:
-        print(f"FAIL: the reference run exited with {ref.returncode} (see {logs / 'straight.log'})")
-        return 1
-
-    final = f"step_{args.steps:07d}.pt"
-    a = torch.load(run_dir / "checkpoints" / final, map_location="cpu", weights_only=False)
-    b = torch.load(straight_dir / "checkpoints" / final, map_location="cpu", weights_only=False)
+        print(f"FAIL: the reference run exited with {ref.returncode} (see {work.logs / 'straight.log'})")
+        return None
+    final = f"step_{steps:07d}.pt"
+    a = torch.load(work.run_dir / "checkpoints" / final, map_location="cpu", weights_only=False)
+    b = torch.load(work.straight_dir / "checkpoints" / final, map_location="cpu", weights_only=False)
     params_equal = all(torch.equal(t, b["model"][k]) for k, t in a["model"].items())
     adam_equal = all(torch.equal(x, y) for sa, sb in zip(a["optimizer"]["state"].values(),
                                                          b["optimizer"]["state"].values())
                      for x, y in zip(sa.values(), sb.values()))
-    leftover = [str(p.relative_to(work)) for p in temp_entries(watched) if p != live_tmp]
+    return params_equal, adam_equal
 
+
+def summarise(sessions: list[dict], steps: int) -> dict:
+    """Kills by kind, resumes, the steps each kill cost and the updates run in all."""
     killed_sessions = [s for s in sessions if s["returncode"] == -signal.SIGKILL]
     lost = []
     for s, nxt in zip(sessions, sessions[1:]):
@@ -301,35 +301,73 @@ def main() -> int:
         kind = s["kill"]["kind"] if s["kill"]["kind"] != "kill point" else s["kill"]["point"].split("#")[0]
         by_kind[kind] = by_kind.get(kind, 0) + 1
     executed = sum(((s["last_step"] or s["resumed_from"]) - s["resumed_from"]) for s in sessions)
-    summary = {
-        "machine": cpu_description(), "steps": args.steps, "kills": len(killed_sessions),
+    return {
+        "machine": machine_line(), "steps": steps, "kills": len(killed_sessions),
         "kills_by_kind": by_kind, "sessions": len(sessions), "resumes": sum(1 for s in sessions if s["resumed_from"]),
         "steps_lost_per_kill": lost, "steps_lost_median": statistics.median(lost) if lost else 0,
         "steps_lost_mean": round(statistics.mean(lost), 1) if lost else 0, "steps_lost_max": max(lost, default=0),
         "updates_executed": executed, "damaged_checkpoint_skipped": any(s["skipped_damaged"] for s in sessions),
         "temps_left_by_kills": sum(len(s.get("temps_left", [])) for s in sessions),
         "temps_removed_by_next_start": sum(s["temps_removed"] for s in sessions),
-        "temps_left_at_end": leftover, "live_writers_temp_kept": live_tmp.exists(),
-        "unreadable": problems, "parameters_bitwise_equal": params_equal, "adam_state_bitwise_equal": adam_equal,
-        "chaos_wall_seconds": round(chaos_seconds, 1), "session_log": sessions,
     }
-    (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    shutil.rmtree(live_tmp, ignore_errors=True)
 
-    print(f"\n{summary['kills']} kills ({', '.join(f'{k}: {v}' for k, v in by_kind.items())}), "
+
+def report(summary: dict, kills: int) -> bool:
+    """Print the figures; True if every check passed."""
+    lost, leftover, problems = summary["steps_lost_per_kill"], summary["temps_left_at_end"], summary["unreadable"]
+    print(f"\n{summary['kills']} kills ({', '.join(f'{k}: {v}' for k, v in summary['kills_by_kind'].items())}), "
           f"{summary['sessions']} sessions, {summary['resumes']} resumed from a checkpoint")
     print(f"steps lost per kill: median {summary['steps_lost_median']}, mean {summary['steps_lost_mean']}, "
           f"max {summary['steps_lost_max']} (all: {lost})")
-    print(f"updates executed for {args.steps} steps: {executed}; chaos run {chaos_seconds / 60:.1f} min")
+    print(f"updates executed for {summary['steps']} steps: {summary['updates_executed']}; "
+          f"chaos run {summary['chaos_wall_seconds'] / 60:.1f} min")
     print(f"damaged checkpoint skipped: {summary['damaged_checkpoint_skipped']}; temporary files left by kills: "
           f"{summary['temps_left_by_kills']}, removed by the next start: {summary['temps_removed_by_next_start']}, "
           f"left at the end: {leftover or 'none'}; live writer's kept: {summary['live_writers_temp_kept']}")
     print(f"unreadable checkpoints or cache entries: {problems or 'none'}")
+    params_equal, adam_equal = summary["parameters_bitwise_equal"], summary["adam_state_bitwise_equal"]
     print(f"final parameters bitwise equal to the uninterrupted run: {params_equal}; Adam state: {adam_equal}")
     ok = (params_equal and adam_equal and not problems and not leftover and summary["live_writers_temp_kept"]
-          and summary["kills"] == args.kills and summary["damaged_checkpoint_skipped"])
+          and summary["kills"] == kills and summary["damaged_checkpoint_skipped"])
     print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/chaos", help="working directory (replaced)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo_de_en.yaml"))
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the kill plan")
+    args = parser.parse_args()
+
+    work = Work(Path(args.work).resolve())
+    work.create()
+    common = [*TINY, f"train.max_steps={args.steps}", f"data.cache_dir={work.cache}"]
+    command = [sys.executable, "-m", "mt", "train", args.config, *common, f"run_dir={work.run_dir}"]
+    rng = random.Random(args.seed)
+    plan = plan_kills(args.kills, rng)
+    damage_after = rng.randrange(len(CACHE_POINTS) + 2, max(len(plan) - 1, len(CACHE_POINTS) + 3))
+    print(f"machine: {machine_line()}")
+    print(f"command: {' '.join(command[1:])}")
+
+    start_all = time.monotonic()
+    sessions, problems, ok = run_chaos(command, plan, damage_after, work)
+    if not ok:
+        return 1
+    chaos_seconds = time.monotonic() - start_all
+    equal = compare_with_uninterrupted(command, work, args.steps)
+    if equal is None:
+        return 1
+    leftover = [str(p.relative_to(work.root)) for p in temp_entries(work.watched) if p != work.live_tmp]
+    summary = {**summarise(sessions, args.steps),
+               "temps_left_at_end": leftover, "live_writers_temp_kept": work.live_tmp.exists(),
+               "unreadable": problems, "parameters_bitwise_equal": equal[0], "adam_state_bitwise_equal": equal[1],
+               "chaos_wall_seconds": round(chaos_seconds, 1), "session_log": sessions}
+    (work.root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    shutil.rmtree(work.live_tmp, ignore_errors=True)
+    return 0 if report(summary, args.kills) else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ config for a few steps M times, while the whole test suite runs in a loop beside
 that once made a gloo thread abort a rank at exit). Counts failures of each, and of every suite
 run, and prints them with the CPU and the load average.
 
-    python scripts/stress_ddp.py --test-runs 30 --demo-runs 20 --demo-steps 30 -o /tmp/stress
+    python scripts/bench/stress_ddp.py --test-runs 30 --demo-runs 20 --demo-steps 30 -o /tmp/stress
 """
 from __future__ import annotations
 
@@ -17,15 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import machine_line
+
+ROOT = Path(__file__).resolve().parents[2]
 DDP_TEST = "tests/test_train.py::test_two_process_ddp_equals_one_process_on_the_same_global_batch"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def run(args: list[str], log: Path, timeout: float) -> tuple[bool, float, str]:
@@ -46,13 +41,16 @@ def main() -> None:
     ap.add_argument("--test-runs", type=int, default=30)
     ap.add_argument("--demo-runs", type=int, default=20)
     ap.add_argument("--demo-steps", type=int, default=30)
+    ap.add_argument("--config", default="configs/demo_de_en.yaml", help="what the torchrun job trains")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for the torchrun job (repeatable)")
     ap.add_argument("--no-load", action="store_true", help="do not run the test suite beside")
     ap.add_argument("-o", "--out", type=Path, default=Path("/tmp/mt_stress"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     torchrun = str(Path(py).parent / "torchrun")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
+    print(f"# {machine_line()}; python {platform.python_version()}", flush=True)
 
     load = None
     if not args.no_load:  # the whole suite, again and again, beside the runs below
@@ -65,7 +63,7 @@ def main() -> None:
         for name, n, make in [
             ("ddp test", args.test_runs, lambda i: [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", DDP_TEST]),
             ("demo torchrun", args.demo_runs, lambda i: [
-                torchrun, "--standalone", "--nproc_per_node=2", "-m", "mt", "train", "configs/demo_de_en.yaml",
+                torchrun, "--standalone", "--nproc_per_node=2", "-m", "mt", "train", args.config, *args.override,
                 f"run_dir={args.out}/demo", f"train.max_steps={args.demo_steps}", "--overwrite"]),
         ]:
             fails, times = 0, []

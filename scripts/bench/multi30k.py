@@ -4,20 +4,19 @@ For each minute mark, takes the newest numbered checkpoint saved at or before th
 training time (from the run's metrics.jsonl), translates test2016 with beam search and
 scores it with sacreBLEU. Also reports the median real target tokens/s of the run.
 
-    python scripts/bench_multi30k.py runs/m30k_main --minutes 25 70 110 [--average 5]
+    python scripts/bench/multi30k.py runs/m30k_main --minutes 25 70 110 [--average 5]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
+from common import machine_line, median
 from mt.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint, step_checkpoints
 from mt.data import read_lines
-from mt.decode_mode import describe, machine
 from mt.evaluate import score
 from mt.translate import Translator
 
@@ -36,9 +35,9 @@ def main() -> None:
     step_time = {r["step"]: r["time"] for r in records if "valid_nll" in r}
     src = read_lines(Path(args.data) / "multi30k" / "test2016.de")
     refs = read_lines(Path(args.data) / "multi30k" / "test2016.en")
-    print(f"# {describe(machine())}")
+    print(f"# {machine_line()}")
     print(f"run {args.run_dir}: median real target tokens/s over {len(speeds)} log windows: "
-          f"{statistics.median(speeds):.0f}")
+          f"{median(speeds):.0f}")
 
     available = {int(p.stem.split("_")[1]): p for p in step_checkpoints(args.run_dir)}
     candidates = []

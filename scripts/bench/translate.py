@@ -2,7 +2,7 @@
 greedy and beam 5 for mt fp32, int8 and bf16 (bf16 only where the CPU has native bf16, or
 with --force-bf16), and CTranslate2 in each CPU compute type it supports here (float32, int8,
 int16, and bfloat16 / int8_bfloat16 where available) on the model exported by `mt export`;
-then the issue's ratios: mt fp32 / CTranslate2 fp32, and the best mt mode (the fastest whose
+then two ratios: mt fp32 / CTranslate2 fp32, and the best mt mode (the fastest whose
 BLEU is within 0.2 of mt fp32's, the rule of `mt tune --modes`) / CTranslate2's fastest compute
 type, for greedy and beam 5, with the CPU, its ISA and whether bf16 is native.
 
@@ -18,19 +18,19 @@ the same process, gets the same malloc). The repeats are interleaved: every row 
 warmed up first, then each round times every row once, so a machine whose speed drifts
 within the run moves all rows alike.
 
-    python scripts/bench_translate.py runs/m30k_main [--repeats 3] [--no-ct2]
+    python scripts/bench/translate.py runs/m30k_main [--repeats 3] [--no-ct2]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from common import machine_line, median
 from mt import decode_mode
 from mt.config import load_config
 from mt.data import read_lines
@@ -51,7 +51,7 @@ def time_interleaved(cells: list[dict], repeats: int) -> None:
             cell["hyps"] = cell["run"]()
             cell_times.append(time.perf_counter() - start)
     for cell, cell_times in zip(cells, times):
-        cell["seconds"] = statistics.median(cell_times)
+        cell["seconds"] = median(cell_times)
 
 
 def languages(model: Path) -> tuple[str, str]:
@@ -83,7 +83,7 @@ def main() -> None:
     allocator = os.environ.get("MT_ALLOCATOR", DEFAULT_ALLOCATOR) if tune_allocator() else \
         "the C library's own (not glibc, MT_ALLOCATOR=glibc, or MALLOC_MMAP_THRESHOLD_ set)"
     info = decode_mode.machine()
-    print(f"# {decode_mode.describe(info)}; {args.model}, test2016 {source}->{target} ({len(src)} sentences), median of "
+    print(f"# {machine_line()}; {args.model}, test2016 {source}->{target} ({len(src)} sentences), median of "
           f"{args.repeats} interleaved rounds; malloc: {allocator}")
     cells: list[dict] = []  # one per table row: engine, variant, mode, beam, run (-> hypotheses), tokenizer
     variants = [("fp32", dict()), ("int8", dict(quantize="int8")), ("bf16", dict(precision="bf16"))]
@@ -170,7 +170,7 @@ def fastest_ways(rows: list[dict]) -> list[dict]:
 
 
 def print_ratios(rows: list[dict]) -> None:
-    """The issue's two ratios of sentences/s per search, when both engines ran."""
+    """The two ratios of sentences/s per search, when both engines ran."""
     rows = fastest_ways(rows)
     ct2 = [row for row in rows if row["engine"] == "CTranslate2"]
     if not ct2:

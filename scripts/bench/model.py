@@ -5,7 +5,7 @@ projection, label-smoothed loss and Adam; a step is forward + backward + optimiz
 Also measures the matrix-product peak of this machine in the same run and reports the
 model FLOPs per second as a fraction of it.
 
-    python scripts/bench_model.py [--shapes small base] [--precisions fp32 bf16] [--steps 5] [--compile]
+    python scripts/bench/model.py [--shapes small base] [--precisions fp32 bf16] [--steps 5] [--compile]
 
 --compile also times mt's model under torch.compile(dynamic=True), as train.compile does
 (the first, compiling step is reported separately).
@@ -15,22 +15,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import machine_line, median, timed
 from mt.config import ModelConfig
-from mt.decode_mode import describe, machine
 from mt.loss import sequence_loss
 from mt.model import Transformer
 
 SHAPES = {  # layers, d_model, heads, d_ff, vocab, batch size x source length x target length
     "small": dict(layers=3, d=256, heads=4, d_ff=1024, vocab=8000, batch=(128, 34, 32)),
     "base": dict(layers=6, d=512, heads=8, d_ff=2048, vocab=32000, batch=(64, 34, 32)),
+    "tiny": dict(layers=1, d=32, heads=2, d_ff=64, vocab=100, batch=(4, 6, 5)),  # checks that the script runs
 }
 
 
@@ -75,11 +74,13 @@ def model_flops(s: dict) -> float:
 
 def matmul_peak(dtype: torch.dtype) -> float:
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - start)
+    a @ b  # warm up
+
+    def five():
+        for _ in range(5):
+            a @ b
+
+    return 5 * 2 * 2048 ** 3 / timed(five)
 
 
 def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int) -> tuple[float, float]:
@@ -105,15 +106,8 @@ def time_steps(model: nn.Module, s: dict, dtype: torch.dtype | None, steps: int)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), first
+    first = timed(step)
+    return median([timed(step) for _ in range(steps)]), first
 
 
 def main() -> None:
@@ -125,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="enable_nested_tensor")  # nn.Transformer with norm_first
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"# {describe(machine())}")
+    print(f"# {machine_line()}")
     print("| shape | precision | target tokens | mt step (s) | nn.Transformer step (s) | mt speed-up | "
           "mt target tok/s | model GFLOP/s | of matmul peak |")
     print("|---|---|---|---|---|---|---|---|---|")

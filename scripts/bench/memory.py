@@ -3,12 +3,12 @@
 Starts the command after ``--``, reads the child's /proc/PID/status every ``--every``
 seconds (VmRSS and VmHWM, the peak) and the newest step/epoch of the run's metrics.jsonl,
 and writes one JSON line per sample to ``--out``. At the end it prints a result block:
-peak RSS, RSS when the first epoch ended and at the end, and their ratio (the issue's
-"flat" bar: end <= 1.1 x after the first epoch).
+peak RSS, RSS when the first epoch ended and at the end, and their ratio (memory that stays
+flat: end <= 1.1 x after the first epoch).
 
-    python scripts/bench_memory.py --run-dir runs/mem -- \\
+    python scripts/bench/memory.py --run-dir runs/mem -- \\
         mt train configs/multi30k_de_en.yaml run_dir=runs/mem train.max_time=15m --overwrite
-    python scripts/bench_memory.py --plot runs/mem/rss.jsonl -o rss.png   # RSS against step
+    python scripts/bench/memory.py --plot runs/mem/rss.jsonl -o rss.png   # RSS against step
 
 Memory is not distorted by other work on the machine (unlike speed), so figures taken
 under load are fine.
@@ -18,25 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def status_kb(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM / RssAnon ... of a process, in kB (empty once it has exited)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return {}
-    fields = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            fields[name] = int(value.split()[0])
-    return fields
+from common import machine_line, status_kb
 
 
 def last_record(metrics: Path) -> dict:
@@ -120,9 +107,8 @@ def main() -> None:
             time.sleep(args.every)
     if not samples:
         sys.exit(f"no samples: the command ended with status {child.returncode}")
-    print(f"--- bench_memory: {' '.join(command)}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f} (memory figures do not depend on load)")
+    print(f"--- bench/memory.py: {' '.join(command)}")
+    print(f"machine: {machine_line()} (memory figures do not depend on load)")
     for key, value in summarise(samples).items():
         print(f"{key}: {value}")
     print(f"exit status {child.returncode}; samples in {out}")

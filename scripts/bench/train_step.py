@@ -12,32 +12,26 @@ same machine load. Variants:
 its dynamic threshold reaches during training. Prints the median step time of each
 variant, ratios, and the CPU, ISA and load.
 
-    python scripts/bench_train_step.py configs/multi30k_de_en.yaml [--batches 10] [key=value ...]
+    python scripts/bench/train_step.py configs/multi30k_de_en.yaml [--batches 10] [key=value ...]
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import os
-import statistics
 import tempfile
 import time
 
 import torch
 
+from common import machine_line, median, rss_mb
 from mt.batching import batch_from_rows, bucket_order
 from mt.config import load_config
-from mt.decode_mode import describe, machine
 from mt.loss import label_smoothed_loss, sequence_loss
 from mt.memory import M_MMAP_THRESHOLD, MMAP_THRESHOLD
 from mt.train import Trainer
 
 LIBC = ctypes.CDLL("libc.so.6")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def main() -> None:
@@ -64,8 +58,8 @@ def main() -> None:
         variants = {"logits": (logits_loss, 32 << 20), "fused": (fused_loss, 32 << 20),
                     "fused+mmap1m": (fused_loss, MMAP_THRESHOLD)}
         times: dict[str, list[float]] = {name: [] for name in variants}
-        print(f"--- bench_train_step: {args.config} {' '.join(args.overrides)}, first {args.batches} batches")
-        print(f"{describe(machine())}; load before {os.getloadavg()}")
+        print(f"--- bench/train_step.py: {args.config} {' '.join(args.overrides)}, first {args.batches} batches")
+        print(f"{machine_line()} before")
         model.train()
         for i in range(args.batches + 1):  # batch 0 warms up and is not counted
             ids = batches[i]
@@ -80,11 +74,11 @@ def main() -> None:
                 trainer.optimizer.zero_grad(set_to_none=True)
                 if i:
                     times[name].append(time.perf_counter() - start)
-        base = statistics.median(times["logits"])
+        base = median(times["logits"])
         for name, ts in times.items():
-            m = statistics.median(ts)
+            m = median(ts)
             print(f"{name:>13}: median step {m:.3f} s, {base / m:.2f}x logits")
-        print(f"RSS at the end {rss_mb():.0f} MB; load after {os.getloadavg()}")
+        print(f"RSS at the end {rss_mb():.0f} MB; load average {os.getloadavg()[0]:.1f} after")
 
 
 if __name__ == "__main__":

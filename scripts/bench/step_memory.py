@@ -1,6 +1,6 @@
 """Memory of one training update of a config's model: what it keeps for backward and its peak.
 
-``scripts/bench_memory.py`` follows a whole run's resident memory; this looks inside one
+``scripts/bench/memory.py`` follows a whole run's resident memory; this looks inside one
 update, where the peak of a run comes from. On a random batch of ``--batch`` sentences x
 ``--src-len`` source -> ``--tgt-len`` target tokens (the config's vocabulary and model, in
 training mode, under the config's precision as ``mt train`` resolves it), it runs one warm-up
@@ -15,9 +15,9 @@ update (forward with the fused loss, backward, fused Adam) and measures the next
 Neither depends on the machine's load. Config overrides compare variants, e.g. attention
 through the fused kernel's dropout (``model.dropout_masks=bernoulli``) against the recipe's:
 
-    python scripts/bench_step_memory.py configs/multi30k_de_en.yaml --batch 80 --src-len 25 --tgt-len 26
-    python scripts/bench_step_memory.py configs/multi30k_de_en.yaml model.dropout_masks=bernoulli
-    python scripts/bench_step_memory.py configs/multi30k_de_en.yaml --chunk-rows 1024   # the fused loss's chunks
+    python scripts/bench/step_memory.py configs/multi30k_de_en.yaml --batch 80 --src-len 25 --tgt-len 26
+    python scripts/bench/step_memory.py configs/multi30k_de_en.yaml model.dropout_masks=bernoulli
+    python scripts/bench/step_memory.py configs/multi30k_de_en.yaml --chunk-rows 1024   # the fused loss's chunks
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from common import machine_line
 from mt import loss as loss_module
 from mt.config import load_config
-from mt.decode_mode import describe, machine
 from mt.model import Transformer
 from mt.tokenizer import PAD
 from mt.device import autocast, resolve_precision
@@ -107,7 +107,7 @@ def main() -> None:
     for nbytes, t_dtype, shape in saved.values():
         groups[(str(t_dtype).removeprefix("torch."), shape)] += nbytes
         counts[(str(t_dtype).removeprefix("torch."), shape)] += 1
-    print(f"machine: {describe(machine())} (memory figures do not depend on load)")
+    print(f"machine: {machine_line()} (memory figures do not depend on load)")
     print(f"{args.config} {' '.join(args.overrides)}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
           f"parameters, {'fp32' if dtype is None else str(dtype).removeprefix('torch.')} compute, batch "
           f"{args.batch} x {args.src_len} -> {args.tgt_len - 1} tokens, loss chunks of {args.chunk_rows} rows")

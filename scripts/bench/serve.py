@@ -7,7 +7,7 @@ counters (``/mt/stats``): decoding rounds, sentences per round, and the share of
 the worker spent decoding; and the CPU the server and the clients (this process) used, in
 cores (the clients share the machine's cores with the server they measure).
 
-    python scripts/bench_serve.py runs/demo [--sentences 400] [--threads 2] [--concurrency 1 8 32]
+    python scripts/bench/serve.py runs/demo [--sentences 400] [--threads 2] [--concurrency 1 8 32]
         [--server="--gather-window-ms 5" --server=""]   # several server settings in one run
         [--server="OMP_WAIT_POLICY=PASSIVE"]            # NAME=VALUE first: the server's environment
 """
@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -29,33 +26,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import torch
 
+from common import cpu_seconds, free_port, machine_line, median, peak_rss_mb, percentile, timed
 from mt.data import read_lines
 from mt.translate import Translator
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def isa() -> str:
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "pre-AVX2"
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
 def start_server(run: str, threads: int, max_queue: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ)
     while extra and "=" in extra[0] and not extra[0].startswith("-"):  # NAME=VALUE first: the server's environment
         name, value = extra.pop(0).split("=", 1)
@@ -69,19 +47,6 @@ def start_server(run: str, threads: int, max_queue: int, extra: list[str]) -> tu
         raise SystemExit(f"mt serve exited with {proc.wait()} before listening")
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
     return proc, f"http://127.0.0.1:{port}"
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(url: str, sentences: list[str], clients: int) -> dict:
@@ -141,9 +106,7 @@ def main() -> None:
                              "in one run (default: one server with the defaults)")
     args = parser.parse_args()
     sentences = read_lines(Path(args.data) / "multi30k" / "test2016.de")[:args.sentences]
-    load1 = os.getloadavg()[0]
-    print(f"# {cpu_name()} ({isa()}), {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
-          f"load average {load1:.1f} at start")
+    print(f"# {machine_line()} at start; {args.threads} threads a server and ceiling")
 
     translator = Translator.from_pretrained(args.run, threads=args.threads)
     translator.translate(sentences[:8])  # warm up
@@ -152,18 +115,9 @@ def main() -> None:
     def ceiling() -> float:
         """mt translate's sentences/s now, median of 3: the speed of this machine drifts (by up to
         1.4x within an hour on a shared VM), so each level is compared with the ceiling just before it."""
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            translator.translate(sentences)
-            times.append(time.perf_counter() - start)
-        return len(sentences) / statistics.median(times)
+        return len(sentences) / median([timed(lambda: translator.translate(sentences)) for _ in range(3)])
 
-    single = []
-    for s in sentences[:args.single]:
-        start = time.perf_counter()
-        translator.translate([s])
-        single.append(time.perf_counter() - start)
+    single = [timed(lambda: translator.translate([s])) for s in sentences[:args.single]]
     print(f"mt translate, one process: {ceiling():.1f} sentences/s; one sentence at a time: "
           f"p50 {1000 * percentile(single, 50):.1f} ms, p99 {1000 * percentile(single, 99):.1f} ms")
 

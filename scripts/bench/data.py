@@ -5,7 +5,7 @@ first with an empty cache (sample + train the tokenizer, encode and cache the co
 then in a new run directory with the cache filled. Prints encode throughput, the time
 from process start to the first training step, and the peak RSS of the training process.
 
-    python scripts/bench_data.py [--sizes 1000000 5000000] [--data ../shared/data]
+    python scripts/bench/data.py [--sizes 1000000 5000000] [--data ../shared/data]
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from common import machine_line
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY_MODEL = ["model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=32", "model.heads=2",
               "model.d_ff=64", "train.batch_tokens=300", "train.valid_every=100000", "train.log_every=1",
@@ -71,9 +73,11 @@ def run_train(config: Path, run_dir: Path, steps: int) -> dict:
         raise SystemExit(f"mt train failed:\n{log[-3000:]}")
     steps_done = sum(1 for _ in open(metrics))
     encoded = re.search(r"encoded and cached ([\d,]+) pairs in ([\d.]+) s", log)
+    rate = None  # unknown when the cache was filled or the log rounded the time to 0
+    if encoded and float(encoded.group(2)) > 0:
+        rate = int(encoded.group(1).replace(",", "")) / float(encoded.group(2))
     return {"first_step_s": first_step, "peak_rss_mib": usage.ru_maxrss / 1024, "steps": steps_done,
-            "encode_pairs_per_s": int(encoded.group(1).replace(",", "")) / float(encoded.group(2)) if encoded else None,
-            "log": log}
+            "encode_pairs_per_s": rate, "log": log}
 
 
 def main() -> None:
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true",
                         help="reuse the corpora and cache of an earlier --workdir run; measure only the cached start")
     args = parser.parse_args()
+    print(f"# {machine_line()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         work = Path(args.workdir or tmp)
@@ -112,7 +117,8 @@ def main() -> None:
             row = {"pairs": size, "cached_start_s": round(cached["first_step_s"], 2),
                    "peak_rss_cached_mib": round(cached["peak_rss_mib"]), "steps": cached["steps"]}
             if first:
-                row.update(corpus_made_s=round(made, 1), encode_pairs_per_s=round(first["encode_pairs_per_s"]),
+                rate = first["encode_pairs_per_s"]
+                row.update(corpus_made_s=round(made, 1), encode_pairs_per_s=round(rate) if rate else None,
                            first_start_s=round(first["first_step_s"], 1),
                            peak_rss_first_mib=round(first["peak_rss_mib"]))
             print(json.dumps(row), flush=True)
