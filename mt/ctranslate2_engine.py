@@ -127,7 +127,7 @@ def exported_model(run_dir: Path, checkpoint_file: Path, compute_type: str, data
     It lives in ``RUN/ctranslate2/<checkpoint>-<key>-<compute type>`` (else, for a run directory
     that cannot be written, in mt's cache directory, ``mt.cache.cache_dir(data)``), is written to a
     temporary directory and renamed, so a crash or two processes at once never leave a half-written
-    model; exports of older versions of the same checkpoint and type are removed.
+    model; exports made from earlier contents of the same checkpoint file are removed.
     """
     from mt.export import export_ctranslate2  # the export loads the checkpoint the way mt translate does
 

@@ -55,7 +55,7 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
     ``threads``: the CPU cores to use (0 = all); ``decoders``: decoding threads per model
     (0 = one per core on CPU, at most 4, each with ``threads // decoders`` torch threads; 1 on
     a GPU). The cap: each decoder spends part of its time in Python, under the one GIL
-    (measured on 2 cores only, docs/benchmarks.md).
+    (measured on 2 cores only, docs/performance.md).
     """
     from mt.device import cpu_threads, resolve_device
     from mt.serve.worker import ModelWorker

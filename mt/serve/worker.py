@@ -76,7 +76,7 @@ class ModelWorker:
     busy but not two (its small operators run on one thread, and a second thread mostly
     waits for it), so on CPU ``mt serve`` runs one decoder per core (``load_models``): on 2
     cores, with a 15 ms quiet time, 1.29x the sentences/s of one decoder on two threads
-    (docs/benchmarks.md, "Serving").
+    (docs/performance.md, "Serving").
 
     ``gather_ms``: the queue must stay still this long (no new job, none announced) before
     the worker starts; ``gather_window_ms``: the longest it gathers, from the first job's

@@ -1,4 +1,4 @@
-"""Proof that torchrun jobs end cleanly under load (docs/benchmarks.md, "torchrun exits").
+"""Proof that torchrun jobs end cleanly under load (docs/guide.md, "Several processes or machines").
 
 Runs, one after the other, the two-process DDP test N times and a 2-process torchrun of the demo
 config for a few steps M times, while the whole test suite runs in a loop beside them (the load
