@@ -6,6 +6,7 @@ import sys
 
 from mt.errors import MTError, WriteError
 
+
 def cmd_train(args: argparse.Namespace) -> None:
     from mt.config import load_config
 
