@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mt.config import ModelConfig
 from mt.errors import MTError
 from mt.model import MultiHeadAttention, Residual, SinusoidalPositions, Transformer
 from mt.translate import Translator
@@ -30,41 +31,13 @@ def export_ctranslate2(run: str | Path, output_dir: str | Path, quantization: st
     at load time with ``compute_type``.
     """
     try:
-        from ctranslate2.specs import common_spec, transformer_spec
+        import ctranslate2.specs  # noqa: F401  (before the model loads: a missing package answers at once)
     except ImportError:
         raise MTError("exporting to CTranslate2 needs the ctranslate2 package: "
                       "pip install 'mt[ctranslate2]'") from None
     translator = Translator.from_pretrained(run, device="cpu")
-    model, cfg = translator.model, translator.config.model
-    vocabularies = []
-    for tokenizer in (translator.tokenizers.src, translator.tokenizers.tgt):
-        pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-        if any(pieces[i] != piece for i, piece in SPECIAL_PIECES.items()):
-            raise MTError(f"tokenizer '{tokenizer.path}': special pieces {pieces[:4]} are not "
-                          f"{list(SPECIAL_PIECES.values())}")
-        vocabularies.append(pieces)
-
-    spec = transformer_spec.TransformerSpec.from_config(
-        (cfg.encoder_layers, cfg.decoder_layers), cfg.heads, pre_norm=cfg.norm == "pre",
-        activation=common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU)
-    spec.config.add_source_eos = True
-    spec.config.layer_norm_epsilon = model.encoder_layers[0].attn_block.norm.eps
-
-    positions = _position_table(model, translator.config.model.max_positions)
-    _set_stack_inputs(spec.encoder, model.src_embed.table.weight, positions)
-    _set_stack_inputs(spec.decoder, model.tgt_embed.table.weight, positions)
-    for layer_spec, layer in zip(spec.encoder.layer, model.encoder_layers):
-        _set_attention(layer_spec.self_attention, layer.self_attn, layer.attn_block)
-        _set_feed_forward(layer_spec.ffn, layer)
-    for layer_spec, layer in zip(spec.decoder.layer, model.decoder_layers):
-        _set_attention(layer_spec.self_attention, layer.self_attn, layer.self_block)
-        _set_attention(layer_spec.attention, layer.cross_attn, layer.cross_block)
-        _set_feed_forward(layer_spec.ffn, layer)
-    if cfg.norm == "pre":  # post-norm stacks have no final LayerNorm, and neither does the spec
-        _set_layer_norm(spec.encoder.layer_norm, model.encoder_norm)
-        _set_layer_norm(spec.decoder.layer_norm, model.decoder_norm)
-    spec.decoder.projection.weight = _array(model.output.weight)  # no bias
-
+    vocabularies = [_vocabulary(tokenizer) for tokenizer in (translator.tokenizers.src, translator.tokenizers.tgt)]
+    spec = _transformer_spec(translator.model, translator.config.model)
     spec.register_source_vocabulary(vocabularies[0])
     spec.register_target_vocabulary(vocabularies[1])
     spec.validate()
@@ -80,6 +53,42 @@ def export_ctranslate2(run: str | Path, output_dir: str | Path, quantization: st
     for tokenizer in {id(t): t for t in (translator.tokenizers.src, translator.tokenizers.tgt)}.values():
         shutil.copy(tokenizer.path, output_dir / tokenizer.path.name)  # so the directory is all a server needs
     return output_dir
+
+
+def _vocabulary(tokenizer) -> list[str]:
+    """The tokenizer's pieces in id order, checked to start with CTranslate2's special tokens."""
+    pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    if any(pieces[i] != piece for i, piece in SPECIAL_PIECES.items()):
+        raise MTError(f"tokenizer '{tokenizer.path}': special pieces {pieces[:4]} are not "
+                      f"{list(SPECIAL_PIECES.values())}")
+    return pieces
+
+
+def _transformer_spec(model: Transformer, cfg: ModelConfig):
+    """A ``TransformerSpec`` holding the model's weights, module by module."""
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    spec = transformer_spec.TransformerSpec.from_config(
+        (cfg.encoder_layers, cfg.decoder_layers), cfg.heads, pre_norm=cfg.norm == "pre",
+        activation=common_spec.Activation.RELU if cfg.activation == "relu" else common_spec.Activation.GELU)
+    spec.config.add_source_eos = True
+    spec.config.layer_norm_epsilon = model.encoder_layers[0].attn_block.norm.eps
+
+    positions = _position_table(model, cfg.max_positions)
+    _set_stack_inputs(spec.encoder, model.src_embed.table.weight, positions)
+    _set_stack_inputs(spec.decoder, model.tgt_embed.table.weight, positions)
+    for layer_spec, layer in zip(spec.encoder.layer, model.encoder_layers):
+        _set_attention(layer_spec.self_attention, layer.self_attn, layer.attn_block)
+        _set_feed_forward(layer_spec.ffn, layer)
+    for layer_spec, layer in zip(spec.decoder.layer, model.decoder_layers):
+        _set_attention(layer_spec.self_attention, layer.self_attn, layer.self_block)
+        _set_attention(layer_spec.attention, layer.cross_attn, layer.cross_block)
+        _set_feed_forward(layer_spec.ffn, layer)
+    if cfg.norm == "pre":  # post-norm stacks have no final LayerNorm, and neither does the spec
+        _set_layer_norm(spec.encoder.layer_norm, model.encoder_norm)
+        _set_layer_norm(spec.decoder.layer_norm, model.decoder_norm)
+    spec.decoder.projection.weight = _array(model.output.weight)  # no bias
+    return spec
 
 
 def _array(t: torch.Tensor):

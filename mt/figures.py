@@ -13,18 +13,23 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mt import plot
 from mt.checkpoint import atomic_write_bytes
+from mt.config import Config
 from mt.batching import causal_mask, make_batch, padding_mask
 from mt.data import read_parallel
 from mt.errors import MTError
 from mt.search import beam_nbest
-from mt.tokenizer import BOS, EOS
+from mt.tokenizer import BOS, EOS, TokenizerPair
 from mt.train import budget_lr, inverse_sqrt_lr
+
+if TYPE_CHECKING:  # imported when drawing: it loads the whole decoding stack
+    from mt.translate import Translator
 
 DPI = 100
 
@@ -113,6 +118,29 @@ def _validation_pairs(translator, count: int) -> tuple[list[str], list[str]]:
     return src[:count], tgt[:count]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the figures are drawn from: the loaded run, its first validation pairs and the drawn sentence."""
+    dir: Path
+    translator: Translator
+    valid_src: list[str]
+    valid_tgt: list[str]
+    sentence: str
+    beam_size: int
+
+    @property
+    def model(self):
+        return self.translator.model
+
+    @property
+    def config(self) -> Config:
+        return self.translator.config
+
+    @property
+    def tok(self) -> TokenizerPair:
+        return self.translator.tokenizers
+
+
 def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None = None,
                  beam_size: int = 3, only: list[str] | None = None) -> list[Path]:
     """Draw every figure of ``FIGURES`` (or those named in ``only``) from ``run_dir`` into ``output``.
@@ -121,7 +149,6 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
     and beam search are drawn; the beam tree uses ``beam_size`` (small, to stay readable).
     Drawing them all also writes the manifest (``MANIFEST``) that tests/test_figures.py reads.
     """
-    from mt.plot import read_metrics
     from mt.translate import Translator
 
     run_dir, output = Path(run_dir), Path(output)
@@ -129,110 +156,136 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
     if unknown:
         raise MTError(f"unknown figure {', '.join(unknown)}; the figures are {', '.join(BY_NAME)}")
     translator = Translator.from_pretrained(run_dir, device="cpu")
-    model, config, tok = translator.model, translator.config, translator.tokenizers
     valid_src, valid_tgt = _validation_pairs(translator, 6)
-    sentence = sentence or valid_src[0]
+    run = _Run(run_dir, translator, valid_src, valid_tgt, sentence or valid_src[0], beam_size)
     output.mkdir(parents=True, exist_ok=True)
-    d_model, heads = config.model.d_model, config.model.heads
-    written = []
-
-    def save(name: str, fig) -> None:
-        written.append(plot.save_png(fig, output / name, DPI))
-
-    def size(name: str) -> tuple[float, float]:
-        return BY_NAME[name].width, BY_NAME[name].height
-
-    wanted = [f.name for f in FIGURES if only is None or f.name in only]
-    for name in wanted:
-        if name == "positional_encoding.png":
-            table = model.positions(100).detach().numpy()  # (100, d_model)
-            dims = sorted({0, 1, d_model // 16 // 2 * 2, d_model // 4 // 2 * 2, d_model // 2 // 2 * 2} - {d_model})
-            kind = "sinusoidal, sin/cos interleaved" if config.model.positions == "sinusoidal" else "learned"
-            save(name, plot.draw_positional_encoding(table, dims, f"positions 0-99, d_model={d_model} ({kind})",
-                                                     size(name)))
-        elif name == "masks.png":
-            src_ids = [ids + [EOS] for ids in tok.src.encode(valid_src)]
-            tgt_ids = [[BOS] + ids + [EOS] for ids in tok.tgt.encode(valid_tgt)]
-            batch = make_batch(src_ids, tgt_ids)
-            pad = padding_mask(batch.src)[:, 0, 0, :].numpy()  # (B, S)
-            shortest = min(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-            real = len(src_ids[shortest])
-            shown = min(pad.shape[1], real + 6)  # its real keys and a few padded ones; the real queries
-            src_pieces = [tok.src.sp.id_to_piece(i) for i in batch.src[shortest, :shown].tolist()]
-            encoder_mask = np.broadcast_to(pad[shortest][None, :shown], (real, shown))
-            tgt_in = batch.tgt_in[0][batch.tgt_in[0] != 0].tolist()
-            causal = causal_mask(len(tgt_in), torch.device("cpu"))[0, 0].numpy()
-            save(name, plot.draw_masks(pad, [len(s) for s in src_ids], encoder_mask, src_pieces, causal,
-                                       [tok.tgt.sp.id_to_piece(i) for i in tgt_in], size(name)))
-        elif name == "score_variance.png":
-            d_ks = [8, 16, 32, 64, 128, 256, 512]
-            d_k = d_model // heads
-            if d_k not in d_ks:
-                d_ks = sorted(d_ks + [d_k])
-            stats = [score_statistics(d) for d in d_ks]
-            save(name, plot.draw_score_variance(d_ks, *[[s[i] for s in stats] for i in range(4)], d_k, size(name)))
-        elif name.startswith("attention_"):
-            kind = name[len("attention_"):-len(".png")]
-            queries, keys, weights = translator.attention(sentence, kind=kind)
-            w, h = size(name)
-            written.append(plot.attention_heatmap(weights, keys, queries, output / name, grid=True, kind=kind,
-                                                  size=(w, h), dpi=DPI))
-        elif name == "lr_schedules.png":
-            t = config.train
-            train_records, _ = read_metrics(run_dir)
-            last = max([r["step"] for r in train_records] + [t.max_steps, 4 * t.warmup_steps, 100])
-            steps = np.arange(1, last + 1)
-            paper_steps = np.arange(1, 100_001)
-            run = {f"inverse_sqrt (mt's default): peak {t.lr:g} at step {t.warmup_steps}":
-                   (steps, [inverse_sqrt_lr(s, t.lr, t.warmup_steps) for s in steps]),
-                   f"budget: the same warmup, then linear to 0 at step {last}":
-                   (steps, [budget_lr(s, t.lr, t.warmup_steps, (last - s) / max(last - t.warmup_steps, 1)) for s in steps])}
-            save(name, plot.draw_lr_schedules((paper_steps, paper_lr(paper_steps)), run,
-                                              f"this run's settings: lr {t.lr:g}, warmup {t.warmup_steps}, {last} steps\n"
-                                              f"(the run itself used {t.lr_schedule})", size(name)))
-        elif name == "label_smoothing.png":
-            eps, vocab = config.train.label_smoothing, tok.tgt.vocab_size
-            src = torch.tensor([tok.src.encode([valid_src[0]])[0] + [EOS]])
-            tgt = tok.tgt.encode([valid_tgt[0]])[0]
-            position = min(1, len(tgt) - 1)  # predict the second target piece from <s> y1
-            with torch.no_grad():
-                logits = model(src, torch.tensor([[BOS] + tgt[:position]]))[0, -1].float()
-            probs = logits.softmax(-1).numpy()
-            right = tgt[position]
-            others = [i for i in np.argsort(-probs).tolist() if i != right][:9]
-            ids = [right] + others
-            one_hot = np.array([1.0] + [0.0] * len(others))
-            smoothed = np.array([1 - eps + eps / vocab] + [eps / vocab] * len(others))
-            pieces = [f"{tok.tgt.sp.id_to_piece(i)}" + (" (target)" if i == right else "") for i in ids]
-            save(name, plot.draw_label_smoothing(pieces, one_hot, smoothed, probs[ids], eps, vocab, size(name)))
-        elif name == "learning_curves.png":
-            train_records, valid_records = read_metrics(run_dir)
-            eps = config.train.label_smoothing
-            train_points = sorted({r["step"]: r["train_loss"] for r in train_records}.items())
-            valid_points = sorted({r["step"]: r["valid_nll"] for r in valid_records}.items())
-            # no wall time in the title: the same run draws the same picture on a busy machine or an idle one
-            save(name, plot.draw_loss_curves(train_points, valid_points,
-                                             smoothed_target_entropy(eps, tok.tgt.vocab_size), eps,
-                                             f"{run_dir.name}: {max(r['step'] for r in train_records + valid_records)} "
-                                             "steps", size(name)))
-        elif name == "beam_tree.png":
-            src = torch.tensor([tok.src.encode([sentence])[0] + [EOS]])
-            d = config.decode
-            trace: list[dict] = []
-            hyps = beam_nbest(model, src, beam_size=beam_size, alpha=d.length_penalty, max_len_a=d.max_len_a,
-                              max_len_b=d.max_len_b, trace=trace)[0]
-            piece = tok.tgt.sp.id_to_piece
-            steps = [[([piece(i) for i in prefix], score, status) for prefix, score, status in step["sentences"][0]]
-                     for step in trace if 0 in step["sentences"]]
-            best = tok.tgt.decode([hyps[0][1]])[0] if hyps else ""
-            save(name, plot.draw_beam_tree(steps, beam_size, f"beam search, k={beam_size}, length penalty "
-                                           f"alpha={d.length_penalty:g}: \"{sentence}\" -> \"{best}\"", size(name)))
+    written = [DRAW[f.name](run, output / f.name) for f in FIGURES if only is None or f.name in only]
     if only is None:
-        train_records, valid_records = read_metrics(run_dir)
-        written.append(write_manifest(output, {
-            "run": run_dir.name, "sentence": sentence, "beam": beam_size,
-            "steps": max(r["step"] for r in train_records + valid_records), "valid_points": len(valid_records),
-            # the last validation loss tells whether another machine trained the very same weights
-            "valid_nll": valid_records[-1]["valid_nll"] if valid_records else None,
-            "model": asdict(config.model), "train": asdict(config.train)}))
+        written.append(_write_run_manifest(run, output))
     return written
+
+
+def _size(path: Path) -> tuple[float, float]:
+    return BY_NAME[path.name].width, BY_NAME[path.name].height
+
+
+def _save(fig, path: Path) -> Path:
+    return plot.save_png(fig, path, DPI)
+
+
+def _draw_positional_encoding(run: _Run, path: Path) -> Path:
+    d_model = run.config.model.d_model
+    table = run.model.positions(100).detach().numpy()  # (100, d_model)
+    dims = sorted({0, 1, d_model // 16 // 2 * 2, d_model // 4 // 2 * 2, d_model // 2 // 2 * 2} - {d_model})
+    kind = "sinusoidal, sin/cos interleaved" if run.config.model.positions == "sinusoidal" else "learned"
+    return _save(plot.draw_positional_encoding(table, dims, f"positions 0-99, d_model={d_model} ({kind})",
+                                               _size(path)), path)
+
+
+def _draw_masks(run: _Run, path: Path) -> Path:
+    tok = run.tok
+    src_ids = [ids + [EOS] for ids in tok.src.encode(run.valid_src)]
+    tgt_ids = [[BOS] + ids + [EOS] for ids in tok.tgt.encode(run.valid_tgt)]
+    batch = make_batch(src_ids, tgt_ids)
+    pad = padding_mask(batch.src)[:, 0, 0, :].numpy()  # (B, S)
+    shortest = min(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    real = len(src_ids[shortest])
+    shown = min(pad.shape[1], real + 6)  # its real keys and a few padded ones; the real queries
+    src_pieces = [tok.src.sp.id_to_piece(i) for i in batch.src[shortest, :shown].tolist()]
+    encoder_mask = np.broadcast_to(pad[shortest][None, :shown], (real, shown))
+    tgt_in = batch.tgt_in[0][batch.tgt_in[0] != 0].tolist()
+    causal = causal_mask(len(tgt_in), torch.device("cpu"))[0, 0].numpy()
+    return _save(plot.draw_masks(pad, [len(s) for s in src_ids], encoder_mask, src_pieces, causal,
+                                 [tok.tgt.sp.id_to_piece(i) for i in tgt_in], _size(path)), path)
+
+
+def _draw_score_variance(run: _Run, path: Path) -> Path:
+    d_ks = [8, 16, 32, 64, 128, 256, 512]
+    d_k = run.config.model.d_model // run.config.model.heads
+    if d_k not in d_ks:
+        d_ks = sorted(d_ks + [d_k])
+    stats = [score_statistics(d) for d in d_ks]
+    return _save(plot.draw_score_variance(d_ks, *[[s[i] for s in stats] for i in range(4)], d_k, _size(path)), path)
+
+
+def _draw_attention(run: _Run, path: Path) -> Path:
+    kind = path.name[len("attention_"):-len(".png")]
+    queries, keys, weights = run.translator.attention(run.sentence, kind=kind)
+    return plot.attention_heatmap(weights, keys, queries, path, grid=True, kind=kind, size=_size(path), dpi=DPI)
+
+
+def _draw_lr_schedules(run: _Run, path: Path) -> Path:
+    t = run.config.train
+    train_records, _ = plot.read_metrics(run.dir)
+    last = max([r["step"] for r in train_records] + [t.max_steps, 4 * t.warmup_steps, 100])
+    steps = np.arange(1, last + 1)
+    paper_steps = np.arange(1, 100_001)
+    schedules = {f"inverse_sqrt (mt's default): peak {t.lr:g} at step {t.warmup_steps}":
+                 (steps, [inverse_sqrt_lr(s, t.lr, t.warmup_steps) for s in steps]),
+                 f"budget: the same warmup, then linear to 0 at step {last}":
+                 (steps, [budget_lr(s, t.lr, t.warmup_steps, (last - s) / max(last - t.warmup_steps, 1)) for s in steps])}
+    return _save(plot.draw_lr_schedules((paper_steps, paper_lr(paper_steps)), schedules,
+                                        f"this run's settings: lr {t.lr:g}, warmup {t.warmup_steps}, {last} steps\n"
+                                        f"(the run itself used {t.lr_schedule})", _size(path)), path)
+
+
+def _draw_label_smoothing(run: _Run, path: Path) -> Path:
+    tok = run.tok
+    eps, vocab = run.config.train.label_smoothing, tok.tgt.vocab_size
+    src = torch.tensor([tok.src.encode([run.valid_src[0]])[0] + [EOS]])
+    tgt = tok.tgt.encode([run.valid_tgt[0]])[0]
+    position = min(1, len(tgt) - 1)  # predict the second target piece from <s> y1
+    with torch.no_grad():
+        logits = run.model(src, torch.tensor([[BOS] + tgt[:position]]))[0, -1].float()
+    probs = logits.softmax(-1).numpy()
+    right = tgt[position]
+    others = [i for i in np.argsort(-probs).tolist() if i != right][:9]
+    ids = [right] + others
+    one_hot = np.array([1.0] + [0.0] * len(others))
+    smoothed = np.array([1 - eps + eps / vocab] + [eps / vocab] * len(others))
+    pieces = [f"{tok.tgt.sp.id_to_piece(i)}" + (" (target)" if i == right else "") for i in ids]
+    return _save(plot.draw_label_smoothing(pieces, one_hot, smoothed, probs[ids], eps, vocab, _size(path)), path)
+
+
+def _draw_learning_curves(run: _Run, path: Path) -> Path:
+    train_records, valid_records = plot.read_metrics(run.dir)
+    eps = run.config.train.label_smoothing
+    train_points = sorted({r["step"]: r["train_loss"] for r in train_records}.items())
+    valid_points = sorted({r["step"]: r["valid_nll"] for r in valid_records}.items())
+    # no wall time in the title: the same run draws the same picture on a busy machine or an idle one
+    return _save(plot.draw_loss_curves(train_points, valid_points,
+                                       smoothed_target_entropy(eps, run.tok.tgt.vocab_size), eps,
+                                       f"{run.dir.name}: {max(r['step'] for r in train_records + valid_records)} "
+                                       "steps", _size(path)), path)
+
+
+def _draw_beam_tree(run: _Run, path: Path) -> Path:
+    tok, d, beam_size = run.tok, run.config.decode, run.beam_size
+    src = torch.tensor([tok.src.encode([run.sentence])[0] + [EOS]])
+    trace: list[dict] = []
+    hyps = beam_nbest(run.model, src, beam_size=beam_size, alpha=d.length_penalty, max_len_a=d.max_len_a,
+                      max_len_b=d.max_len_b, trace=trace)[0]
+    piece = tok.tgt.sp.id_to_piece
+    steps = [[([piece(i) for i in prefix], score, status) for prefix, score, status in step["sentences"][0]]
+             for step in trace if 0 in step["sentences"]]
+    best = tok.tgt.decode([hyps[0][1]])[0] if hyps else ""
+    return _save(plot.draw_beam_tree(steps, beam_size, f"beam search, k={beam_size}, length penalty "
+                                     f"alpha={d.length_penalty:g}: \"{run.sentence}\" -> \"{best}\"", _size(path)),
+                 path)
+
+
+DRAW = {"positional_encoding.png": _draw_positional_encoding, "masks.png": _draw_masks,
+        "score_variance.png": _draw_score_variance, "attention_encoder.png": _draw_attention,
+        "attention_decoder.png": _draw_attention, "attention_cross.png": _draw_attention,
+        "lr_schedules.png": _draw_lr_schedules, "label_smoothing.png": _draw_label_smoothing,
+        "learning_curves.png": _draw_learning_curves, "beam_tree.png": _draw_beam_tree}
+
+
+def _write_run_manifest(run: _Run, output: Path) -> Path:
+    train_records, valid_records = plot.read_metrics(run.dir)
+    return write_manifest(output, {
+        "run": run.dir.name, "sentence": run.sentence, "beam": run.beam_size,
+        "steps": max(r["step"] for r in train_records + valid_records), "valid_points": len(valid_records),
+        # the last validation loss tells whether another machine trained the very same weights
+        "valid_nll": valid_records[-1]["valid_nll"] if valid_records else None,
+        "model": asdict(run.config.model), "train": asdict(run.config.train)})

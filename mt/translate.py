@@ -86,15 +86,8 @@ class Translator:
         if quantize == "int8" and torch_device.type != "cpu":
             raise MTError("--quantize int8 is for CPU decoding; use --device cpu")
         loaded = [_load_model(p) for p in paths]
-        model, tokenizers, config, run_dir = loaded[0]
-        for other_path, (_, other, _, _) in zip(paths[1:], loaded[1:]):
-            for side in ("tgt", "src"):
-                mine, theirs = getattr(tokenizers, side).fingerprint(), getattr(other, side).fingerprint()
-                if mine != theirs:
-                    which = "target" if side == "tgt" else "source"
-                    raise MTError(f"ensemble: '{other_path}' was trained with another {which} vocabulary than "
-                                  f"'{paths[0]}' (tokenizer {theirs} vs {mine}); the models of an ensemble "
-                                  "must share their vocabularies")
+        _check_shared_vocabulary(paths, [tokenizers for _, tokenizers, _, _ in loaded])
+        _, tokenizers, config, run_dir = loaded[0]
         config = replace(config, decode=decode_settings(run_dir, config))
         compute_type, engine_note = ctranslate2_engine.resolve(engine, precision, quantize, compute_type,
                                                                config.decode.mode, len(paths) > 1, torch_device)
@@ -103,10 +96,7 @@ class Translator:
         tuned = None if ctranslate2_engine.compute_type_of(config.decode.mode) else config.decode.mode
         precision, quantize, mode, note = decode_mode.resolve(precision, quantize, tuned, torch_device)
         amp_dtype = resolve_precision(precision, torch_device)
-        models = [decode_mode.quantize_int8(m) if quantize == "int8" else m for m, _, _, _ in loaded]
-        if quantize is None and amp_dtype is None and torch_device.type == "cpu":
-            models = [pack_output_projection(m.eval()) for m in models]
-        model = Ensemble(models) if len(models) > 1 else models[0]
+        model = _decoding_model([m for m, _, _, _ in loaded], quantize, amp_dtype, torch_device)
         # CTranslate2 runs one batch on all threads faster than two side by side (scripts/bench/translate_engines.py)
         decoders = default_decoders(decoders, torch_device, torch.get_num_threads()) if compute_type is None else \
             max(decoders, 1)
@@ -286,6 +276,28 @@ class Translator:
             token_logp = logp.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (B, T)
             scores += token_logp.masked_fill(batch.tgt_out == PAD, 0.0).sum(1).tolist()
         return scores
+
+
+def _check_shared_vocabulary(paths: list[Path], tokenizers: list[TokenizerPair]) -> None:
+    """The models of an ensemble average their log-probabilities token by token: one vocabulary."""
+    for other_path, other in zip(paths[1:], tokenizers[1:]):
+        for side in ("tgt", "src"):
+            mine, theirs = getattr(tokenizers[0], side).fingerprint(), getattr(other, side).fingerprint()
+            if mine != theirs:
+                which = "target" if side == "tgt" else "source"
+                raise MTError(f"ensemble: '{other_path}' was trained with another {which} vocabulary than "
+                              f"'{paths[0]}' (tokenizer {theirs} vs {mine}); the models of an ensemble "
+                              "must share their vocabularies")
+
+
+def _decoding_model(models: list[Transformer], quantize: str | None, amp_dtype: torch.dtype | None,
+                    device: torch.device) -> Transformer | Ensemble:
+    """The loaded models as they decode: int8-quantized, or with the fp32 CPU output projection packed;
+    several are one ``Ensemble``."""
+    models = [decode_mode.quantize_int8(m) if quantize == "int8" else m for m in models]
+    if quantize is None and amp_dtype is None and device.type == "cpu":
+        models = [pack_output_projection(m.eval()) for m in models]
+    return Ensemble(models) if len(models) > 1 else models[0]
 
 
 def is_blank(line: str) -> bool:
