@@ -25,8 +25,9 @@ loss products), used again by the next layer: 16 oneDNN entries recreate most of
 Xeon with AMX, 32 trained the recipe 1.11x as fast as 16 for 73 MB more over 160 updates (a whole
 run's peak: 979 MiB against 899); 64 gained 1% more for 190 MB. The environment wins here too.
 
-The ``mt`` command calls ``tune_allocator`` once; importing ``mt`` changes nothing, so a
-program that uses mt as a library keeps its own allocator settings.
+The ``mt`` command calls ``tune_allocator`` once, before the verbs that train or decode at
+length (``mt.cli.MEMORY_TUNED_VERBS``); importing ``mt`` changes nothing, so a program that
+uses mt as a library keeps its own allocator settings.
 """
 from __future__ import annotations
 
