@@ -170,6 +170,16 @@ class Distributed:
         return "; ".join(f"rank {r} stopped answering at step {after[r][1]}" for r in stopped) + \
             f" (this rank was at step {self.step}): it died or stalled, see its log"
 
+    def check_replicas_agree(self, model: torch.nn.Module) -> None:
+        """DDP keeps replicas identical; say so (or warn) from a checksum of every rank's parameters."""
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in model.parameters()]).sum().item()
+        sums = self.all_gather(checksum)
+        if all(x == sums[0] for x in sums):
+            log(f"all {self.world} ranks hold identical parameters (checksum {sums[0]:.10g})")
+        else:
+            log(f"warning: ranks hold different parameters: checksums {sums}")
+
     # ------------------------------------------------------------ the end
 
     def close(self) -> None:

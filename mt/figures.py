@@ -24,7 +24,7 @@ from mt.data import read_parallel
 from mt.errors import MTError
 from mt.search import beam_nbest
 from mt.tokenizer import BOS, EOS
-from mt.train import budget_lr, inverse_sqrt_lr
+from mt.schedule import budget_lr, inverse_sqrt_lr
 
 DPI = 100
 

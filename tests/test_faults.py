@@ -161,7 +161,7 @@ def test_a_disk_that_cannot_take_a_checkpoint_stops_training_with_one_line_and_k
 
 
 def test_a_full_disk_under_the_metrics_log_is_one_line_too(tiny_config, tmp_path, monkeypatch):
-    import mt.train as train_module
+    import mt.run_dir
 
     trainer = Trainer(tiny_config("train.max_steps=30", "train.valid_every=10", "train.log_every=12"))
 
@@ -170,7 +170,7 @@ def test_a_full_disk_under_the_metrics_log_is_one_line_too(tiny_config, tmp_path
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return open(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "open", full, raising=False)
+    monkeypatch.setattr(mt.run_dir, "open", full, raising=False)
     with pytest.raises(WriteError, match=rf"^cannot write '{tmp_path / 'run' / 'metrics.jsonl'}': No space left on "
                                          r"device \(ENOSPC\); the disk is full: free some space on it, or set run_dir "
                                          r"to another disk; training stopped at step 12, its last checkpoint "
