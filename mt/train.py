@@ -8,7 +8,7 @@ or on SIGINT/SIGTERM, saving first (then raising ``TrainingInterrupted``: resuma
 
 The concerns around the loop have their own modules: ``mt.run_dir`` (the run directory's
 files), ``mt.train_state`` (what a checkpoint holds to resume exactly), ``mt.validation``,
-``mt.averaging`` (avg.pt, ema.pt), ``mt.sampling`` (each epoch's segmentation of the
+``mt.averaging`` (avg.pt, ema.pt), ``mt.subword_sampling`` (each epoch's segmentation of the
 training pairs), ``mt.schedule`` (learning rates) and ``mt.regularisers``.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from mt.memory import release_free_memory
 from mt.model import Transformer
 from mt.regularisers import rdrop_loss, word_dropout
 from mt.run_dir import append_metrics, open_run_dir, write_run_files
-from mt.sampling import EpochPairs
+from mt.subword_sampling import EpochPairs
 from mt.schedule import learning_rate
 from mt.validation import read_valid, validate
 

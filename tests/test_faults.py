@@ -36,6 +36,14 @@ def test_a_kill_point_kills_only_when_named_and_on_its_nth_pass():
     assert killed.returncode == -signal.SIGKILL and killed.stdout == "one\ntwo\n"
 
 
+def test_the_kill_point_variable_is_read_at_the_first_kill_point_not_at_import():
+    code = ("import os\nimport mt.faults, mt.checkpoint, mt.cache\n"
+            "os.environ['MT_KILL_AT'] = 'here'\n"
+            "mt.faults.kill_point('here'); print('survived', flush=True)\n")
+    killed = run_python(code)
+    assert killed.returncode == -signal.SIGKILL and killed.stdout == ""
+
+
 def dead_pid() -> int:
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                            timeout=60)
