@@ -11,6 +11,7 @@ import torch
 
 from mt import checkpoint as ckpt
 from mt.distributed import log
+from mt.train_state import translation_state
 
 if TYPE_CHECKING:
     from mt.train import Trainer
@@ -79,8 +80,10 @@ def save_averages(trainer: Trainer) -> None:
         weights, steps = average_last(trainer.run_dir, t.average_last, warn=log)
         _save_and_validate(trainer, weights, "avg", {"averaged_steps": steps}, f"averaged {len(steps)} checkpoints")
     if trainer.ema is not None:
-        _save_and_validate(trainer, trainer.translation_state(trainer.ema.weights(trainer.model)), "ema",
-                           {"ema_decay": trainer.ema.decay}, f"moving average of the weights (decay {trainer.ema.decay})")
+        averaged = trainer.ema.weights(trainer.model)
+        weights = translation_state(averaged, trainer.step, trainer.config, trainer.tokenizers)
+        _save_and_validate(trainer, weights, "ema", {"ema_decay": trainer.ema.decay},
+                           f"moving average of the weights (decay {trainer.ema.decay})")
 
 
 def _save_and_validate(trainer: Trainer, weights: dict, name: str, record: dict, shown: str) -> None:

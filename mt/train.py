@@ -149,9 +149,6 @@ class Trainer:
     def state_dict(self) -> dict:
         return train_state.training_state(self)
 
-    def translation_state(self, model: dict) -> dict:
-        return train_state.translation_state(model, self.step, self.config, self.tokenizers)
-
     def validate(self) -> dict:
         return validate(self.model, self.valid, self.config, self.tokenizers, self.device, self.amp_dtype, self.dist)
 
@@ -262,8 +259,10 @@ class Trainer:
         rank, world = self.dist.rank, self.dist.world
         parts = [batch_from_rows(self.pairs.rows(ids[rank::world], "src", self.epoch),
                                  self.pairs.rows(ids[rank::world], "tgt", self.epoch)).to(self.device) for ids in group]
-        tgt_lens = self.pairs.lengths(self.epoch)[1]
-        n_tokens = sum(int(tgt_lens[ids].sum()) for ids in group)  # every rank's slices: the whole batch
+        if self.config.train.subword_alpha:  # sampled targets have other lengths than the cached ones
+            n_tokens = int(self.dist.all_sum(sum(p.n_tgt_tokens for p in parts)))
+        else:  # every rank's slices: the whole batch
+            n_tokens = sum(int(self.train_data.tgt_lens[ids].sum()) for ids in group)
         lr = self.set_lr(session.max_time)
         loss = self._counted_step(parts, n_tokens, session)
         if loss is None:  # no update was made: the step and the schedule wait (as fairseq)
