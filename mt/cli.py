@@ -12,7 +12,7 @@ from mt.memory import tune_allocator
 
 EXIT_USER_ERROR = 2
 # The verbs that train or decode at length, which the C allocator and oneDNN cache settings make faster and
-# smaller (measured for training and translation: mt/memory.py, docs/benchmarks.md); tune and serve decode as
+# smaller (measured for training and translation: mt/memory.py, docs/performance.md); tune and serve decode as
 # translate does. The other verbs keep the C library's defaults.
 MEMORY_TUNED_VERBS = ("train", "translate", "tune", "serve")
 

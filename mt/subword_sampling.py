@@ -3,8 +3,8 @@
 With ``train.subword_alpha`` (subword regularisation: Kudo, 2018; BPE-dropout) every epoch
 segments its pairs anew, once, at the epoch's start. A pair's pieces are a function of
 (seed, epoch, pair), so a resumed run draws the same ones. Batches are cut on the sampled
-lengths: cut on the cached ones, Multi30k's batches held a median 1.41x and at most 1.92x
-``train.batch_tokens`` once sampled (docs/benchmarks.md).
+lengths, which are longer than the cached ones, so that they keep to ``train.batch_tokens``
+(docs/guide.md).
 """
 from __future__ import annotations
 
