@@ -13,6 +13,10 @@ from mt.errors import MTError, TrainingInterrupted
 from mt.memory import tune_allocator
 
 EXIT_USER_ERROR = 2
+# The verbs that train or decode at length, which the C allocator and oneDNN cache settings make faster and
+# smaller (measured for training and translation: mt/memory.py, docs/performance.md); tune and serve decode as
+# translate does. The other verbs keep the C library's defaults.
+MEMORY_TUNED_VERBS = ("train", "translate", "tune", "serve")
 
 
 def add_decoding_hardware_options(p: argparse.ArgumentParser) -> None:
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        tune_allocator()  # the command's choice, not a side effect of importing mt
+        if args.verb in MEMORY_TUNED_VERBS:  # the command's choice, not a side effect of importing mt
+            tune_allocator()
         args.func(args)
     except MTError as e:
         if debug:

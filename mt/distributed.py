@@ -28,19 +28,42 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from mt.errors import MTError
+
+
+@dataclass(frozen=True)
+class Place:
+    """This process's place in a job: rank ``rank`` of ``world``, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def place() -> Place:
+    """Where this process stands, from the variables torchrun sets (a plain run: rank 0 of 1)."""
+    env = os.environ
+    return Place(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+
+
+def log(message: str) -> None:
+    """A line on stderr, above the progress bar; in a torchrun job only rank 0 speaks."""
+    if place().rank == 0:
+        tqdm.write(message, file=sys.stderr)
 
 
 class Distributed:
     """A plain run is rank 0 of 1, and every collective is then a no-op."""
 
     def __init__(self, device: torch.device, timeout: float = 600.0):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        where = place()
+        self.world, self.rank = where.world, where.rank
         self.main = self.rank == 0
         self.timeout = timeout
         self._stop = threading.Event()  # ends the heartbeat
@@ -146,6 +169,16 @@ class Distributed:
             return "another rank died or stalled: see its log"
         return "; ".join(f"rank {r} stopped answering at step {after[r][1]}" for r in stopped) + \
             f" (this rank was at step {self.step}): it died or stalled, see its log"
+
+    def check_replicas_agree(self, model: torch.nn.Module) -> None:
+        """DDP keeps replicas identical; say so (or warn) from a checksum of every rank's parameters."""
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in model.parameters()]).sum().item()
+        sums = self.all_gather(checksum)
+        if all(x == sums[0] for x in sums):
+            log(f"all {self.world} ranks hold identical parameters (checksum {sums[0]:.10g})")
+        else:
+            log(f"warning: ranks hold different parameters: checksums {sums}")
 
     # ------------------------------------------------------------ the end
 

@@ -8,8 +8,9 @@ others alone, since several runs may share a cache and one may be writing right 
 
 Kill points make the chaos test (``scripts/bench/chaos_resume.py``) land where a random kill
 rarely does: with ``MT_KILL_AT=NAME`` (or ``NAME#N``) the process sends itself SIGKILL the
-first (N-th) time it passes ``kill_point(NAME)``. The variable is read once at import; when
-it is unset a kill point costs one string comparison. The points:
+first (N-th) time it passes ``kill_point(NAME)``. A test hook: the variable is read at the
+first kill point a process passes, never at import; when it is unset a kill point costs one
+comparison. The points:
 
 - ``checkpoint.partial`` / ``checkpoint.synced``: a checkpoint's temporary file half written,
   or whole and fsynced but not yet renamed (best.pt and step_N.pt alike);
@@ -31,25 +32,23 @@ from pathlib import Path
 from mt.errors import WriteError
 
 KILL_AT_ENV = "MT_KILL_AT"
+_armed: list | None = None  # [point name or None, passes left], read from $MT_KILL_AT at the first kill point
 
 
-def _parse_kill_at(value: str | None) -> tuple[str | None, int]:
-    if not value:
-        return None, 0
-    name, _, nth = value.partition("#")
-    return name, int(nth or 1)
-
-
-_kill_name, _kill_countdown = _parse_kill_at(os.environ.get(KILL_AT_ENV))
+def _read_kill_at() -> list:
+    name, _, nth = os.environ.get(KILL_AT_ENV, "").partition("#")
+    return [name or None, int(nth or 1) if name else 0]
 
 
 def kill_point(name: str) -> None:
     """SIGKILL this process here if ``$MT_KILL_AT`` names this point (and this is its N-th pass)."""
-    global _kill_countdown
-    if name != _kill_name:
+    global _armed
+    if _armed is None:
+        _armed = _read_kill_at()
+    if name != _armed[0]:
         return
-    _kill_countdown -= 1
-    if _kill_countdown == 0:
+    _armed[1] -= 1
+    if _armed[1] == 0:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -25,8 +25,8 @@ from mt.batching import causal_mask, make_batch, padding_mask
 from mt.data import read_parallel
 from mt.errors import MTError
 from mt.search import beam_nbest
+from mt.schedule import budget_lr, inverse_sqrt_lr
 from mt.tokenizer import BOS, EOS, TokenizerPair
-from mt.train import budget_lr, inverse_sqrt_lr
 
 if TYPE_CHECKING:  # imported when drawing: it loads the whole decoding stack
     from mt.translate import Translator

@@ -7,7 +7,7 @@ size with every batch shape) come from the heap, its holes are kept, and the mem
 grows with every new largest batch shape or validation; freed blocks at the top go back to
 the system and are faulted in again, page by page, the next step.
 
-Two settings were measured (docs/benchmarks.md, "Memory" and "The allocator's price"):
+Two settings were measured (docs/performance.md, "Memory"):
 mapping every block of 1 MB and more (``mmap1m``) keeps the resident set at what is in use,
 but then every large tensor of every step is a fresh mapping the kernel faults in and zeroes:
 240,000 page faults a step, 29% slower training. ``heap`` (the default) serves everything
@@ -19,14 +19,15 @@ picks another mode (``mmap1m``, ``mmap1m+thp``: the same on transparent huge pag
 The same call caps oneDNN's primitive cache at 32 entries and ideep's (PyTorch's layer over it)
 at 16, instead of 1,024 each: bf16 matrix products on a CPU go through oneDNN, which keeps a
 primitive and its buffers (1.5-3 MB) per shape, and with a new batch shape nearly every step
-torch's 1,024 held twice the memory of fp32 training (docs/benchmarks.md). One step of the recipe
+torch's 1,024 held twice the memory of fp32 training (docs/performance.md). One step of the recipe
 needs some 50 primitives (each linear's forward and two backward products, the attention and
 loss products), used again by the next layer: 16 oneDNN entries recreate most of them. On a
 Xeon with AMX, 32 trained the recipe 1.11x as fast as 16 for 73 MB more over 160 updates (a whole
 run's peak: 979 MiB against 899); 64 gained 1% more for 190 MB. The environment wins here too.
 
-The ``mt`` command calls ``tune_allocator`` once; importing ``mt`` changes nothing, so a
-program that uses mt as a library keeps its own allocator settings.
+The ``mt`` command calls ``tune_allocator`` once, before the verbs that train or decode at
+length (``mt.cli.MEMORY_TUNED_VERBS``); importing ``mt`` changes nothing, so a program that
+uses mt as a library keeps its own allocator settings.
 """
 from __future__ import annotations
 

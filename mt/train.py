@@ -5,180 +5,70 @@ builds the model, resumes from the run directory's latest checkpoint if there is
 trains with validation (loss and greedy BLEU) every ``train.valid_every`` steps, and
 keeps the last and the best checkpoints. Stops at max_steps / max_epochs / max_time
 or on SIGINT/SIGTERM, saving first (then raising ``TrainingInterrupted``: resumable, not finished).
+
+The concerns around the loop have their own modules: ``mt.run_dir`` (the run directory's
+files), ``mt.train_state`` (what a checkpoint holds to resume exactly), ``mt.validation``,
+``mt.averaging`` (avg.pt, ema.pt), ``mt.subword_sampling`` (each epoch's segmentation of the
+training pairs), ``mt.schedule`` (learning rates) and ``mt.regularisers``.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
-import zlib
-from array import array
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
-from functools import partial
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from mt import checkpoint as ckpt
-from mt.batching import Batch, batch_from_rows, bucket_batches, bucket_order, make_batch
-from mt.config import Config, parse_duration, save_config
+from mt import train_state
+from mt.averaging import WeightEMA, save_averages
+from mt.batching import Batch, batch_from_rows, bucket_order
 from mt.cache import describe_dropped, prepare_training_data
-from mt.data import encode_parallel, read_parallel
+from mt.config import Config, parse_duration
 from mt.device import autocast, cpu_threads, resolve_device, resolve_precision, set_threads
-from mt.distributed import Distributed, unshard
+from mt.distributed import Distributed, log, place
 from mt.errors import MTError, TrainingInterrupted, WriteError
-from mt.evaluate import bleu
-from mt.faults import disk_write_error, remove_stale_temps
-from mt.loss import SequenceLoss, label_smoothed_loss, sequence_loss
+from mt.loss import SequenceLoss
 from mt.memory import release_free_memory
-from mt.model import Transformer, position_limit
-from mt.search import decode_corpus, greedy_search
-from mt.tokenizer import EOS, PAD, UNK, TokenizerPair
+from mt.model import Transformer
+from mt.regularisers import rdrop_loss, word_dropout
+from mt.run_dir import append_metrics, open_run_dir, write_run_files
+from mt.subword_sampling import EpochPairs
+from mt.schedule import learning_rate
+from mt.validation import read_valid, validate
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before we give up
 MAX_OVERFLOW_SKIPS = 64  # consecutive fp16 updates skipped by the GradScaler (each halves the scale) before we give up
 
 
-def log(message: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # in a torchrun job only rank 0 speaks
-        tqdm.write(message, file=sys.stderr)
-
-
-# ---------------------------------------------------------------- pieces of a step
-
-
-def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
-    """Linear warmup to ``peak`` over ``warmup`` steps, then peak * sqrt(warmup / step)."""
-    step = max(step, 1)
-    if warmup == 0:
-        return peak / math.sqrt(step)
-    return peak * min(step / warmup, math.sqrt(warmup / step))
-
-
-def budget_lr(step: int, peak: float, warmup: int, left: float) -> float:
-    """Linear warmup to ``peak`` at update ``warmup``, then linear decay to zero at the end of the budget.
-
-    ``left`` is the fraction of the budget after warmup still to go: 1 at update
-    ``warmup``, 0 at the end. Warmup and decay follow each other, so even a short budget
-    reaches the peak.
-    """
-    if step < warmup:
-        return peak * max(step, 1) / warmup
-    return peak * min(max(left, 0.0), 1.0)
-
-
-def rdrop_loss(first: torch.Tensor, second: torch.Tensor, target: torch.Tensor, smoothing: float,
-               weight: float) -> torch.Tensor:
-    """R-Drop (Liang et al., 2021): the mean label-smoothed loss of two dropout passes over the same
-    batch, plus ``weight`` x the symmetric KL divergence between their predictions, summed over the
-    real target positions. Two equal passes with weight 0 give exactly the plain loss."""
-    loss = 0.5 * (label_smoothed_loss(first, target, smoothing) + label_smoothed_loss(second, target, smoothing))
-    if weight == 0:
-        return loss
-    p, q = (F.log_softmax(x.float(), dim=-1) for x in (first, second))  # (B, T, V)
-    kl = 0.5 * (F.kl_div(q, p, log_target=True, reduction="none") +  # KL(p || q)
-                F.kl_div(p, q, log_target=True, reduction="none")).sum(-1)  # + KL(q || p), (B, T)
-    return loss + weight * kl.masked_fill(target == PAD, 0.0).sum()
-
-
-def word_dropout(src: torch.Tensor, p: float) -> torch.Tensor:
-    """Each real source token (not EOS, not padding) becomes <unk> with probability ``p``, so the
-    model learns not to lean on any single word; drawn from torch's RNG (saved in checkpoints)."""
-    drop = (torch.rand(src.shape, device=src.device) < p) & (src != PAD) & (src != EOS)
-    return src.masked_fill(drop, UNK)
-
-
-def sample_seed(seed: int, epoch: int, pair: int, side: str) -> int:
-    """The seed of one pair's subword sample: a function of (seed, epoch, pair), so a resumed run
-    draws the same pieces."""
-    return zlib.crc32(f"{seed}:{epoch}:{pair}:{side}".encode())
-
-
-def build_model(config: Config, tokenizers: TokenizerPair) -> Transformer:
-    return Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
-
-
-# ---------------------------------------------------------------- data
-
-
 def prepare_data(config: Config, run_dir: Path):
-    """Tokenizers and training data from the cache (``mt.cache``; made on first use), and the validation data.
-
-    Returns the tokenizers, the training pairs (read from the cache as needed), the validation set
-    (encoded, plus its raw references) and a report of how many training pairs were
-    dropped and why.
-    """
-    langs = (config.data.src_lang, config.data.tgt_lang)
+    """Tokenizers and training data from the cache (``mt.cache``; made on first use), the validation
+    set (``mt.validation.read_valid``) and a report of how many training pairs were dropped and why."""
     tokenizers, train_data, report = prepare_training_data(config, run_dir,
                                                            threads=cpu_threads(config.train.threads))
     log(f"data: {report['kept']} of {report['read']} training pairs kept ({describe_dropped(report)}), "
         f"{report['pairs_per_epoch']} per epoch; cached in {train_data.corpora[0].folder.parent}")
-    valid = None
-    if config.data.valid.is_set():
-        valid_src, valid_tgt = read_parallel(config.data.valid, "data.valid", *langs)
-        encoded = encode_parallel(valid_src, valid_tgt, tokenizers)
-        table = position_limit(config.model)
-        if table is not None:  # learned positions: fail now, not at the first validation
-            for side, rows, extra in (("source", encoded.src, 0), ("target", encoded.tgt, 1)):
-                for i, ids in enumerate(rows):
-                    if len(ids) - extra > table:  # source + EOS; decoder input BOS + target
-                        raise MTError(f"data.valid, line {i + 1}: {len(ids) - extra} {side} tokens with "
-                                      f"{'EOS' if side == 'source' else 'BOS'}, more than the {table} learned "
-                                      "positions (model.max_positions); raise it or shorten the line")
-        valid = (encoded, valid_tgt)
-    return tokenizers, train_data, valid, report
+    return tokenizers, train_data, read_valid(config, tokenizers), report
 
 
-class WeightEMA:
-    """An exponential moving average of the weights (Polyak averaging; Marian's exponential
-    smoothing): after every update, ``ema <- decay * ema + (1 - decay) * weights``. Checkpoint
-    averaging over every update instead of a few snapshots. Kept in fp32 beside the model and
-    saved in each checkpoint, so a resumed run continues it exactly."""
+@dataclass
+class Session:
+    """What one call of ``Trainer.run`` carries from update to update."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.params = list(model.parameters())  # tied weights appear once
-        self.restart()
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for average, p in zip(self.averages, self.params):
-            average.lerp_(p.float(), 1.0 - self.decay)
-
-    def state_dict(self) -> list[torch.Tensor]:
-        return self.averages
-
-    def load_state_dict(self, averages: list[torch.Tensor]) -> None:
-        self.averages = [a.to(p.device, torch.float32).clone() for a, p in zip(averages, self.params)]
-
-    def restart(self) -> None:
-        """Start the average again from the model's current weights."""
-        self.averages = [p.detach().float().clone() for p in self.params]
-
-    @contextmanager
-    def applied(self):
-        """The model holds the averaged weights inside this block, its own again after it."""
-        trained = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, average in zip(self.params, self.averages):
-                p.copy_(average)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, weights in zip(self.params, trained):
-                    p.copy_(weights)
-
-
-# ---------------------------------------------------------------- the loop
+    max_time: float  # seconds of training time (0: no limit)
+    bar: tqdm
+    start: float  # the clock when this run's training time was 0
+    window_start: float  # the throughput logged every train.log_every steps is measured since then
+    window_tokens: int = 0
+    bad_steps: int = 0  # non-finite losses in a row
+    overflows: int = 0  # fp16 updates skipped in a row
+    last_metrics: dict | None = field(default_factory=dict)
 
 
 class Trainer:
@@ -187,49 +77,52 @@ class Trainer:
     def __init__(self, config: Config, overwrite: bool = False):
         self.config = config
         self.run_dir = Path(config.run_dir)
-        t = config.train
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        set_threads(t.threads or max(1, (os.cpu_count() or 1) // world))  # ranks on one machine share its cores
-        self.device = resolve_device(t.device)
-        if self.device.type == "cuda" and world > 1:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.dist = Distributed(self.device, timeout=parse_duration(t.dist_timeout, "train.dist_timeout"))
-        self.amp_dtype = resolve_precision(t.precision, self.device)
-        resume_from = ckpt.latest_checkpoint(self.run_dir)
-        if self.dist.main:
-            if resume_from is not None and overwrite:
-                log(f"--overwrite: removing the previous run in {self.run_dir}")
-                shutil.rmtree(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for folder in (self.run_dir, self.run_dir / "checkpoints"):
-                for path in remove_stale_temps(folder):
-                    log(f"removed {path.name}, left by a writer that was killed")
-            if resume_from is None or overwrite:
-                # a tokenizer from a run that never reached a checkpoint may not match this config
-                for stale in self.run_dir.glob("spm*.model"):
-                    stale.unlink()
-        state = None
-        if resume_from is not None and not overwrite:
-            resume_from, state = ckpt.newest_whole_checkpoint(self.run_dir, warn=log)
-            self._check_compatible(state, resume_from)
+        self._place_on_device()
+        resume = self._open_run(overwrite)
         if self.dist.main:  # rank 0 trains the tokenizer; the others then load it
             self.tokenizers, self.train_data, self.valid, report = prepare_data(config, self.run_dir)
-            if state is not None:  # resuming: keep what mt tune measured for this run
-                from mt.tune import tuned_decode
-
-                if tuned := tuned_decode(self.run_dir):
-                    for key, value in tuned.items():
-                        setattr(config.decode, key, value)
-                    log("keeping the decode settings mt tune chose (" + ", ".join(
-                        f"{key} {value}" for key, value in tuned.items()) + f"; {self.run_dir / 'tune.json'})")
-            save_config(config, self.run_dir / "config.yaml")
-            ckpt.atomic_write_text(self.run_dir / "data_report.json", json.dumps(report, indent=1) + "\n")
+            write_run_files(config, self.run_dir, report, resuming=resume is not None, log=log)
         self.dist.barrier("waiting for rank 0 to prepare the tokenizer and data")
         if not self.dist.main:
             self.tokenizers, self.train_data, self.valid, _ = prepare_data(config, self.run_dir)
+        self.pairs = EpochPairs(self.train_data, self.tokenizers, config.train, config.data.max_len, log=log)
+        self._build()
+        if resume is not None:
+            train_state.restore(self, resume[1])
+            log(f"resuming from {resume[0]} (step {self.step}, epoch {self.epoch + 1}); "
+                "pass --overwrite to start over")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log(f"model: {n_params / 1e6:.1f}M parameters on {self.device}, "
+            f"{'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')} compute, "
+            f"{torch.get_num_threads()} threads" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
 
+    def _place_on_device(self) -> None:
+        """Threads, device, precision and this process's place in a torchrun job."""
+        t, where = self.config.train, place()
+        set_threads(t.threads or max(1, (os.cpu_count() or 1) // where.world))  # ranks on one machine share its cores
+        self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and where.world > 1:
+            self.device = torch.device("cuda", where.local_rank)
+        self.dist = Distributed(self.device, timeout=parse_duration(t.dist_timeout, "train.dist_timeout"))
+        self.amp_dtype = resolve_precision(t.precision, self.device)
+
+    def _open_run(self, overwrite: bool) -> tuple[Path, dict] | None:
+        """Ready the run directory; the checkpoint to resume from and its state, or None to start afresh."""
+        has_checkpoint = ckpt.latest_checkpoint(self.run_dir) is not None
+        if self.dist.main:
+            open_run_dir(self.run_dir, overwrite, has_checkpoint, log)
+        if not has_checkpoint or overwrite:
+            return None
+        path, state = ckpt.newest_whole_checkpoint(self.run_dir, warn=log)
+        train_state.check_compatible(self.config, state, path)
+        return path, state
+
+    def _build(self) -> None:
+        """The model (the same initial weights on every rank), its optimizer and the counters."""
+        t = self.config.train
         torch.manual_seed(t.seed)
-        self.model = build_model(config, self.tokenizers).to(self.device)
+        vocab_sizes = self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size
+        self.model = Transformer(self.config.model, *vocab_sizes).to(self.device)
         if self.dist.world > 1:  # same initial weights, but each rank its own dropout masks
             torch.manual_seed(t.seed + self.dist.rank)
         self.ddp_model = SequenceLoss(self.model)  # what the training step runs, or DDP around it
@@ -244,7 +137,6 @@ class Trainer:
                                           fused=self.device.type in ("cpu", "cuda"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self._sampled: tuple = (None, {})  # (epoch, its sampled segmentations): see sample_epoch
         self.elapsed = 0.0  # training wall time over all sessions of this run
         self.best_score = -math.inf
         self.stop_signal: str | None = None
@@ -253,94 +145,19 @@ class Trainer:
         self.warmup_elapsed: float | None = None  # training time when warmup ended (the time budget's decay starts)
         self.validations_without_gain = 0  # for early stopping (train.patience)
         self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay else None
-        if state is not None:
-            self._restore(state)
-            log(f"resuming from {resume_from} (step {self.step}, epoch {self.epoch + 1}); "
-                "pass --overwrite to start over")
-        n_params = sum(p.numel() for p in self.model.parameters())
-        log(f"model: {n_params / 1e6:.1f}M parameters on {self.device}, "
-            f"{'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')} compute, "
-            f"{torch.get_num_threads()} threads" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
-
-    def _check_compatible(self, state: dict, path: Path) -> None:
-        for section in ("model", "tokenizer"):
-            current = getattr(self.config, section)
-            # keys added to mt since the checkpoint was written count as their defaults
-            saved = {**asdict(type(current)()), **state["config"][section]}
-            differ = [key for key, value in asdict(current).items() if saved.get(key) != value]
-            if differ:
-                shown = ", ".join(f"{section}.{k} (run: {saved.get(k)!r}, config: {getattr(current, k)!r})"
-                                  for k in differ)
-                raise MTError(f"{path}: the run's settings differ from the config given: {shown}; "
-                              "use the same config to resume, or pass --overwrite to start over")
-
-    def _restore(self, state: dict) -> None:
-        if state.get("vocab") != self.tokenizers.fingerprint():
-            raise MTError(f"{self.run_dir}: checkpoint was trained with another vocabulary than "
-                          f"{self.tokenizers.src.path}; pass --overwrite to start over")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
-            else:  # train.ema_decay set on a run that had it off
-                self.ema.restart()
-                log(f"train.ema_decay: the checkpoint holds no average of the weights; it starts from "
-                    f"step {state['step']}'s weights")
-        if state["scaler"] or not self.scaler.is_enabled():  # a disabled scaler ignores what it is given
-            self.scaler.load_state_dict(state["scaler"])
-        else:  # fp16 now (train.precision changed, or auto on another GPU), not when the checkpoint was written
-            log("note: the checkpoint was written without fp16 loss scaling: the loss scale starts afresh")
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.elapsed, self.best_score = state["elapsed"], state["best_score"]
-        self.saved_step = self.step
-        self.validations_without_gain = state.get("validations_without_gain", 0)
-        # (a checkpoint from before this key was past warmup or not: decay over the whole time then)
-        self.warmup_elapsed = state.get("warmup_elapsed", 0.0 if self.step >= self.config.train.warmup_steps else None)
-        rng, by_rank = state["rng"], state.get("rng_by_rank") or [state["rng"]]
-        if len(by_rank) == self.dist.world:
-            rng = by_rank[self.dist.rank]
-        else:
-            log(f"warning: the checkpoint was written by {len(by_rank)} processes, this run has "
-                f"{self.dist.world}: the data order continues exactly, the dropout randomness does not")
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def state_dict(self) -> dict:
-        """Everything a resumed run needs to continue exactly; collective in a torchrun job (RNG of every rank)."""
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        return {
-            **self.translation_state(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed, "best_score": self.best_score,
-            "validations_without_gain": self.validations_without_gain, "warmup_elapsed": self.warmup_elapsed,
-            "rng": rng, "rng_by_rank": self.dist.all_gather(rng),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-        }
+        return train_state.training_state(self)
 
-    def translation_state(self, model: dict) -> dict:
-        """A checkpoint that translates (``ckpt.BEST_KEYS``): ``model``'s weights with this run's config and vocabulary."""
-        return {"model": model, "step": self.step, "config": self.config.to_dict(),
-                "vocab": self.tokenizers.fingerprint(),
-                "vocab_sizes": [self.tokenizers.src.vocab_size, self.tokenizers.tgt.vocab_size]}
+    def validate(self) -> dict:
+        return validate(self.model, self.valid, self.config, self.tokenizers, self.device, self.amp_dtype, self.dist)
+
+    # ------------------------------------------------------------ one update
 
     def set_lr(self, max_time: float) -> float:
         """The learning rate of the coming update (number ``step + 1``), set on the optimizer."""
-        t = self.config.train
-        update = self.step + 1
-        if t.lr_schedule == "budget":
-            if t.max_steps:  # max_time, if also set, only stops training: the same config, the same curve anywhere
-                left = (t.max_steps - update) / max(t.max_steps - t.warmup_steps, 1)
-            else:  # decay over the training time left after the update that ended warmup
-                if update >= t.warmup_steps and self.warmup_elapsed is None:
-                    self.warmup_elapsed = self.elapsed
-                start = self.warmup_elapsed or 0.0
-                left = (max_time - self.elapsed) / max(max_time - start, 1e-9)
-            lr = budget_lr(update, t.lr, t.warmup_steps, left)
-        else:
-            lr = inverse_sqrt_lr(self.step + 1, t.lr, t.warmup_steps)
+        lr, self.warmup_elapsed = learning_rate(self.config.train, self.step + 1, self.elapsed, self.warmup_elapsed,
+                                                max_time)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -389,32 +206,152 @@ class Trainer:
             self.overflow_skips += 1
         return total
 
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Loss and greedy BLEU on the validation set; in a torchrun job each rank takes its share and
-        the sums and translations are gathered, so every rank returns the same numbers."""
-        encoded, references = self.valid
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> dict | None:
+        t = self.config.train
+        previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
+                   desc="train", file=sys.stderr, disable=None if self.dist.main else True)
+        session = Session(parse_duration(t.max_time), bar, time.monotonic() - self.elapsed, time.monotonic())
+        try:
+            for group in self._update_groups():
+                reason = self._update(group, session)
+                if reason is not None:
+                    break
+            else:
+                reason = f"max_epochs={t.max_epochs} reached"
+                if self.saved_step != self.step:
+                    session.last_metrics = self.checkpoint()
+        finally:
+            bar.close()
+            for s, handler in previous_handlers.items():
+                signal.signal(s, handler)
+        if self.dist.world > 1:
+            self.dist.check_replicas_agree(self.model)
+        log(f"stopped at step {self.step} ({reason}); checkpoints in {self.run_dir / 'checkpoints'}")
+        if self.stop_signal is not None:
+            log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
+        else:
+            save_averages(self)
+        return session.last_metrics
+
+    def _update_groups(self):
+        """The batches of each coming update (``train.accum_steps`` of them), epoch after epoch, from
+        where the run stands until ``train.max_epochs``; the data position advances as they are taken.
+        Each rank trains on its slice of every batch, so batches smaller than the world are skipped."""
+        t, world = self.config.train, self.dist.world
+        while not (t.max_epochs and self.epoch >= t.max_epochs):
+            src_lens, tgt_lens = self.pairs.lengths(self.epoch)
+            batches = bucket_order(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch,
+                                   examples=self.train_data.epoch_examples(t.seed, self.epoch))
+            while self.batch_in_epoch < len(batches):
+                group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accum_steps]
+                self.batch_in_epoch += len(group)
+                group = [ids for ids in group if len(ids) >= world]
+                if group:
+                    yield group
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _update(self, group: list, session: Session) -> str | None:
+        """Train one update on ``group``, log, checkpoint when due; the reason to stop, if any."""
         rank, world = self.dist.rank, self.dist.world
-        self.model.eval()
-        total, tokens = 0.0, 0
-        lens = [len(s) for s in encoded.src]
-        batches = bucket_batches(lens, [len(t) - 1 for t in encoded.tgt], self.config.train.batch_tokens,
-                                 0, 0, shuffle=False)
-        for ids in batches[rank::world]:
-            batch = make_batch([encoded.src[i] for i in ids], [encoded.tgt[i] for i in ids]).to(self.device)
-            with autocast(self.device, self.amp_dtype):
-                total += sequence_loss(self.model, batch.src, batch.tgt_in, batch.tgt_out).item()
-            tokens += batch.n_tgt_tokens
-        total, tokens = self.dist.all_sum(total), self.dist.all_sum(tokens)
-        result = {"valid_nll": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50))}
-        if self.config.train.valid_bleu:
-            d = self.config.decode
-            greedy = partial(greedy_search, self.model, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
-            mine = decode_corpus(greedy, encoded.src[rank::world], self.device, batch_tokens=d.batch_tokens,
-                                 autocast_dtype=self.amp_dtype)
-            hyps = unshard(self.dist.all_gather(mine))
-            result["valid_bleu"] = bleu(self.tokenizers.tgt.decode(hyps), references)
-        return result
+        parts = [batch_from_rows(self.pairs.rows(ids[rank::world], "src", self.epoch),
+                                 self.pairs.rows(ids[rank::world], "tgt", self.epoch)).to(self.device) for ids in group]
+        if self.config.train.subword_alpha:  # sampled targets have other lengths than the cached ones
+            n_tokens = int(self.dist.all_sum(sum(p.n_tgt_tokens for p in parts)))
+        else:  # every rank's slices: the whole batch
+            n_tokens = sum(int(self.train_data.tgt_lens[ids].sum()) for ids in group)
+        lr = self.set_lr(session.max_time)
+        loss = self._counted_step(parts, n_tokens, session)
+        if loss is None:  # no update was made: the step and the schedule wait (as fairseq)
+            return None
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update()
+        session.window_tokens += n_tokens
+        self.elapsed = time.monotonic() - session.start
+        session.bar.update(1)
+        if self.step % self.config.train.log_every == 0:
+            now = time.monotonic()
+            tok_s = session.window_tokens / max(now - session.window_start, 1e-9)
+            session.window_tokens, session.window_start = 0, now
+            session.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
+            self.log_metrics({"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
+                              "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
+        return self._checkpoint_if_due(session)
+
+    def _counted_step(self, parts: list[Batch], n_tokens: int, session: Session) -> float | None:
+        """``train_step``, or None when it made no update; too many of those in a row is an error."""
+        skips = self.overflow_skips
+        with self.dist.peers_answer(f"step {self.step + 1}"):
+            loss = self.train_step(parts, n_tokens)
+        if self.overflow_skips > skips:
+            session.overflows += 1
+            if session.overflows >= MAX_OVERFLOW_SKIPS:
+                raise MTError(f"training diverged: {session.overflows} fp16 updates in a row had overflowing "
+                              f"gradients at step {self.step + 1}; use train.precision=bf16 or fp32")
+            return None
+        session.overflows = 0
+        if loss is None:
+            session.bad_steps += 1
+            log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
+            if session.bad_steps >= MAX_BAD_STEPS:
+                raise MTError(f"training diverged: {session.bad_steps} non-finite losses in a row at step "
+                              f"{self.step + 1}; lower train.lr or use train.precision=fp32")
+            return None
+        session.bad_steps = 0
+        return loss
+
+    def _checkpoint_if_due(self, session: Session) -> str | None:
+        """Validate and save every ``train.valid_every`` steps and when stopping; the reason to stop, if any."""
+        t = self.config.train
+        reason = self.dist.from_main(self._stop_reason(session.max_time), step=self.step)
+        if self.step % t.valid_every == 0 or reason is not None:
+            # stopped by a signal between validations: save without validating (it stops sooner,
+            # and the resumed run validates, ranks and averages the steps an uninterrupted one does)
+            interrupted = reason is not None and self.dist.from_main(self.stop_signal is not None)
+            session.last_metrics = self.checkpoint(validate=self.step % t.valid_every == 0 or not interrupted)
+            session.window_start = time.monotonic()
+            if reason is None and t.patience and self.validations_without_gain >= t.patience:
+                reason = f"no better validation score in {t.patience} validations (train.patience)"
+            reason = self.dist.from_main(reason, step=self.step)
+        return reason
+
+    def _stop_reason(self, max_time: float) -> str | None:
+        t = self.config.train
+        if self.stop_signal is not None:
+            return f"{self.stop_signal} received"
+        if t.max_steps and self.step >= t.max_steps:
+            return f"max_steps={t.max_steps} reached"
+        if max_time and self.elapsed >= max_time:
+            return f"max_time={t.max_time} reached"
+        return None
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+        log(f"{self.stop_signal}: finishing this step and saving a checkpoint...")
+
+    # ------------------------------------------------------------ checkpoints and metrics
+
+    def checkpoint(self, validate: bool = True) -> dict | None:
+        """Validate (if there is a validation set), log, and save; every rank validates its share."""
+        metrics = self.validate() if validate and self.valid is not None else None
+        release_free_memory()  # the decode's many small tensors, freed but still held by the allocator
+        if metrics is not None and self.dist.main:
+            record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
+                      **{k: round(v, 4) for k, v in metrics.items()}}
+            self.log_metrics(record)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+            if self.amp_dtype is not None:  # mt translate decodes in fp32 by default: say why BLEU may differ
+                shown += f" (under {str(self.amp_dtype).replace('torch.', '')} autocast)"
+            log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
+        self.save(metrics)
+        self.saved_step = self.step
+        return metrics
 
     def save(self, metrics: dict | None) -> None:
         """Rank the weights among the best (by BLEU, else -loss), then write the step checkpoint.
@@ -448,242 +385,13 @@ class Trainer:
     def log_metrics(self, record: dict) -> None:
         if not self.dist.main:
             return
-        path = self.run_dir / "metrics.jsonl"
         try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            if (error := disk_write_error(path, e, "or set run_dir to another disk")) is None:
-                raise
-            raise WriteError(f"{error}; training stopped at step {self.step}, {self._last_saved()}") from None
-
-    def run(self) -> dict:
-        t = self.config.train
-        max_time = parse_duration(t.max_time)
-        data = self.train_data
-        previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
-                   desc="train", file=sys.stderr, disable=None if self.dist.main else True)
-        session_start = time.monotonic() - self.elapsed
-        window_tokens, window_start, bad_steps, overflows = 0, time.monotonic(), 0, 0
-        last_metrics: dict = {}
-        reason = None
-        try:
-            while reason is None:
-                if t.max_epochs and self.epoch >= t.max_epochs:
-                    reason = f"max_epochs={t.max_epochs} reached"
-                    if self.saved_step != self.step:
-                        last_metrics = self.checkpoint()
-                    break
-                src_lens, tgt_lens = self.sampled_lengths() if t.subword_alpha else (data.src_lens, data.tgt_lens)
-                batches = bucket_order(src_lens, tgt_lens, t.batch_tokens, t.seed, self.epoch,
-                                       examples=data.epoch_examples(t.seed, self.epoch))
-                while self.batch_in_epoch < len(batches):
-                    group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accum_steps]
-                    self.batch_in_epoch += len(group)
-                    # each rank takes every world-th sentence; batches smaller than the world are skipped
-                    shards = [ids[self.dist.rank::self.dist.world] for ids in group if len(ids) >= self.dist.world]
-                    if not shards:
-                        continue
-                    parts = [batch_from_rows(self.rows(ids, "src"), self.rows(ids, "tgt")).to(self.device)
-                             for ids in shards]
-                    if t.subword_alpha:  # sampled targets have other lengths than the cached ones
-                        n_tokens = int(self.dist.all_sum(sum(p.n_tgt_tokens for p in parts)))
-                    else:
-                        n_tokens = sum(int(data.tgt_lens[ids].sum()) for ids in group if len(ids) >= self.dist.world)
-                    lr = self.set_lr(max_time)
-                    skips = self.overflow_skips
-                    with self.dist.peers_answer(f"step {self.step + 1}"):
-                        loss = self.train_step(parts, n_tokens)
-                    if self.overflow_skips > skips:  # no update was made: the step and the schedule wait (as fairseq)
-                        overflows += 1
-                        if overflows >= MAX_OVERFLOW_SKIPS:
-                            raise MTError(f"training diverged: {overflows} fp16 updates in a row had overflowing "
-                                          f"gradients at step {self.step + 1}; use train.precision=bf16 or fp32")
-                        continue
-                    overflows = 0
-                    if loss is None:
-                        bad_steps += 1
-                        log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
-                        if bad_steps >= MAX_BAD_STEPS:
-                            raise MTError(f"training diverged: {bad_steps} non-finite losses in a row at step "
-                                          f"{self.step + 1}; lower train.lr or use train.precision=fp32")
-                        continue
-                    bad_steps = 0
-                    self.step += 1
-                    if self.ema is not None:
-                        self.ema.update()
-                    window_tokens += n_tokens
-                    self.elapsed = time.monotonic() - session_start
-                    bar.update(1)
-                    if self.step % t.log_every == 0:
-                        now = time.monotonic()
-                        tok_s = window_tokens / max(now - window_start, 1e-9)
-                        window_tokens, window_start = 0, now
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
-                        self.log_metrics({"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
-                                          "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
-                    reason = self.dist.from_main(self._stop_reason(max_time), step=self.step)
-                    if self.step % t.valid_every == 0 or reason is not None:
-                        # stopped by a signal between validations: save without validating (it stops sooner,
-                        # and the resumed run validates, ranks and averages the steps an uninterrupted one does)
-                        interrupted = reason is not None and self.dist.from_main(self.stop_signal is not None)
-                        last_metrics = self.checkpoint(validate=self.step % t.valid_every == 0 or not interrupted)
-                        window_start = time.monotonic()
-                        if reason is None and t.patience and self.validations_without_gain >= t.patience:
-                            reason = f"no better validation score in {t.patience} validations (train.patience)"
-                        reason = self.dist.from_main(reason, step=self.step)
-                    if reason is not None:
-                        break
-                else:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-        finally:
-            bar.close()
-            for s, handler in previous_handlers.items():
-                signal.signal(s, handler)
-        if self.dist.world > 1:
-            self._check_ranks_agree()
-        log(f"stopped at step {self.step} ({reason}); checkpoints in {self.run_dir / 'checkpoints'}")
-        if self.stop_signal is not None:
-            log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
-        else:
-            if t.average_last:
-                self.average_last()
-            if self.ema is not None:
-                self.save_ema()
-        return last_metrics
-
-    def rows(self, ids, side: str) -> list:
-        """The training pairs' token ids on one side: the cached segmentation, or with
-        ``train.subword_alpha`` this epoch's sampled one (``sample_epoch``)."""
-        if not self.config.train.subword_alpha:
-            return self.train_data.rows(ids, side)
-        flat, offsets = self.sample_epoch()[side]
-        return [flat[offsets[i]:offsets[i + 1]] for i in np.asarray(ids).tolist()]
-
-    def sampled_lengths(self) -> tuple[np.ndarray, np.ndarray]:
-        """Source and target lengths (with EOS) of this epoch's sampled segmentations, to cut
-        batches on: cut on the cached lengths instead, Multi30k's batches held a median 1.41x
-        and at most 1.92x ``train.batch_tokens`` once sampled (docs/benchmarks.md)."""
-        epoch = self.sample_epoch()
-        return tuple(np.diff(epoch[side][1]) + 1 for side in ("src", "tgt"))
-
-    def sample_epoch(self) -> dict:
-        """This epoch's segmentation of each of its pairs, sampled once at the epoch's start: a
-        pair's pieces are a function of (seed, epoch, pair), so a resumed run draws the same.
-        Kept as one flat int32 array and offsets per side (4 bytes a token). A sampled
-        segmentation longer than ``data.max_len`` is replaced by the cached one, so max_len
-        stays a bound."""
-        if self._sampled[0] == self.epoch:
-            return self._sampled[1]
-        t, max_len = self.config.train, self.config.data.max_len
-        n = len(self.train_data)
-        examples = self.train_data.epoch_examples(t.seed, self.epoch)  # weighted corpora: maybe a subset
-        todo = np.arange(n) if examples is None else np.unique(examples)  # ascending
-        if len(todo) >= 200_000:
-            log(f"epoch {self.epoch + 1}: sampling the segmentations of {len(todo):,} training pairs")
-        epoch = {}
-        for side in ("src", "tgt"):
-            tokenizer = getattr(self.tokenizers, side)
-            pieces, lengths = array("i"), np.zeros(n, dtype=np.int64)  # pairs not in this epoch: 0 tokens
-            for start in range(0, len(todo), 65536):
-                ids = todo[start:start + 65536]
-                for pair, row in zip(ids.tolist(), self.train_data.rows(ids, side)):
-                    sampled = tokenizer.sample(row.tolist(), t.subword_alpha, t.subword_nbest,
-                                               sample_seed(t.seed, self.epoch, pair, side))
-                    sampled = sampled if len(sampled) <= max_len else row.tolist()
-                    pieces.extend(sampled)  # in ascending pair order, so this is already the flat layout
-                    lengths[pair] = len(sampled)
-            epoch[side] = (np.frombuffer(pieces, dtype=np.int32), np.concatenate([[0], np.cumsum(lengths)]))
-        self._sampled = (self.epoch, epoch)
-        return epoch
-
-    def average_last(self) -> None:
-        """Average the last ``train.average_last`` numbered checkpoints into checkpoints/avg.pt and
-        log its validation scores beside best.pt's (``mt translate`` keeps using best.pt)."""
-        k = self.config.train.average_last
-        self.dist.barrier()  # rank 0 has written the checkpoints
-        paths = ckpt.step_checkpoints(self.run_dir)[-k:]
-        if len(paths) < k:
-            log(f"train.average_last={k}: only {len(paths)} numbered checkpoints exist; averaging those")
-        self._save_and_validate(ckpt.average_checkpoints(paths), "avg",
-                                {"averaged_steps": [ckpt.step_of(p) for p in paths]},
-                                f"averaged {len(paths)} checkpoints")
-
-    def save_ema(self) -> None:
-        """Write the moving average of the weights (``train.ema_decay``) to checkpoints/ema.pt and log
-        its validation scores beside best.pt's."""
-        with self.ema.applied():
-            averaged = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
-        self._save_and_validate(self.translation_state(averaged), "ema", {"ema_decay": self.ema.decay},
-                                f"moving average of the weights (decay {self.ema.decay})")
-
-    def _save_and_validate(self, weights: dict, name: str, record: dict, shown: str) -> None:
-        """Save ``weights`` as checkpoints/NAME.pt; validate them and log NAME_valid_* beside best.pt's score."""
-        target = self.run_dir / "checkpoints" / f"{name}.pt"
-        if self.dist.main:
-            ckpt.save_checkpoint(weights, target)
-        record = {"step": self.step, **record}
-        shown += f" -> {target}"
-        if self.valid is not None:
-            trained = {key: tensor.clone() for key, tensor in self.model.state_dict().items()}
-            self.model.load_state_dict(weights["model"])
-            metrics = self.validate()
-            self.model.load_state_dict(trained)
-            best = ckpt.best_checkpoints(self.run_dir)
-            record.update({f"{name}_{key}": round(value, 4) for key, value in metrics.items()})
-            shown += ": " + ", ".join(f"{key} {value:.2f}" for key, value in metrics.items())
-            if best and "valid_bleu" in metrics:
-                record["best_valid_bleu"], record["best_step"] = round(best[0]["score"], 4), best[0]["step"]
-                shown += f"; best.pt (step {best[0]['step']}): valid_bleu {best[0]['score']:.2f}"
-        self.log_metrics(record)
-        log(shown)
-
-    def checkpoint(self, validate: bool = True) -> dict | None:
-        """Validate (if there is a validation set), log, and save; every rank validates its share."""
-        metrics = self.validate() if validate and self.valid is not None else None
-        release_free_memory()  # the decode's many small tensors, freed but still held by the allocator
-        if metrics is not None and self.dist.main:
-            record = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
-                      **{k: round(v, 4) for k, v in metrics.items()}}
-            self.log_metrics(record)
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-            if self.amp_dtype is not None:  # mt translate decodes in fp32 by default: say why BLEU may differ
-                shown += f" (under {str(self.amp_dtype).replace('torch.', '')} autocast)"
-            log(f"step {self.step} ({self.elapsed / 60:.1f} min): {shown}")
-        self.save(metrics)
-        self.saved_step = self.step
-        return metrics
-
-    def _check_ranks_agree(self) -> None:
-        """DDP keeps replicas identical; say so (or warn) from a checksum of every rank's parameters."""
-        with torch.no_grad():
-            checksum = torch.stack([p.double().sum() for p in self.model.parameters()]).sum().item()
-        sums = self.dist.all_gather(checksum)
-        if all(x == sums[0] for x in sums):
-            log(f"all {self.dist.world} ranks hold identical parameters (checksum {sums[0]:.10g})")
-        else:
-            log(f"warning: ranks hold different parameters: checksums {sums}")
-
-    def _stop_reason(self, max_time: float) -> str | None:
-        t = self.config.train
-        if self.stop_signal is not None:
-            return f"{self.stop_signal} received"
-        if t.max_steps and self.step >= t.max_steps:
-            return f"max_steps={t.max_steps} reached"
-        if max_time and self.elapsed >= max_time:
-            return f"max_time={t.max_time} reached"
-        return None
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.stop_signal = signal.Signals(signum).name
-        log(f"{self.stop_signal}: finishing this step and saving a checkpoint...")
+            append_metrics(self.run_dir, record)
+        except WriteError as e:
+            raise WriteError(f"{e}; training stopped at step {self.step}, {self._last_saved()}") from None
 
 
-def train(config: Config, overwrite: bool = False) -> dict:
+def train(config: Config, overwrite: bool = False) -> dict | None:
     trainer = Trainer(config, overwrite=overwrite)
     metrics = trainer.run()
     trainer.dist.close()  # in a torchrun job: every rank leaves together, and gloo lets go of Python first

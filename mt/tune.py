@@ -22,6 +22,7 @@ from mt.data import read_parallel
 from mt.device import resolve_device, set_threads
 from mt.errors import MTError
 from mt.evaluate import score
+from mt.run_dir import read_tune_json
 from mt.translate import Translator, run_of
 
 
@@ -37,31 +38,10 @@ def run_config(run: str | Path) -> tuple[Path, Path, Config]:
     return run_dir, config_file, config
 
 
-def read_tune_json(run_dir: Path) -> dict:
-    """``RUN/tune.json`` ({} when missing or unreadable)."""
-    try:
-        record = json.loads((Path(run_dir) / "tune.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def update_tune_json(run_dir: Path, **entries) -> None:
     """Replace some entries of ``RUN/tune.json``, keeping the others (each kind of tuning its own)."""
     record = {**read_tune_json(run_dir), "data": "valid", **entries}
     atomic_write_text(Path(run_dir) / "tune.json", json.dumps(record, indent=1) + "\n")
-
-
-def tuned_decode(run_dir: Path) -> dict:
-    """The decode settings ``mt tune`` chose for a run, from ``RUN/tune.json``
-    (``length_penalty``, ``beam_size``, ``mode``; {} if never tuned), so that ``mt train``
-    resuming the run writes them back into the config.yaml it rewrites."""
-    record = read_tune_json(run_dir)
-    best, modes = record.get("best"), record.get("modes")
-    tuned = {key: best.get(key) for key in ("length_penalty", "beam_size")} if isinstance(best, dict) else {}
-    if isinstance(modes, dict):
-        tuned["mode"] = modes.get("chosen")
-    return {key: value for key, value in tuned.items() if value is not None}
 
 
 def tune_length_penalty(run: str | Path | list, alphas: list[float], beam_size: int | None = None,

@@ -131,11 +131,11 @@ def test_subword_sampling_samples_the_pairs_of_the_epoch(tiny_config, tmp_path):
                *write_two_corpora(tmp_path, 0.5)]
     trainer = Trainer(tiny_config(*options))
     epoch = set(trainer.train_data.epoch_examples(1, 0).tolist())
-    src_lens, tgt_lens = trainer.sampled_lengths()
+    src_lens, tgt_lens = trainer.pairs.lengths(0)
     assert len(epoch) == 25 and [i for i in range(30) if tgt_lens[i] > 1] == sorted(epoch)  # the others: unsampled
     pairs = np.array(sorted(epoch))
     tok = trainer.tokenizers.tgt
-    assert tok.decode([r.tolist() for r in trainer.rows(pairs, "tgt")]) == tok.decode(
+    assert tok.decode([r.tolist() for r in trainer.pairs.rows(pairs, "tgt", 0)]) == tok.decode(
         [r.tolist() for r in trainer.train_data.rows(pairs, "tgt")])
     train(tiny_config("train.max_steps=3", *options))
 

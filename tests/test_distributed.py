@@ -15,6 +15,28 @@ from helpers import TINY_OVERRIDES, run_process, wait_for_lines
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
 
 
+def test_the_place_in_a_job_is_read_from_torchruns_variables(monkeypatch):
+    from mt.distributed import Place, place
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert place() == Place(rank=0, world=1, local_rank=0)  # a plain run
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert place() == Place(rank=3, world=4, local_rank=1)
+
+
+def test_only_rank_0_logs(monkeypatch, capsys):
+    from mt.distributed import log
+
+    monkeypatch.setenv("RANK", "1")
+    log("from rank 1")
+    monkeypatch.setenv("RANK", "0")
+    log("from rank 0")
+    assert capsys.readouterr().err == "from rank 0\n"
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_collectives_are_exact_and_close_waits_until_gloo_released_every_tensor(tmp_path):

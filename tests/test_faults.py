@@ -36,6 +36,14 @@ def test_a_kill_point_kills_only_when_named_and_on_its_nth_pass():
     assert killed.returncode == -signal.SIGKILL and killed.stdout == "one\ntwo\n"
 
 
+def test_the_kill_point_variable_is_read_at_the_first_kill_point_not_at_import():
+    code = ("import os\nimport mt.faults, mt.checkpoint, mt.cache\n"
+            "os.environ['MT_KILL_AT'] = 'here'\n"
+            "mt.faults.kill_point('here'); print('survived', flush=True)\n")
+    killed = run_python(code)
+    assert killed.returncode == -signal.SIGKILL and killed.stdout == ""
+
+
 def dead_pid() -> int:
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                            timeout=60)
@@ -161,7 +169,7 @@ def test_a_disk_that_cannot_take_a_checkpoint_stops_training_with_one_line_and_k
 
 
 def test_a_full_disk_under_the_metrics_log_is_one_line_too(tiny_config, tmp_path, monkeypatch):
-    import mt.train as train_module
+    import mt.run_dir
 
     trainer = Trainer(tiny_config("train.max_steps=30", "train.valid_every=10", "train.log_every=12"))
 
@@ -170,7 +178,7 @@ def test_a_full_disk_under_the_metrics_log_is_one_line_too(tiny_config, tmp_path
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return open(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "open", full, raising=False)
+    monkeypatch.setattr(mt.run_dir, "open", full, raising=False)
     with pytest.raises(WriteError, match=rf"^cannot write '{tmp_path / 'run' / 'metrics.jsonl'}': No space left on "
                                          r"device \(ENOSPC\); the disk is full: free some space on it, or set run_dir "
                                          r"to another disk; training stopped at step 12, its last checkpoint "

@@ -30,7 +30,7 @@ blocks = [touched(3 << 20) for _ in range(40)]  # 120 MB, like a training step's
 for p in blocks[:-1]:  # the newest block stays alive, as tensors do across steps
     libc.free(p)
 if sys.argv[2:] == ["release"]:
-    release_free_memory()  # what Trainer.checkpoint does after a validation
+    release_free_memory()  # what training does after a validation
 print(round(rss_mb() - before))
 """
 
@@ -54,14 +54,19 @@ def test_environment_setting_wins(monkeypatch):
     assert memory.tune_allocator() is False
 
 
-def test_the_mt_command_tunes_the_allocator(monkeypatch, tmp_path):
+@pytest.mark.parametrize("argv, tuned", [
+    (["train", "missing.yaml"], True), (["translate", "missing_run"], True), (["tune", "missing_run", "--modes"], True),
+    (["serve", "missing_run"], True), (["evaluate", "-r", "ref", "-i", "hyp"], False), (["plot", "missing_run"], False),
+    (["average", "missing_run", "-o", "avg.pt"], False), (["export", "missing_run", "-o", "out"], False)])
+def test_the_mt_command_tunes_the_allocator_for_the_verbs_that_train_or_decode(monkeypatch, tmp_path, argv, tuned):
     import mt.cli
 
     calls = []
-    monkeypatch.setattr(mt.cli, "tune_allocator", lambda: calls.append(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mt.cli, "tune_allocator", lambda: calls.append(argv[0]))
     with pytest.raises(SystemExit):  # the files do not exist: the verb fails after the setting was made
-        mt.cli.main(["evaluate", "-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp")])
-    assert calls == [1]
+        mt.cli.main(argv)
+    assert calls == ([argv[0]] if tuned else [])
 
 
 def test_unknown_allocator_mode_is_a_clear_error(monkeypatch, tmp_path, capsys):
@@ -69,7 +74,7 @@ def test_unknown_allocator_mode_is_a_clear_error(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setenv("MT_ALLOCATOR", "jemalloc")
     with pytest.raises(SystemExit) as exit_info:
-        mt.cli.main(["evaluate", "-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp")])
+        mt.cli.main(["translate", str(tmp_path / "missing_run")])
     assert exit_info.value.code == 2
     assert "MT_ALLOCATOR='jemalloc': expected one of heap, mmap1m, mmap1m+thp, glibc" in capsys.readouterr().err
 

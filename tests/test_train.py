@@ -8,7 +8,8 @@ from mt.checkpoint import latest_checkpoint, load_checkpoint, step_checkpoints, 
 from mt.errors import MTError
 from mt.distributed import unshard
 from mt.loss import label_smoothed_loss
-from mt.train import Trainer, inverse_sqrt_lr, train
+from mt.schedule import inverse_sqrt_lr
+from mt.train import Trainer, train
 from mt.translate import Translator
 
 
@@ -471,7 +472,7 @@ def test_an_update_skipped_by_the_fp16_grad_scaler_is_not_counted_as_a_step(tiny
 
 
 def test_rdrop_with_weight_zero_is_exactly_the_plain_loss_and_its_kl_is_symmetric():
-    from mt.train import rdrop_loss
+    from mt.regularisers import rdrop_loss
 
     torch.manual_seed(0)
     logits, other = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
@@ -504,7 +505,7 @@ def test_rdrop_step_without_dropout_has_the_plain_loss_and_with_dropout_a_larger
 
 def test_word_dropout_replaces_only_real_source_tokens_by_unk():
     from mt.tokenizer import EOS, PAD, UNK
-    from mt.train import word_dropout
+    from mt.regularisers import word_dropout
 
     src = torch.tensor([[5, 6, 7, 8, EOS], [9, 10, EOS, PAD, PAD]])
     torch.manual_seed(0)
@@ -527,13 +528,13 @@ def test_subword_sampling_resamples_each_epoch_keeps_the_text_and_resumes_exactl
     trainer = Trainer(tiny_config(*options, f"run_dir={tmp_path / 'look'}"))
     ids = np.arange(len(trainer.train_data))
     cached = trainer.train_data.rows(ids, "tgt")
-    sampled = [r.tolist() for r in trainer.rows(ids, "tgt")]
+    sampled = [r.tolist() for r in trainer.pairs.rows(ids, "tgt", 0)]
     tok = trainer.tokenizers.tgt
     assert tok.decode(sampled) == tok.decode([r.tolist() for r in cached])
     assert any(s != r.tolist() for s, r in zip(sampled, cached))
-    assert [r.tolist() for r in trainer.rows(ids[::-1], "tgt")] == sampled[::-1]  # a function of the pair
+    assert [r.tolist() for r in trainer.pairs.rows(ids[::-1], "tgt", 0)] == sampled[::-1]  # a function of the pair
     # batches are cut on the sampled lengths, so they keep to train.batch_tokens
-    src_lens, tgt_lens = trainer.sampled_lengths()
+    src_lens, tgt_lens = trainer.pairs.lengths(0)
     assert tgt_lens.tolist() == [len(r) + 1 for r in sampled]
     assert (src_lens != trainer.train_data.src_lens).any()
     sizes, step = [], trainer.train_step
@@ -546,8 +547,7 @@ def test_subword_sampling_resamples_each_epoch_keeps_the_text_and_resumes_exactl
     trainer.config.train.max_steps = 12
     trainer.run()
     assert len(sizes) == 12 and max(sizes) <= trainer.config.train.batch_tokens, sizes
-    trainer.epoch = 1
-    assert [r.tolist() for r in trainer.rows(ids, "tgt")] != sampled
+    assert [r.tolist() for r in trainer.pairs.rows(ids, "tgt", 1)] != sampled
 
     straight = tiny_config(*options, "train.max_steps=30", f"run_dir={tmp_path / 'a'}")
     train(straight)
@@ -634,7 +634,7 @@ def test_each_recipe_trains_two_steps_on_tiny_data(recipe, tmp_path):
 
 
 def test_weight_ema_is_the_moving_average_of_the_updates_and_applied_gives_the_weights_back():
-    from mt.train import WeightEMA
+    from mt.averaging import WeightEMA
 
     layer = torch.nn.Linear(3, 2)
     w0, w1, w2 = (torch.randn(2, 3) for _ in range(3))
