@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
 from mt import checkpoint as ckpt
 from mt.distributed import log
 from mt.train_state import translation_state
-
-if TYPE_CHECKING:
-    from mt.train import Trainer
-
 
 class WeightEMA:
     """An exponential moving average of the weights (Polyak averaging; Marian's exponential
@@ -71,9 +67,10 @@ def average_last(run_dir: Path, k: int, warn: Callable[[str], None] = print) -> 
     return ckpt.average_checkpoints(paths), [ckpt.step_of(p) for p in paths]
 
 
-def save_averages(trainer: Trainer) -> None:
+def save_averages(trainer) -> None:
     """At the end of a finished run: checkpoints/avg.pt (``train.average_last``) and ema.pt
-    (``train.ema_decay``), each validated and logged beside best.pt's score."""
+    (``train.ema_decay``), each validated and logged beside best.pt's score. ``trainer``: the
+    running ``mt.train.Trainer`` (passed in, not imported: training imports this module)."""
     t = trainer.config.train
     if t.average_last:
         trainer.dist.barrier()  # rank 0 has written the checkpoints
@@ -86,7 +83,7 @@ def save_averages(trainer: Trainer) -> None:
                            f"moving average of the weights (decay {trainer.ema.decay})")
 
 
-def _save_and_validate(trainer: Trainer, weights: dict, name: str, record: dict, shown: str) -> None:
+def _save_and_validate(trainer, weights: dict, name: str, record: dict, shown: str) -> None:
     """Save ``weights`` as checkpoints/NAME.pt; validate them and log NAME_valid_* beside best.pt's score."""
     target = trainer.run_dir / "checkpoints" / f"{name}.pt"
     if trainer.dist.main:

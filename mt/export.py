@@ -18,7 +18,7 @@ import torch
 from mt.config import ModelConfig
 from mt.errors import MTError
 from mt.model import MultiHeadAttention, Residual, SinusoidalPositions, Transformer
-from mt.translate import Translator
+from mt.pretrained import load_model
 
 SPECIAL_PIECES = {0: "<pad>", 1: "<unk>", 2: "<s>", 3: "</s>"}
 
@@ -35,9 +35,9 @@ def export_ctranslate2(run: str | Path, output_dir: str | Path, quantization: st
     except ImportError:
         raise MTError("exporting to CTranslate2 needs the ctranslate2 package: "
                       "pip install 'mt[ctranslate2]'") from None
-    translator = Translator.from_pretrained(run, device="cpu")
-    vocabularies = [_vocabulary(tokenizer) for tokenizer in (translator.tokenizers.src, translator.tokenizers.tgt)]
-    spec = _transformer_spec(translator.model, translator.config.model)
+    model, tokenizers, config, _ = load_model(Path(run))
+    vocabularies = [_vocabulary(tokenizer) for tokenizer in (tokenizers.src, tokenizers.tgt)]
+    spec = _transformer_spec(model.eval(), config.model)
     spec.register_source_vocabulary(vocabularies[0])
     spec.register_target_vocabulary(vocabularies[1])
     spec.validate()
@@ -50,7 +50,7 @@ def export_ctranslate2(run: str | Path, output_dir: str | Path, quantization: st
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
     spec.save(str(output_dir))
-    for tokenizer in {id(t): t for t in (translator.tokenizers.src, translator.tokenizers.tgt)}.values():
+    for tokenizer in {id(t): t for t in (tokenizers.src, tokenizers.tgt)}.values():
         shutil.copy(tokenizer.path, output_dir / tokenizer.path.name)  # so the directory is all a server needs
     return output_dir
 

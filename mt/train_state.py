@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,10 +15,6 @@ from mt.config import Config
 from mt.distributed import log
 from mt.errors import MTError
 from mt.tokenizer import TokenizerPair
-
-if TYPE_CHECKING:
-    from mt.train import Trainer
-
 
 def check_compatible(config: Config, state: dict, path: Path) -> None:
     """The model and tokenizer settings of ``config`` are the run's (else resuming would fail or mislead)."""
@@ -41,8 +36,10 @@ def translation_state(model: dict, step: int, config: Config, tokenizers: Tokeni
             "vocab_sizes": [tokenizers.src.vocab_size, tokenizers.tgt.vocab_size]}
 
 
-def training_state(trainer: Trainer) -> dict:
-    """Everything a resumed run needs to continue exactly; collective in a torchrun job (RNG of every rank)."""
+def training_state(trainer) -> dict:
+    """Everything a resumed run needs to continue exactly; collective in a torchrun job (RNG of every rank).
+
+    ``trainer``: the running ``mt.train.Trainer`` (passed in, not imported: training imports this module)."""
     rng = {"torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     return {
@@ -55,7 +52,7 @@ def training_state(trainer: Trainer) -> dict:
     }
 
 
-def restore(trainer: Trainer, state: dict) -> None:
+def restore(trainer, state: dict) -> None:
     """Put ``state`` (``training_state`` of the run being resumed) back into ``trainer``."""
     if state.get("vocab") != trainer.tokenizers.fingerprint():
         raise MTError(f"{trainer.run_dir}: checkpoint was trained with another vocabulary than "
@@ -77,7 +74,7 @@ def restore(trainer: Trainer, state: dict) -> None:
     _restore_rng(state, trainer.dist.rank, trainer.dist.world)
 
 
-def _restore_ema(trainer: Trainer, state: dict) -> None:
+def _restore_ema(trainer, state: dict) -> None:
     if trainer.ema is None:
         return
     if state.get("ema") is not None:

@@ -16,21 +16,20 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
-from mt import checkpoint as ckpt
 from mt import ctranslate2_engine, decode_mode
 from mt import search as torch_search
 from mt.batching import make_batch
-from mt.config import Config, DecodeConfig, config_from_dict
+from mt.config import Config
 from mt.device import resolve_device, resolve_precision, set_threads
 from mt.ensemble import Ensemble
 from mt.errors import MTError
 from mt.kernels import pack_output_projection
 from mt.model import Transformer, recording_attention, too_long
+from mt.pretrained import decode_settings, load_model, run_of
 from mt.search import Sampler, beam_search, decode_corpus
-from mt.tokenizer import BOS, EOS, PAD, TokenizerPair, load_tokenizers
+from mt.tokenizer import BOS, EOS, PAD, TokenizerPair
 
 
 def default_decoders(decoders: int, device: torch.device, threads: int) -> int:
@@ -85,7 +84,7 @@ class Translator:
         torch_device = resolve_device(device)
         if quantize == "int8" and torch_device.type != "cpu":
             raise MTError("--quantize int8 is for CPU decoding; use --device cpu")
-        loaded = [_load_model(p) for p in paths]
+        loaded = [load_model(p) for p in paths]
         _check_shared_vocabulary(paths, [tokenizers for _, tokenizers, _, _ in loaded])
         _, tokenizers, config, run_dir = loaded[0]
         config = replace(config, decode=decode_settings(run_dir, config))
@@ -317,47 +316,6 @@ def too_long_message(line_numbers: list[int], table: int) -> str:
     more = f" and {len(line_numbers) - 10} more" if len(line_numbers) > 10 else ""
     return (f"input line{'s' if len(line_numbers) > 1 else ''} {', '.join(map(str, line_numbers[:10]))}{more}: "
             f"longer than the model's {table} learned positions (model.max_positions)")
-
-def run_of(path: Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint file) for a run directory or a checkpoint file."""
-    path = Path(path)
-    if not path.exists():
-        raise MTError(f"run directory or checkpoint '{path}' not found")
-    if path.is_dir():
-        return path, ckpt.best_or_latest(path)
-    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path
-
-
-def _load_model(path: Path) -> tuple[Transformer, TokenizerPair, Config, Path]:
-    """One checkpoint's model (on the CPU), its tokenizers, its config and its run directory."""
-    run_dir, checkpoint_file = run_of(path)
-    state = ckpt.load_checkpoint(checkpoint_file)
-    if "model" not in state or "config" not in state:
-        raise MTError(f"'{checkpoint_file}' is not an mt checkpoint")
-    config = config_from_dict(state["config"], str(checkpoint_file))
-    if not path.is_dir() and not (run_dir / "config.yaml").exists():
-        run_dir = Path(config.run_dir)  # a checkpoint copied out of its run: find the run's tokenizer
-    tokenizers = load_tokenizers(run_dir, config.tokenizer.joint)
-    if state.get("vocab") != tokenizers.fingerprint():
-        raise MTError(f"checkpoint '{checkpoint_file}' was trained with another vocabulary than "
-                      f"the tokenizer in '{run_dir}'")
-    model = Transformer(config.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
-    model.load_state_dict(state["model"])
-    return model, tokenizers, config, run_dir
-
-
-def decode_settings(run_dir: Path, fallback: Config) -> DecodeConfig:
-    """The decode settings translation uses: ``run_dir/config.yaml``'s (which ``mt tune`` updates),
-    else those saved in the checkpoint (``fallback``), e.g. for a checkpoint copied out of its run."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return fallback.decode
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise MTError(f"'{path}': cannot read the decode settings: {e}".replace("\n", " ")) from None
-    return config_from_dict(raw, str(path)).decode
-
 
 def stdin_batches(fd: int, max_lines: int = 256) -> Iterator[list[str]]:
     """Lines from a file descriptor in batches, without waiting for more input than is there.

@@ -23,7 +23,8 @@ from mt.device import resolve_device, set_threads
 from mt.errors import MTError
 from mt.evaluate import score
 from mt.run_dir import read_tune_json
-from mt.translate import Translator, run_of
+from mt.pretrained import run_of
+from mt.translate import Translator
 
 
 def run_config(run: str | Path) -> tuple[Path, Path, Config]:

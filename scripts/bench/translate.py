@@ -36,7 +36,8 @@ from mt.config import load_config
 from mt.data import read_lines
 from mt.evaluate import bleu
 from mt.memory import DEFAULT_ALLOCATOR, tune_allocator
-from mt.translate import Translator, run_of
+from mt.pretrained import run_of
+from mt.translate import Translator
 
 CT2_CPU_TYPES = ("float32", "int8", "int16", "bfloat16", "int8_bfloat16")  # int8_float32 = int8 on a CPU
 

@@ -29,7 +29,8 @@ from mt.config import load_config
 from mt.data import read_lines
 from mt.evaluate import bleu
 from mt.memory import tune_allocator
-from mt.translate import Translator, run_of
+from mt.pretrained import run_of
+from mt.translate import Translator
 
 
 ENGINE_TYPES = ("float32", "int8")  # CTranslate2's types measured (int8_float32 is int8 on a CPU)
