@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,20 +30,13 @@ import time
 from http.client import HTTPConnection
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_fairness import cpu_name, isa  # noqa: E402
+from common import free_port, machine_line, median, percentile
 
-from mt.config import load_config  # noqa: E402
-from mt.ctranslate2_engine import compute_type_of  # noqa: E402
-from mt.data import read_lines  # noqa: E402
-from mt.evaluate import bleu  # noqa: E402
-from mt.translate import run_of  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mt.config import load_config
+from mt.ctranslate2_engine import compute_type_of
+from mt.data import read_lines
+from mt.evaluate import bleu
+from mt.translate import run_of
 
 
 def isolated_argos(home: Path, compute_type: str, beam: int, threads: int) -> dict:
@@ -140,11 +131,6 @@ def load(port: int, sentences: list[str], clients: int, source: str, target: str
     return time.perf_counter() - started, latencies, outputs
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure(args, running, sentences: list[str], refs: list[str]) -> None:
     for _, port, _ in running:  # warm up: the first requests load and allocate
         load(port, sentences[:8], 1, args.source, args.target)
@@ -160,8 +146,8 @@ def measure(args, running, sentences: list[str], refs: list[str]) -> None:
     print("| server | clients | sentences/s | p50 ms | p99 ms | BLEU |")
     print("|---|---|---|---|---|---|")
     for (name, clients), row in results.items():
-        print(f"| {name} | {clients} | {statistics.median(row['rates']):.1f} | "
-              f"{1000 * percentile(row['latencies'], 0.5):.0f} | {1000 * percentile(row['latencies'], 0.99):.0f} | "
+        print(f"| {name} | {clients} | {median(row['rates']):.1f} | "
+              f"{1000 * percentile(row['latencies'], 50):.0f} | {1000 * percentile(row['latencies'], 99):.0f} | "
               f"{bleu(row['outputs'], refs):.2f} |")
 
 
@@ -183,7 +169,7 @@ def main() -> None:
     args.compute_type = args.compute_type or compute_type_of(config.decode.mode) or "float32"
     sentences = read_lines(args.data / "multi30k" / f"test2016.{args.source}")[:args.sentences]
     refs = read_lines(args.data / "multi30k" / f"test2016.{args.target}")[:args.sentences]
-    print(f"CPU: {cpu_name()} ({isa()}), {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"# {machine_line()}")
     print(f"{len(sentences)} test2016 sentences, one a request; beam {args.beam}, {args.compute_type}; {args.run}")
     with tempfile.TemporaryDirectory(prefix="serve-vs-lt-") as work:
         running = servers(args, Path(work))
