@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gather-tokens", type=int, default=4096,
                    help="source tokens a worker gathers at most into one decoding round (default 4096)")
     add_decoding_hardware_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

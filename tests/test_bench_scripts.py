@@ -29,7 +29,7 @@ def load(name: str, monkeypatch):
 
 def test_the_benchmarks_are_the_ones_the_docs_name():
     assert SCRIPTS == ["allocator", "chaos_resume", "data", "http_stack", "memory", "model", "multi30k", "serve",
-                       "serve_fairness", "startup", "step_memory", "stress_ddp", "train_step", "translate",
+                       "serve_fairness", "serve_vs_libretranslate", "startup", "step_memory", "stress_ddp", "train_step", "translate",
                        "translate_engines"]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,19 @@ class ServedModel:
 
     def info(self) -> dict:
         cfg = self.translator.config
-        return {"run": self.name, "source": self.source, "target": self.target,
+        return {"run": self.name, "source": self.source, "target": self.target, "mode": self.translator.mode,
                 "beamSize": cfg.decode.beam_size, "layers": cfg.model.decoder_layers, "heads": cfg.model.heads}
+
+    @property
+    def attention_note(self) -> str | None:
+        """Said with the attention when another engine translates: the page draws it with torch."""
+        from mt.ctranslate2_engine import compute_type_of
+
+        mode = self.translator.mode
+        if compute_type_of(mode) is None:
+            return None
+        return (f"this model translates with {mode}; its attention is drawn by the torch model (fp32) "
+                "translating the one sentence again")
 
 
 def parse_run_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -46,11 +58,14 @@ def parse_run_spec(spec: str) -> tuple[str, str | None, str | None]:
 def load_models(specs: list[str], device: str = "auto", precision: str = "fp32", threads: int = 0,
                 quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0,
                 gather_tokens: int = 4096, gather_window_ms: float = 50.0, decoders: int = 0,
-                beam: int | None = None, max_output_tokens: int | None = None) -> list[ServedModel]:
+                beam: int | None = None, max_output_tokens: int | None = None, engine: str = "torch",
+                compute_type: str | None = None) -> list[ServedModel]:
     """Load each run and start its worker; two runs of one pair are an error (no ensembles here).
 
     ``beam``: the beam size (None: each run's ``decode.beam_size``); ``max_output_tokens``: the
     most target tokens per sentence (None: ``decode.max_len_a`` x source + ``max_len_b`` alone).
+    ``engine``, ``compute_type``: as for ``Translator.from_pretrained`` (auto: the run's
+    ``decode.mode``).
 
     ``threads``: the CPU cores to use (0 = all); ``decoders``: decoding threads per model
     (0 = one per core on CPU, at most 4, each with ``threads // decoders`` torch threads; 1 on
@@ -59,14 +74,12 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
     """
     from mt.device import cpu_threads, resolve_device
     from mt.serve.worker import ModelWorker
-    from mt.translate import Translator, default_decoders
+    from mt.translate import default_decoders
 
     cores = cpu_threads(threads)
     decoders = default_decoders(decoders, resolve_device(device), cores)
     parsed = [parse_run_spec(s) for s in specs]
-    # the worker's decoder threads each decode a round alone (decoders=1 inside the Translator)
-    translators = [Translator.from_pretrained(run, device=device, precision=precision,
-                                              threads=max(1, cores // decoders), quantize=quantize, decoders=1)
+    translators = [load_translator(run, device, precision, cores, quantize, decoders, engine, compute_type)
                    for run, _, _ in parsed]
     models, seen = [], {}
     for (run, src, tgt), translator in zip(parsed, translators):
@@ -84,3 +97,26 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
                                    gather_window_ms=gather_window_ms, name=f"{model.source}-{model.target}",
                                    decoders=decoders)
     return models
+
+
+def load_translator(run: str, device: str, precision: str, cores: int, quantize: str | None, decoders: int,
+                    engine: str, compute_type: str | None):
+    """One run's ``Translator``, shared by the worker's ``decoders`` threads, each decoding a round alone.
+
+    Torch decodes each round on ``cores // decoders`` threads. CTranslate2 is built with
+    ``decoders`` workers (``inter_threads``) of ``cores // decoders`` threads each, so the decoder
+    threads' rounds run side by side in it instead of one after another; torch keeps its share
+    for what it still decodes (the page's attention, what CTranslate2 cannot do).
+    """
+    import torch
+
+    from mt.translate import Translator
+
+    translator = Translator.from_pretrained(run, device=device, precision=precision, threads=cores,
+                                            quantize=quantize, decoders=decoders, engine=engine,
+                                            compute_type=compute_type)
+    torch.set_num_threads(max(1, cores // decoders))
+    translator.decoders = 1  # the worker's threads are the decoders; a round is one thread's batches
+    if translator.mode_note:
+        print(f"note: {run}: {translator.mode_note}", file=sys.stderr, flush=True)
+    return translator

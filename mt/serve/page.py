@@ -76,10 +76,11 @@ def check_answer_size(model, tokens: int) -> None:
 
 def attention_answer(model, sentences: list[str], index: int, src: list[str], tgt: list[str], weights):
     """The answer, rendered on a thread: its JSON is the largest this server writes."""
+    note = {"note": model.attention_note} if model.attention_note else {}
     return JSONResponse({
         "sentences": len(sentences), "sentence": index, "text": sentences[index],
         "translatedText": model.translator.tokenizers.tgt.sp.decode_pieces(tgt[:-1]),
-        "source": src, "target": tgt, "weights": weights.round(decimals=4).tolist(),
+        "source": src, "target": tgt, "weights": weights.round(decimals=4).tolist(), **note,
     })
 
 

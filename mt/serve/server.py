@@ -40,7 +40,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
           limits: Limits | None = None, device: str = "auto", precision: str = "fp32", threads: int = 0,
           quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0, gather_tokens: int = 4096,
           gather_window_ms: float = 50.0, decoders: int = 0, log_level: str = "info", beam: int | None = None,
-          max_output_tokens: int | None = 256) -> None:
+          max_output_tokens: int | None = 256, engine: str = "torch", compute_type: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and finish what is in flight; after
     ``limits.shutdown_timeout`` seconds (or a second signal) give up on it: an MTError then says
     how many requests were abandoned (a non-zero exit)."""
@@ -55,12 +55,12 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     models = load_models(specs, device=device, precision=precision, threads=threads, quantize=quantize,
                          max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
                          gather_window_ms=gather_window_ms, decoders=decoders, beam=beam,
-                         max_output_tokens=max_output_tokens)
+                         max_output_tokens=max_output_tokens, engine=engine, compute_type=compute_type)
     shown = f"[{host}]" if ":" in host else host
     server = make_server(App(models, limits, api_keys).starlette(), limits, f"http://{shown}:{sock.getsockname()[1]}",
                          log_level)
     for m in models:
-        print(f"serving {m.source}->{m.target} from {m.run}", file=sys.stderr)
+        print(f"serving {m.source}->{m.target} from {m.run} ({m.translator.mode})", file=sys.stderr)
     # uvicorn re-raises the signal that stopped it once it is done; these handlers make that
     # a no-op, so a graceful stop ends with status 0 after the workers have finished.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}

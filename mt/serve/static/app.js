@@ -98,6 +98,8 @@ async function attention(seq) {
   }
   select.value = String(data.sentence);
   $("sentence-box").hidden = data.sentences < 2;
+  $("attention-note").textContent = data.note || "";  // e.g. drawn by torch for a CTranslate2 model
+  $("attention-note").hidden = !data.note;
   render();
   document.body.dataset.source = data.text === undefined ? "" : $("source").value;
   document.body.dataset.state = "ready";
