@@ -183,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, metavar="NAME.png", help="draw only these figures")
     p.set_defaults(func=cmd_figures)
 
-    p = verbs.add_parser("export", parents=[common], help="export a model for a serving engine (CTranslate2)",
+    p = verbs.add_parser("export", parents=[common], help="export a model for a serving engine (CTranslate2, Argos)",
                          description="Write the model as a CTranslate2 model directory (needs the ctranslate2 "
-                                     "extra: pip install 'mt[ctranslate2]'), with the SentencePiece model beside it.")
+                                     "extra: pip install 'mt[ctranslate2]'), with the SentencePiece model beside it, "
+                                     "or as an Argos Translate package (--format argos) that LibreTranslate serves.")
     p.add_argument("model", help="run directory (uses checkpoints/best.pt) or a checkpoint file")
     p.add_argument("--format", default="ctranslate2", choices=["ctranslate2", "argos"],
                    help="ctranslate2: a model directory; argos: an .argosmodel package for Argos Translate and "
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
     for name, default, what in [("header", 60, "a request's headers"), ("body", 60, "each part of a request's body"),
                                 ("keep-alive", 60, "the next request on an idle connection"),
-                                ("shutdown", 30, "requests in flight after SIGTERM/SIGINT, then exit 1")]:
+                                ("shutdown", 30, "requests in flight after SIGTERM/SIGINT, then exit 2")]:
         p.add_argument(f"--{name}-timeout", type=float, default=default,
                        help=f"seconds to wait for {what} (default {default})")
     p.add_argument("--max-queue", type=int, default=64,
