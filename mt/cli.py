@@ -42,7 +42,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="torch (the reference), ctranslate2 (the model exported once into the run directory; what "
                         "it cannot do exactly decodes with torch, with a note), or auto (default): the engine of the "
                         "run's decode.mode as chosen by mt tune RUN --modes, torch for a run never measured; "
-                        "CTranslate2 decodes one batch at a time on all --threads unless --decoders says more")
+                        "CTranslate2 runs one worker per --decoders")
     p.add_argument("--compute-type", default=None, choices=ENGINE_COMPUTE_TYPES,
                    help="with --engine ctranslate2: its compute type (default: from --precision / --quantize: "
                         "fp32 float32, bf16 bfloat16, int8 int8; auto: the tuned one, else float32)")

@@ -96,9 +96,8 @@ class Translator:
         precision, quantize, mode, note = decode_mode.resolve(precision, quantize, tuned, torch_device)
         amp_dtype = resolve_precision(precision, torch_device)
         model = _decoding_model([m for m, _, _, _ in loaded], quantize, amp_dtype, torch_device)
-        # CTranslate2 runs one batch on all threads faster than two side by side (scripts/bench/translate_engines.py)
-        decoders = default_decoders(decoders, torch_device, torch.get_num_threads()) if compute_type is None else \
-            max(decoders, 1)
+        # either engine: batches side by side, one thread each (CTranslate2: one worker per decoder)
+        decoders = default_decoders(decoders, torch_device, torch.get_num_threads())
         searches = None if compute_type is None else ctranslate2_engine.load(
             run_dir, run_of(paths[0])[1], tokenizers, config, compute_type, torch_device, torch.get_num_threads(),
             decoders)
