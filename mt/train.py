@@ -58,7 +58,7 @@ def prepare_data(config: Config, run_dir: Path):
 
 
 @dataclass
-class Session:
+class RunProgress:
     """What one call of ``Trainer.run`` carries from update to update."""
 
     max_time: float  # seconds of training time (0: no limit)
@@ -137,11 +137,11 @@ class Trainer:
                                           fused=self.device.type in ("cpu", "cuda"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.elapsed = 0.0  # training wall time over all sessions of this run
+        self.elapsed = 0.0  # training wall time over every process that trained this run (resumes included)
         self.best_score = -math.inf
         self.stop_signal: str | None = None
         self.saved_step = -1
-        self.overflow_skips = 0  # updates the fp16 GradScaler skipped (overflowing gradients), this session
+        self.overflow_skips = 0  # updates the fp16 GradScaler skipped (overflowing gradients), in this process
         self.warmup_elapsed: float | None = None  # training time when warmup ended (the time budget's decay starts)
         self.validations_without_gain = 0  # for early stopping (train.patience)
         self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay else None
@@ -213,16 +213,16 @@ class Trainer:
         previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=t.max_steps or None, initial=self.step, unit="step", dynamic_ncols=True,
                    desc="train", file=sys.stderr, disable=None if self.dist.main else True)
-        session = Session(parse_duration(t.max_time), bar, time.monotonic() - self.elapsed, time.monotonic())
+        progress = RunProgress(parse_duration(t.max_time), bar, time.monotonic() - self.elapsed, time.monotonic())
         try:
             for group in self._update_groups():
-                reason = self._update(group, session)
+                reason = self._update(group, progress)
                 if reason is not None:
                     break
             else:
                 reason = f"max_epochs={t.max_epochs} reached"
                 if self.saved_step != self.step:
-                    session.last_metrics = self.checkpoint()
+                    progress.last_metrics = self.checkpoint()
         finally:
             bar.close()
             for s, handler in previous_handlers.items():
@@ -234,7 +234,7 @@ class Trainer:
             log(f"interrupted by {self.stop_signal}; run the same 'mt train' command again to resume")
         else:
             save_averages(self)
-        return session.last_metrics
+        return progress.last_metrics
 
     def _update_groups(self):
         """The batches of each coming update (``train.accum_steps`` of them), epoch after epoch, from
@@ -254,7 +254,7 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
 
-    def _update(self, group: list, session: Session) -> str | None:
+    def _update(self, group: list, progress: RunProgress) -> str | None:
         """Train one update on ``group``, log, checkpoint when due; the reason to stop, if any."""
         rank, world = self.dist.rank, self.dist.world
         parts = [batch_from_rows(self.pairs.rows(ids[rank::world], "src", self.epoch),
@@ -263,57 +263,57 @@ class Trainer:
             n_tokens = int(self.dist.all_sum(sum(p.n_tgt_tokens for p in parts)))
         else:  # every rank's slices: the whole batch
             n_tokens = sum(int(self.train_data.tgt_lens[ids].sum()) for ids in group)
-        lr = self.set_lr(session.max_time)
-        loss = self._counted_step(parts, n_tokens, session)
+        lr = self.set_lr(progress.max_time)
+        loss = self._counted_step(parts, n_tokens, progress)
         if loss is None:  # no update was made: the step and the schedule wait (as fairseq)
             return None
         self.step += 1
         if self.ema is not None:
             self.ema.update()
-        session.window_tokens += n_tokens
-        self.elapsed = time.monotonic() - session.start
-        session.bar.update(1)
+        progress.window_tokens += n_tokens
+        self.elapsed = time.monotonic() - progress.start
+        progress.bar.update(1)
         if self.step % self.config.train.log_every == 0:
             now = time.monotonic()
-            tok_s = session.window_tokens / max(now - session.window_start, 1e-9)
-            session.window_tokens, session.window_start = 0, now
-            session.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
+            tok_s = progress.window_tokens / max(now - progress.window_start, 1e-9)
+            progress.window_tokens, progress.window_start = 0, now
+            progress.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}", ep=self.epoch + 1)
             self.log_metrics({"step": self.step, "epoch": self.epoch + 1, "time": round(self.elapsed, 1),
                               "train_loss": round(loss, 4), "lr": lr, "tgt_tokens_per_s": round(tok_s)})
-        return self._checkpoint_if_due(session)
+        return self._checkpoint_if_due(progress)
 
-    def _counted_step(self, parts: list[Batch], n_tokens: int, session: Session) -> float | None:
+    def _counted_step(self, parts: list[Batch], n_tokens: int, progress: RunProgress) -> float | None:
         """``train_step``, or None when it made no update; too many of those in a row is an error."""
         skips = self.overflow_skips
         with self.dist.peers_answer(f"step {self.step + 1}"):
             loss = self.train_step(parts, n_tokens)
         if self.overflow_skips > skips:
-            session.overflows += 1
-            if session.overflows >= MAX_OVERFLOW_SKIPS:
-                raise MTError(f"training diverged: {session.overflows} fp16 updates in a row had overflowing "
+            progress.overflows += 1
+            if progress.overflows >= MAX_OVERFLOW_SKIPS:
+                raise MTError(f"training diverged: {progress.overflows} fp16 updates in a row had overflowing "
                               f"gradients at step {self.step + 1}; use train.precision=bf16 or fp32")
             return None
-        session.overflows = 0
+        progress.overflows = 0
         if loss is None:
-            session.bad_steps += 1
+            progress.bad_steps += 1
             log(f"warning: step {self.step + 1}: loss is not finite; update skipped")
-            if session.bad_steps >= MAX_BAD_STEPS:
-                raise MTError(f"training diverged: {session.bad_steps} non-finite losses in a row at step "
+            if progress.bad_steps >= MAX_BAD_STEPS:
+                raise MTError(f"training diverged: {progress.bad_steps} non-finite losses in a row at step "
                               f"{self.step + 1}; lower train.lr or use train.precision=fp32")
             return None
-        session.bad_steps = 0
+        progress.bad_steps = 0
         return loss
 
-    def _checkpoint_if_due(self, session: Session) -> str | None:
+    def _checkpoint_if_due(self, progress: RunProgress) -> str | None:
         """Validate and save every ``train.valid_every`` steps and when stopping; the reason to stop, if any."""
         t = self.config.train
-        reason = self.dist.from_main(self._stop_reason(session.max_time), step=self.step)
+        reason = self.dist.from_main(self._stop_reason(progress.max_time), step=self.step)
         if self.step % t.valid_every == 0 or reason is not None:
             # stopped by a signal between validations: save without validating (it stops sooner,
             # and the resumed run validates, ranks and averages the steps an uninterrupted one does)
             interrupted = reason is not None and self.dist.from_main(self.stop_signal is not None)
-            session.last_metrics = self.checkpoint(validate=self.step % t.valid_every == 0 or not interrupted)
-            session.window_start = time.monotonic()
+            progress.last_metrics = self.checkpoint(validate=self.step % t.valid_every == 0 or not interrupted)
+            progress.window_start = time.monotonic()
             if reason is None and t.patience and self.validations_without_gain >= t.patience:
                 reason = f"no better validation score in {t.patience} validations (train.patience)"
             reason = self.dist.from_main(reason, step=self.step)
