@@ -3,12 +3,16 @@ subprocess helpers that fail with what hung. Fixtures stay in conftest.py."""
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mt.cli import main
 
 SUBJECTS = [("der hund", "the dog"), ("die katze", "the cat"), ("ein mann", "a man"),
             ("eine frau", "a woman"), ("das kind", "the child")]
@@ -75,3 +79,21 @@ def wait_for_lines(path: Path, n: int, proc, what: str, timeout: float = 240) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+def pipe_with(data: bytes):
+    """A readable file whose descriptor is a real pipe holding ``data`` (then end of input)."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    os.close(write_fd)
+    return open(read_fd, "r", encoding="utf-8")
+
+
+def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
+    if stdin_bytes is not None:
+        monkeypatch.setattr(sys, "stdin", pipe_with(stdin_bytes))
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err

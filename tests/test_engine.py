@@ -11,21 +11,11 @@ from mt.cli import main
 from mt.errors import MTError
 from mt.translate import Translator
 
+from helpers import run_cli
+
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 from mt import ctranslate2_engine  # noqa: E402  (after the skip: the engine needs ctranslate2)
-
-
-def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
-    from test_translate import pipe_with
-
-    if stdin_bytes is not None:
-        monkeypatch.setattr(sys, "stdin", pipe_with(stdin_bytes))
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

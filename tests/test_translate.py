@@ -13,23 +13,7 @@ from mt.errors import MTError
 from mt.kernels import PackedLinear
 from mt.translate import Translator, default_decoders
 
-
-def pipe_with(data: bytes):
-    """A readable file whose descriptor is a real pipe holding ``data`` (then end of input)."""
-    read_fd, write_fd = os.pipe()
-    os.write(write_fd, data)
-    os.close(write_fd)
-    return open(read_fd, "r", encoding="utf-8")
-
-
-def run_cli(argv, capsys, stdin_bytes=None, monkeypatch=None):
-    if stdin_bytes is not None:
-        monkeypatch.setattr(sys, "stdin", pipe_with(stdin_bytes))
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from helpers import pipe_with, run_cli
 
 
 def test_empty_lines_give_empty_lines_and_line_count_is_kept(trained_run):
