@@ -11,6 +11,7 @@ from mt.commands import (cmd_attention, cmd_average, cmd_data, cmd_evaluate, cmd
 from mt.config import PRECISIONS  # no torch: mt/__init__ imports mt.config anyway
 from mt.errors import MTError, TrainingInterrupted
 from mt.memory import tune_allocator
+from mt.plot_labels import LANGUAGES  # no matplotlib until a figure is drawn
 
 EXIT_USER_ERROR = 2
 # The verbs that train or decode at length, which the C allocator and oneDNN cache settings make faster and
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source sentence for the attention maps and the beam tree (default: first validation line)")
     p.add_argument("--beam", type=int, default=3, help="beam size of the drawn search tree (default 3)")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME.png", help="draw only these figures")
+    p.add_argument("--lang", choices=LANGUAGES, default="en",
+                   help="language of the labels (default en; zh needs the font WenQuanYi Zen Hei: fonts-wqy-zenhei)")
     p.set_defaults(func=cmd_figures)
 
     p = verbs.add_parser("export", parents=[common], help="export a model for a serving engine (CTranslate2, Argos)",

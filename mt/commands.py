@@ -228,7 +228,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from mt.figures import make_figures
 
     output = Path(args.output or Path(args.run_dir) / "figures")
-    for path in make_figures(args.run_dir, output, sentence=args.sentence, beam_size=args.beam, only=args.only):
+    for path in make_figures(args.run_dir, output, sentence=args.sentence, beam_size=args.beam, only=args.only,
+                             lang=args.lang):
         print(f"wrote {path}", file=sys.stderr)
 
 

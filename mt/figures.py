@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mt import plot
+from mt import plot, plot_labels
 from mt.checkpoint import atomic_write_bytes
 from mt.config import Config
 from mt.batching import causal_mask, make_batch, padding_mask
@@ -65,11 +65,11 @@ MANIFEST = "figures.json"  # written beside the PNGs: what drew them, from what,
 
 
 def drawing_code_hash() -> str:
-    """A hash of the code the figures depend on: this module, ``mt.plot``, the learning-rate
-    schedules and the attention capture. A change there means the shipped figures need a redraw."""
+    """A hash of the code the figures depend on: this module, ``mt.plot`` and its labels, the
+    learning-rate schedules and the attention capture. A change there means the shipped figures need a redraw."""
     from mt.translate import Translator
 
-    sources = [Path(__file__).read_text(encoding="utf-8"), Path(plot.__file__).read_text(encoding="utf-8")]
+    sources = [Path(f).read_text(encoding="utf-8") for f in (__file__, plot.__file__, plot_labels.__file__)]
     sources += [inspect.getsource(f) for f in (budget_lr, inverse_sqrt_lr, Translator.attention,
                                                Translator.cross_attention)]
     return hashlib.sha256("\n".join(sources).encode("utf-8")).hexdigest()
@@ -127,6 +127,7 @@ class _Run:
     valid_tgt: list[str]
     sentence: str
     beam_size: int
+    lang: str  # of the labels: a language of mt.plot_labels.LABELS
 
     @property
     def model(self):
@@ -142,11 +143,12 @@ class _Run:
 
 
 def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None = None,
-                 beam_size: int = 3, only: list[str] | None = None) -> list[Path]:
+                 beam_size: int = 3, only: list[str] | None = None, lang: str = "en") -> list[Path]:
     """Draw every figure of ``FIGURES`` (or those named in ``only``) from ``run_dir`` into ``output``.
 
     ``sentence`` (default: the first validation source line) is the one whose attention
-    and beam search are drawn; the beam tree uses ``beam_size`` (small, to stay readable).
+    and beam search are drawn; the beam tree uses ``beam_size`` (small, to stay readable);
+    ``lang`` is the labels' language (``mt.plot_labels``).
     Drawing them all also writes the manifest (``MANIFEST``) that tests/test_figures.py reads.
     """
     from mt.translate import Translator
@@ -155,11 +157,14 @@ def make_figures(run_dir: str | Path, output: str | Path, sentence: str | None =
     unknown = sorted(set(only or []) - set(BY_NAME))
     if unknown:
         raise MTError(f"unknown figure {', '.join(unknown)}; the figures are {', '.join(BY_NAME)}")
+    if lang not in plot_labels.LABELS:
+        raise MTError(f"--lang {lang}: the figures are drawn in {', '.join(plot_labels.LANGUAGES)}")
     translator = Translator.from_pretrained(run_dir, device="cpu")
     valid_src, valid_tgt = _validation_pairs(translator, 6)
-    run = _Run(run_dir, translator, valid_src, valid_tgt, sentence or valid_src[0], beam_size)
-    output.mkdir(parents=True, exist_ok=True)
-    written = [DRAW[f.name](run, output / f.name) for f in FIGURES if only is None or f.name in only]
+    run = _Run(run_dir, translator, valid_src, valid_tgt, sentence or valid_src[0], beam_size, lang)
+    with plot_labels.fonts(lang):  # before any output: a missing font fails here
+        output.mkdir(parents=True, exist_ok=True)
+        written = [DRAW[f.name](run, output / f.name) for f in FIGURES if only is None or f.name in only]
     if only is None:
         written.append(_write_run_manifest(run, output))
     return written
@@ -177,9 +182,10 @@ def _draw_positional_encoding(run: _Run, path: Path) -> Path:
     d_model = run.config.model.d_model
     table = run.model.positions(100).detach().numpy()  # (100, d_model)
     dims = sorted({0, 1, d_model // 16 // 2 * 2, d_model // 4 // 2 * 2, d_model // 2 // 2 * 2} - {d_model})
-    kind = "sinusoidal, sin/cos interleaved" if run.config.model.positions == "sinusoidal" else "learned"
-    return _save(plot.draw_positional_encoding(table, dims, f"positions 0-99, d_model={d_model} ({kind})",
-                                               _size(path)), path)
+    t = plot_labels.labeller(run.lang)
+    kind = t("sinusoidal, sin/cos interleaved" if run.config.model.positions == "sinusoidal" else "learned")
+    return _save(plot.draw_positional_encoding(table, dims, t("positions 0-99, d_model={d_model} ({kind})",
+                                                              d_model=d_model, kind=kind), _size(path), run.lang), path)
 
 
 def _draw_masks(run: _Run, path: Path) -> Path:
@@ -196,7 +202,7 @@ def _draw_masks(run: _Run, path: Path) -> Path:
     tgt_in = batch.tgt_in[0][batch.tgt_in[0] != 0].tolist()
     causal = causal_mask(len(tgt_in), torch.device("cpu"))[0, 0].numpy()
     return _save(plot.draw_masks(pad, [len(s) for s in src_ids], encoder_mask, src_pieces, causal,
-                                 [tok.tgt.sp.id_to_piece(i) for i in tgt_in], _size(path)), path)
+                                 [tok.tgt.sp.id_to_piece(i) for i in tgt_in], _size(path), run.lang), path)
 
 
 def _draw_score_variance(run: _Run, path: Path) -> Path:
@@ -205,28 +211,31 @@ def _draw_score_variance(run: _Run, path: Path) -> Path:
     if d_k not in d_ks:
         d_ks = sorted(d_ks + [d_k])
     stats = [score_statistics(d) for d in d_ks]
-    return _save(plot.draw_score_variance(d_ks, *[[s[i] for s in stats] for i in range(4)], d_k, _size(path)), path)
+    return _save(plot.draw_score_variance(d_ks, *[[s[i] for s in stats] for i in range(4)], d_k, _size(path),
+                                          run.lang), path)
 
 
 def _draw_attention(run: _Run, path: Path) -> Path:
     kind = path.name[len("attention_"):-len(".png")]
     queries, keys, weights = run.translator.attention(run.sentence, kind=kind)
-    return plot.attention_heatmap(weights, keys, queries, path, grid=True, kind=kind, size=_size(path), dpi=DPI)
+    return plot.attention_heatmap(weights, keys, queries, path, grid=True, kind=kind, size=_size(path), dpi=DPI,
+                                  lang=run.lang)
 
 
 def _draw_lr_schedules(run: _Run, path: Path) -> Path:
-    t = run.config.train
+    c, label = run.config.train, plot_labels.labeller(run.lang)
     train_records, _ = plot.read_metrics(run.dir)
-    last = max([r["step"] for r in train_records] + [t.max_steps, 4 * t.warmup_steps, 100])
+    last = max([r["step"] for r in train_records] + [c.max_steps, 4 * c.warmup_steps, 100])
     steps = np.arange(1, last + 1)
     paper_steps = np.arange(1, 100_001)
-    schedules = {f"inverse_sqrt (mt's default): peak {t.lr:g} at step {t.warmup_steps}":
-                 (steps, [inverse_sqrt_lr(s, t.lr, t.warmup_steps) for s in steps]),
-                 f"budget: the same warmup, then linear to 0 at step {last}":
-                 (steps, [budget_lr(s, t.lr, t.warmup_steps, (last - s) / max(last - t.warmup_steps, 1)) for s in steps])}
-    return _save(plot.draw_lr_schedules((paper_steps, paper_lr(paper_steps)), schedules,
-                                        f"this run's settings: lr {t.lr:g}, warmup {t.warmup_steps}, {last} steps\n"
-                                        f"(the run itself used {t.lr_schedule})", _size(path)), path)
+    schedules = {label("inverse_sqrt (mt's default): peak {lr:g} at step {warmup}", lr=c.lr, warmup=c.warmup_steps):
+                 (steps, [inverse_sqrt_lr(s, c.lr, c.warmup_steps) for s in steps]),
+                 label("budget: the same warmup, then linear to 0 at step {last}", last=last):
+                 (steps, [budget_lr(s, c.lr, c.warmup_steps, (last - s) / max(last - c.warmup_steps, 1)) for s in steps])}
+    title = label("this run's settings: lr {lr:g}, warmup {warmup}, {last} steps\n(the run itself used {schedule})",
+                  lr=c.lr, warmup=c.warmup_steps, last=last, schedule=c.lr_schedule)
+    return _save(plot.draw_lr_schedules((paper_steps, paper_lr(paper_steps)), schedules, title, _size(path),
+                                        run.lang), path)
 
 
 def _draw_label_smoothing(run: _Run, path: Path) -> Path:
@@ -243,8 +252,11 @@ def _draw_label_smoothing(run: _Run, path: Path) -> Path:
     ids = [right] + others
     one_hot = np.array([1.0] + [0.0] * len(others))
     smoothed = np.array([1 - eps + eps / vocab] + [eps / vocab] * len(others))
-    pieces = [f"{tok.tgt.sp.id_to_piece(i)}" + (" (target)" if i == right else "") for i in ids]
-    return _save(plot.draw_label_smoothing(pieces, one_hot, smoothed, probs[ids], eps, vocab, _size(path)), path)
+    t = plot_labels.labeller(run.lang)
+    pieces = [t("{piece} (target)", piece=tok.tgt.sp.id_to_piece(i)) if i == right else tok.tgt.sp.id_to_piece(i)
+              for i in ids]
+    return _save(plot.draw_label_smoothing(pieces, one_hot, smoothed, probs[ids], eps, vocab, _size(path), run.lang),
+                 path)
 
 
 def _draw_learning_curves(run: _Run, path: Path) -> Path:
@@ -253,10 +265,10 @@ def _draw_learning_curves(run: _Run, path: Path) -> Path:
     train_points = sorted({r["step"]: r["train_loss"] for r in train_records}.items())
     valid_points = sorted({r["step"]: r["valid_nll"] for r in valid_records}.items())
     # no wall time in the title: the same run draws the same picture on a busy machine or an idle one
-    return _save(plot.draw_loss_curves(train_points, valid_points,
-                                       smoothed_target_entropy(eps, run.tok.tgt.vocab_size), eps,
-                                       f"{run.dir.name}: {max(r['step'] for r in train_records + valid_records)} "
-                                       "steps", _size(path)), path)
+    title = plot_labels.labeller(run.lang)("{run}: {steps} steps", run=run.dir.name,
+                                           steps=max(r["step"] for r in train_records + valid_records))
+    return _save(plot.draw_loss_curves(train_points, valid_points, smoothed_target_entropy(eps, run.tok.tgt.vocab_size),
+                                       eps, title, _size(path), run.lang), path)
 
 
 def _draw_beam_tree(run: _Run, path: Path) -> Path:
@@ -269,9 +281,10 @@ def _draw_beam_tree(run: _Run, path: Path) -> Path:
     steps = [[([piece(i) for i in prefix], score, status) for prefix, score, status in step["sentences"][0]]
              for step in trace if 0 in step["sentences"]]
     best = tok.tgt.decode([hyps[0][1]])[0] if hyps else ""
-    return _save(plot.draw_beam_tree(steps, beam_size, f"beam search, k={beam_size}, length penalty "
-                                     f"alpha={d.length_penalty:g}: \"{run.sentence}\" -> \"{best}\"", _size(path)),
-                 path)
+    title = plot_labels.labeller(run.lang)("beam search, k={k}, length penalty alpha={alpha:g}: \"{sentence}\" -> "
+                                           "\"{best}\"", k=beam_size, alpha=d.length_penalty, sentence=run.sentence,
+                                           best=best)
+    return _save(plot.draw_beam_tree(steps, beam_size, title, _size(path), run.lang), path)
 
 
 DRAW = {"positional_encoding.png": _draw_positional_encoding, "masks.png": _draw_masks,
@@ -284,7 +297,7 @@ DRAW = {"positional_encoding.png": _draw_positional_encoding, "masks.png": _draw
 def _write_run_manifest(run: _Run, output: Path) -> Path:
     train_records, valid_records = plot.read_metrics(run.dir)
     return write_manifest(output, {
-        "run": run.dir.name, "sentence": run.sentence, "beam": run.beam_size,
+        "run": run.dir.name, "lang": run.lang, "sentence": run.sentence, "beam": run.beam_size,
         "steps": max(r["step"] for r in train_records + valid_records), "valid_points": len(valid_records),
         # the last validation loss tells whether another machine trained the very same weights
         "valid_nll": valid_records[-1]["valid_nll"] if valid_records else None,

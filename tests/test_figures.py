@@ -3,21 +3,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import re
+import string
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mt.errors import MTError
 from mt.figures import FIGURES, MANIFEST, drawing_code_hash, score_statistics, smoothed_target_entropy
+from mt.plot_labels import CJK_PACKAGE, ZH
 from mt.search import beam_nbest, length_penalty
 from mt.tokenizer import EOS
 
 SHIPPED = Path(__file__).resolve().parent.parent / "docs" / "figures"
+SHIPPED_BY_LANG = {"en": SHIPPED, "zh": SHIPPED / "zh"}  # the English tour's figures and the Chinese tour's
 REDRAW = "scripts/tour_figures.sh"  # the one command that draws the shipped figures
+CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")  # Chinese characters and punctuation
 
 
 def png_size(path) -> tuple[int, int]:
@@ -45,33 +53,133 @@ def test_figures_command_writes_every_figure_as_a_png_of_its_documented_size(tra
         assert manifest["figures"][figure.name] == hashlib.sha256(png).hexdigest()
 
 
-def shipped_manifest() -> dict:
-    return json.loads((SHIPPED / MANIFEST).read_text(encoding="utf-8"))
+def shipped_manifest(lang: str = "en") -> dict:
+    return json.loads((SHIPPED_BY_LANG[lang] / MANIFEST).read_text(encoding="utf-8"))
 
 
-def test_shipped_figures_are_the_ones_their_manifest_records():
-    manifest = shipped_manifest()
+@pytest.mark.parametrize("lang", SHIPPED_BY_LANG)
+def test_shipped_figures_are_the_ones_their_manifest_records(lang):
+    shipped, manifest = SHIPPED_BY_LANG[lang], shipped_manifest(lang)
     assert sorted(manifest["figures"]) == sorted(f.name for f in FIGURES)
+    assert manifest["inputs"]["lang"] == lang
     changed = [name for name, digest in manifest["figures"].items()
-               if hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() != digest]
-    assert not changed, f"docs/figures: {changed} differ from what {REDRAW} drew; redraw with {REDRAW}"
+               if hashlib.sha256((shipped / name).read_bytes()).hexdigest() != digest]
+    assert not changed, f"{shipped}: {changed} differ from what {REDRAW} drew; redraw with {REDRAW}"
 
 
-def test_shipped_figures_were_drawn_by_the_current_drawing_code():
-    assert shipped_manifest()["code"] == drawing_code_hash(), (
-        f"the code the figures depend on (mt/figures.py, mt/plot.py, the lr schedules, Translator.attention) "
-        f"changed since docs/figures were drawn: redraw with {REDRAW}")
+@pytest.mark.parametrize("lang", SHIPPED_BY_LANG)
+def test_shipped_figures_were_drawn_by_the_current_drawing_code(lang):
+    assert shipped_manifest(lang)["code"] == drawing_code_hash(), (
+        f"the code the figures depend on (mt/figures.py, mt/plot.py, mt/plot_labels.py, the lr schedules, "
+        f"Translator.attention) changed since {SHIPPED_BY_LANG[lang]} were drawn: redraw with {REDRAW}")
 
 
-def test_shipped_figures_were_drawn_from_the_toy_config_as_it_is():
+def test_drawing_code_hash_covers_the_labels(monkeypatch):
+    import mt.plot_labels
+
+    labels = Path(mt.plot_labels.__file__)
+    before, source, read = drawing_code_hash(), labels.read_text(encoding="utf-8"), Path.read_text
+    assert '"step": "步数"' in source
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (
+        source.replace('"step": "步数"', '"step": "步"') if self == labels else read(self, *a, **k)))
+    assert drawing_code_hash() != before
+
+
+@pytest.mark.parametrize("lang", SHIPPED_BY_LANG)
+def test_shipped_figures_were_drawn_from_the_toy_config_as_it_is(lang):
     from dataclasses import asdict
 
     from mt.config import load_config
 
     config = load_config(SHIPPED.parent.parent / "configs" / "toy_reverse.yaml", ["data.root=."])
-    inputs = shipped_manifest()["inputs"]
+    inputs = shipped_manifest(lang)["inputs"]
     assert (inputs["model"], inputs["train"]) == (asdict(config.model), asdict(config.train)), (
-        f"configs/toy_reverse.yaml changed since docs/figures were drawn: redraw with {REDRAW}")
+        f"configs/toy_reverse.yaml changed since {SHIPPED_BY_LANG[lang]} were drawn: redraw with {REDRAW}")
+
+
+def test_the_chinese_figures_are_drawn_from_the_same_run_as_the_english_ones():
+    en, zh = shipped_manifest("en"), shipped_manifest("zh")
+    assert {**zh["inputs"], "lang": "en"} == en["inputs"] and zh["matplotlib"] == en["matplotlib"]
+
+
+@pytest.mark.parametrize("tour,lang", [("transformer.md", "en"), ("transformer.zh.md", "zh")])
+def test_each_tour_shows_the_figures_of_its_language(tour, lang):
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (SHIPPED.parent / tour).read_text(encoding="utf-8"))
+    prefix = "figures/" if lang == "en" else "figures/zh/"
+    assert all(image.startswith(prefix) and "/" not in image[len(prefix):] for image in images), images
+    assert sorted({image[len(prefix):] for image in images}) == sorted(f.name for f in FIGURES)
+    for image in images:
+        assert (SHIPPED.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+
+
+def fields(template: str) -> set[tuple[str, str]]:
+    return {(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None}
+
+
+def test_every_chinese_label_is_chinese_and_fills_the_same_fields():
+    for english, chinese in ZH.items():
+        assert CJK.search(chinese) and not CJK.search(english), english
+        assert fields(chinese) == fields(english), english
+        assert chinese.count("\n") == english.count("\n"), english  # two-line titles stay two lines
+
+
+def test_chinese_figures_without_the_font_fail_with_how_to_install_it(monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib import font_manager
+
+    from mt.plot_labels import fonts
+
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [])
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    with pytest.raises(MTError, match=f"WenQuanYi Zen Hei.*apt-get install {CJK_PACKAGE}"):
+        with fonts("zh"):
+            pass
+    with fonts("en"):  # English needs no font of its own
+        pass
+
+
+def texts_of_saved_figures(monkeypatch) -> list[list[str]]:
+    """Record the texts (titles, labels, ticks, legends) of every figure saved from now on."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    saved: list[list[str]] = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (
+        saved.append([t.get_text() for t in fig.findobj(Text) if t.get_text()]), original(fig, *a, **k))[1])
+    return saved
+
+
+@pytest.mark.slow
+def test_figures_command_draws_the_chinese_figures(trained_run, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("matplotlib")
+    from mt.cli import main
+    from mt.plot_labels import cjk_font
+
+    try:
+        cjk_font()
+    except MTError as e:
+        if not os.environ.get("CI"):
+            pytest.skip(str(e))
+    saved = texts_of_saved_figures(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, "matplotlib"):
+        warnings.simplefilter("always")
+        main(["figures", str(trained_run[0]), "-o", str(tmp_path / "zh"), "--lang", "zh"])
+    assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]  # e.g. "Glyph ... missing"
+    assert not [r.getMessage() for r in caplog.records if "font" in r.getMessage()]
+    manifest = json.loads((tmp_path / "zh" / MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["inputs"]["lang"] == "zh" and manifest["code"] == drawing_code_hash()
+    for figure in FIGURES:
+        assert png_size(tmp_path / "zh" / figure.name) == figure.pixels, figure.name
+    untranslated = {english for english in ZH if not fields(english)}
+    assert len(saved) == len(FIGURES)
+    for figure, texts in zip(FIGURES, saved):
+        assert any(CJK.search(text) for text in texts), figure.name
+        assert not untranslated & set(texts), (figure.name, untranslated & set(texts))
+    again = ["masks.png", "beam_tree.png"]  # the same inputs draw the same bytes
+    main(["figures", str(trained_run[0]), "-o", str(tmp_path / "again"), "--lang", "zh", "--only", *again])
+    for name in again:
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "zh" / name).read_bytes(), name
 
 
 def test_shipped_figures_draw_what_the_tour_promises():

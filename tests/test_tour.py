@@ -20,7 +20,7 @@ TOURS = [ROOT / "docs" / "transformer.md", ROOT / "docs" / "transformer.zh.md"]
 # [`mt/model.py` `attention_weights`](../mt/model.py#L42): a file, a (dotted) name in it, the line defining it
 CODE_REF = re.compile(r"\[`(mt/[\w/]+\.py)`(?: `([\w.]+)`)?\]\(\.\./(mt/[\w/]+\.py)(?:#L(\d+))?\)")
 ANY_PY_PATH = re.compile(r"\bmt/[\w/]+\.py\b")
-FIGURE_REF = re.compile(r"!\[[^\]]*\]\(figures/([\w.-]+)\)")
+FIGURE_REF = re.compile(r"!\[[^\]]*\]\(figures/(?:zh/)?([\w.-]+)\)")  # the Chinese tour's are in figures/zh
 CHECK = re.compile(r"```python\n(run_dir = .*?)```", re.S)
 RUN_DIR_LINE = re.compile(r'\Arun_dir = "[^"]*"[^\n]*\n')
 
@@ -133,7 +133,8 @@ def test_every_figure_is_one_mt_figures_writes_and_is_committed(tour):
     shown = FIGURE_REF.findall(tour.read_text(encoding="utf-8"))
     assert sorted(set(shown)) == sorted(BY_NAME), f"{tour.name}: shows {sorted(set(shown))}"
     for name in shown:
-        assert (ROOT / "docs" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (ROOT / "docs" / "figures" / ("zh" if tour.name.endswith(".zh.md") else "") / name
+                ).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_the_two_tours_agree_section_for_section():
@@ -201,16 +202,17 @@ def test_the_toy_trains_and_the_tour_holds_on_it(tmp_path, monkeypatch):
 
     from mt.figures import MANIFEST, WEIGHTLESS, make_figures
 
-    shipped = json.loads((ROOT / "docs" / "figures" / MANIFEST).read_text(encoding="utf-8"))
-    make_figures(run, tmp_path / "figs", shipped["inputs"]["sentence"], shipped["inputs"]["beam"])
-    drawn = json.loads((tmp_path / "figs" / MANIFEST).read_text(encoding="utf-8"))
-    if drawn["matplotlib"] != shipped["matplotlib"]:
-        pytest.skip(f"matplotlib {matplotlib.__version__} draws other pixels than {shipped['matplotlib']}")
-    # another CPU may train slightly different weights; then only the figures without them can match
-    same_weights = drawn["inputs"]["valid_nll"] == shipped["inputs"]["valid_nll"]
-    compared = list(drawn["figures"]) if same_weights else WEIGHTLESS
-    differ = [name for name in compared if drawn["figures"][name] != shipped["figures"][name]]
-    assert not differ, f"docs/figures: {differ} differ from what scripts/tour_figures.sh draws now; run it"
+    for lang, figures in [("en", ROOT / "docs" / "figures"), ("zh", ROOT / "docs" / "figures" / "zh")]:
+        shipped = json.loads((figures / MANIFEST).read_text(encoding="utf-8"))
+        make_figures(run, tmp_path / lang, shipped["inputs"]["sentence"], shipped["inputs"]["beam"], lang=lang)
+        drawn = json.loads((tmp_path / lang / MANIFEST).read_text(encoding="utf-8"))
+        if drawn["matplotlib"] != shipped["matplotlib"]:
+            pytest.skip(f"matplotlib {matplotlib.__version__} draws other pixels than {shipped['matplotlib']}")
+        # another CPU may train slightly different weights; then only the figures without them can match
+        same_weights = drawn["inputs"]["valid_nll"] == shipped["inputs"]["valid_nll"]
+        compared = list(drawn["figures"]) if same_weights else WEIGHTLESS
+        differ = [name for name in compared if drawn["figures"][name] != shipped["figures"][name]]
+        assert not differ, f"{figures}: {differ} differ from what scripts/tour_figures.sh draws now; run it"
 
 
 @pytest.mark.parametrize("tour", TOURS, ids=lambda p: p.name)
