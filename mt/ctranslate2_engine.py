@@ -171,6 +171,11 @@ class CTranslate2Search:
     cannot (see the module docstring) and sets the length limits.
     """
 
+    # Batches of at most this many tokens (sentences x longest x beam) unless a size is given: with
+    # one worker per core, smaller batches share the work out evenly (test2016 greedy, int8, 2
+    # workers: 1.2x the sentences/s of decode.batch_tokens 6000; docs/performance.md)
+    batch_tokens = 750
+
     def __init__(self, model_dir: Path, tokenizers: TokenizerPair, compute_type: str, device: str = "cpu",
                  threads: int = 1, decoders: int = 1, positions: int | None = None):
         ctranslate2 = import_ctranslate2()
@@ -207,7 +212,7 @@ class CTranslate2Search:
                                            max_tokens=max_tokens)
         sampling = {} if sampler is None else dict(sampling_temperature=sampler.temperature,
                                                    sampling_topk=sampler.top_k, sampling_topp=sampler.top_p)
-        results = self._translate(src, limits, 1, 1, min_len, no_repeat_ngram, **sampling)
+        results = self._translate(src, limits, 1, 1, min_len, no_repeat_ngram, return_scores=False, **sampling)
         # mt ends a sentence at its limit; CTranslate2 (one limit for the batch) went on: cut there
         return [hyps[0][1][:limit] for hyps, limit in zip(results, limits)]
 
@@ -256,18 +261,19 @@ class CTranslate2Search:
         return False
 
     def _translate(self, src: torch.Tensor, limits: list[int], beam_size: int, nbest: int, min_len: int,
-                   no_repeat_ngram: int, **options) -> list[list[tuple[float, list[int]]]]:
-        """CTranslate2's hypotheses (raw log-probability, ids) of each row of ``src`` (padded, EOS last)."""
+                   no_repeat_ngram: int, return_scores: bool = True, **options) -> list[list[tuple[float, list[int]]]]:
+        """CTranslate2's hypotheses (raw log-probability, ids) of each row of ``src`` (padded, EOS last);
+        without ``return_scores`` (greedy needs none, and they cost a softmax a step) the scores are 0."""
         rows = [[t for t in row if t != PAD] for row in src.tolist()]
         # CTranslate2 adds the source </s> itself (add_source_eos at export)
         pieces = [[self.src_pieces[t] for t in (r[:-1] if r and r[-1] == EOS else r)] for r in rows]
         longest = max(limits) + 1  # a hypothesis of `limit` tokens, then </s>
         results = self.translator.translate_batch(
-            pieces, beam_size=beam_size, num_hypotheses=nbest, return_scores=True, max_input_length=0,
+            pieces, beam_size=beam_size, num_hypotheses=nbest, max_input_length=0,
             max_decoding_length=longest, min_decoding_length=min(min_len, longest),
-            no_repeat_ngram_size=no_repeat_ngram, **options)
-        return [[(score, [self.tgt_ids[p] for p in hyp]) for score, hyp in zip(r.scores, r.hypotheses)]
-                for r in results]
+            no_repeat_ngram_size=no_repeat_ngram, return_scores=return_scores, **options)
+        return [[(score, [self.tgt_ids[p] for p in hyp])
+                 for score, hyp in zip(r.scores or [0.0] * len(r.hypotheses), r.hypotheses)] for r in results]
 
 
 def load(run_dir: Path, checkpoint_file: Path, tokenizers: TokenizerPair, config: Config, compute_type: str,

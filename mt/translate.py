@@ -9,6 +9,7 @@ import os
 import select
 import sys
 import unicodedata
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -171,6 +172,13 @@ class Translator:
         encoded = self.tokenizers.src.encode([lines[i] for i in todo]) if self.model.max_positions else []
         return [todo[i] for i in too_long((len(ids) + 1 for ids in encoded), self.model.max_positions)]
 
+    @property
+    def batch_tokens(self) -> int:
+        """The batch size when none is given: ``decode.batch_tokens``, capped by the engine's own
+        (CTranslate2's worker threads decode smaller batches faster, ``ctranslate2_engine``)."""
+        configured = self.config.decode.batch_tokens
+        return min(configured, getattr(self.searches, "batch_tokens", configured))
+
     def _decode(self, lines: list[str], search, width: int, batch_tokens: int | None, progress: bool,
                 with_ids: bool = False) -> list:
         """Run ``search`` over the non-empty lines; empty lines get None.
@@ -183,14 +191,16 @@ class Translator:
         if long:
             raise MTError(too_long_message([i + 1 for i in long], self.model.max_positions) + "; shorten or split them")
         out: list = [None] * len(lines)
-        with tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr, disable=not progress) as bar:
+        # a bar only when asked: mt serve translates a few sentences at a time, and a bar costs more
+        bar = tqdm(total=len(todo), unit="sent", desc="translate", file=sys.stderr) if progress else nullcontext()
+        with bar:
             def by_line(src: torch.Tensor, ids: list[int]) -> list:  # indices in sources -> in lines
                 return search(src, [todo[i] for i in ids])
 
             results = decode_corpus(by_line if with_ids else search, sources, self.device, width=width,
-                                    batch_tokens=batch_tokens or self.config.decode.batch_tokens,
-                                    autocast_dtype=self.amp_dtype, progress=bar.update, with_ids=with_ids,
-                                    decoders=self.decoders)
+                                    batch_tokens=batch_tokens or self.batch_tokens,
+                                    autocast_dtype=self.amp_dtype, progress=bar.update if progress else None,
+                                    with_ids=with_ids, decoders=self.decoders)
         for i, result in zip(todo, results):
             out[i] = result
         return out

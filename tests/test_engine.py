@@ -50,6 +50,22 @@ def test_the_engine_translates_as_torch_does(both, engine_run, beam, settings):
                                                                                              **settings)
 
 
+def test_the_engine_decodes_smaller_batches_unless_a_size_is_given(both, engine_run, monkeypatch):
+    torch_translator, engine = both
+    assert torch_translator.batch_tokens == torch_translator.config.decode.batch_tokens == 6000
+    assert engine.batch_tokens == ctranslate2_engine.CTranslate2Search.batch_tokens == 750
+    sizes = []
+    real = engine.searches.greedy_search
+    monkeypatch.setattr(engine.searches, "greedy_search", lambda model, src, **kw: sizes.append(src.numel()) or
+                        real(model, src, **kw))
+    lines = [s for s, _ in engine_run[1]] * 20
+    engine.translate(lines, beam_size=1)
+    assert len(sizes) > 1 and max(sizes) <= 750
+    sizes.clear()
+    engine.translate(lines, beam_size=1, batch_tokens=100_000)  # a size given is a size used
+    assert len(sizes) == 1
+
+
 def test_nbest_lists_and_scores_are_torchs(both, engine_run):
     torch_translator, engine = both
     lines = sources(engine_run[1])
