@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-tokens", type=int, default=256,
                    help="target subword tokens per sentence at most (default 256): bounds a sentence's decoding time")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam_size)")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help="GNMT length penalty alpha (default: the run's decode.length_penalty)")
     for name, default, what in [("header", 60, "a request's headers"), ("body", 60, "each part of a request's body"),
                                 ("keep-alive", 60, "the next request on an idle connection"),
                                 ("shutdown", 30, "requests in flight after SIGTERM/SIGINT, then exit 2")]:

@@ -260,4 +260,5 @@ def cmd_serve(args: argparse.Namespace) -> None:
           device=args.device, precision=args.precision, threads=args.threads, quantize=args.quantize,
           max_queue=args.max_queue, gather_ms=args.gather_ms, gather_tokens=args.gather_tokens,
           gather_window_ms=args.gather_window_ms, decoders=args.decoders, beam=args.beam,
-          max_output_tokens=args.max_output_tokens, engine=args.engine, compute_type=args.compute_type)
+          length_penalty=args.length_penalty, max_output_tokens=args.max_output_tokens, engine=args.engine,
+          compute_type=args.compute_type)

@@ -374,8 +374,24 @@ def test_serve_beam_option(run):
         srv.stop()
 
 
+def test_serve_length_penalty_option(run):
+    from mt.translate import Translator
+
+    run_dir, pairs = run
+    lines = [s for s, _ in pairs[:6]]
+    srv = InProcessServer(load_models([str(run_dir)], threads=1, length_penalty=0.0))
+    try:
+        assert httpx.get(srv.url + "/mt/models").json()[0]["lengthPenalty"] == 0.0
+        answer = post(srv.url, "/translate", json={"q": lines, "source": "de", "target": "en"}).json()
+    finally:
+        srv.close()
+    reference = Translator.from_pretrained(run_dir, device="cpu", threads=1)
+    assert answer["translatedText"] == reference.translate(lines, length_penalty=0.0)
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--beam", "0", "--beam: must be at least 1, got 0"),
+    ("--length-penalty", "nan", "--length-penalty: must be a finite number, got nan"),
     ("--max-output-tokens", "0", "--max-output-tokens: must be at least 1, got 0"),
     ("--max-sentence-tokens", "-1", "--max-sentence-tokens: must be at least 1, got -1"),
     ("--header-timeout", "0", "--header-timeout: must be a number of seconds > 0, got 0.0"),

@@ -30,7 +30,8 @@ class ServedModel:
     def info(self) -> dict:
         cfg = self.translator.config
         return {"run": self.name, "source": self.source, "target": self.target, "mode": self.translator.mode,
-                "beamSize": cfg.decode.beam_size, "layers": cfg.model.decoder_layers, "heads": cfg.model.heads}
+                "beamSize": cfg.decode.beam_size, "lengthPenalty": cfg.decode.length_penalty,
+                "layers": cfg.model.decoder_layers, "heads": cfg.model.heads}
 
     @property
     def attention_note(self) -> str | None:
@@ -59,10 +60,11 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
                 quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0,
                 gather_tokens: int = 4096, gather_window_ms: float = 50.0, decoders: int = 0,
                 beam: int | None = None, max_output_tokens: int | None = None, engine: str = "torch",
-                compute_type: str | None = None) -> list[ServedModel]:
+                compute_type: str | None = None, length_penalty: float | None = None) -> list[ServedModel]:
     """Load each run and start its worker; two runs of one pair are an error (no ensembles here).
 
-    ``beam``: the beam size (None: each run's ``decode.beam_size``); ``max_output_tokens``: the
+    ``beam``, ``length_penalty``: the beam size and GNMT alpha (None: each run's ``decode``
+    settings); ``max_output_tokens``: the
     most target tokens per sentence (None: ``decode.max_len_a`` x source + ``max_len_b`` alone).
     ``engine``, ``compute_type``: as for ``Translator.from_pretrained`` (auto: the run's
     ``decode.mode``).
@@ -93,6 +95,8 @@ def load_models(specs: list[str], device: str = "auto", precision: str = "fp32",
         translator.max_output_tokens = max_output_tokens
         if beam is not None:
             translator.config.decode.beam_size = beam
+        if length_penalty is not None:
+            translator.config.decode.length_penalty = length_penalty
         model.worker = ModelWorker(translator, max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
                                    gather_window_ms=gather_window_ms, name=f"{model.source}-{model.target}",
                                    decoders=decoders)

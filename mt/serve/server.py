@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import sys
@@ -40,7 +41,8 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
           limits: Limits | None = None, device: str = "auto", precision: str = "fp32", threads: int = 0,
           quantize: str | None = None, max_queue: int = 64, gather_ms: float = 15.0, gather_tokens: int = 4096,
           gather_window_ms: float = 50.0, decoders: int = 0, log_level: str = "info", beam: int | None = None,
-          max_output_tokens: int | None = 256, engine: str = "torch", compute_type: str | None = None) -> None:
+          max_output_tokens: int | None = 256, engine: str = "torch", compute_type: str | None = None,
+          length_penalty: float | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and finish what is in flight; after
     ``limits.shutdown_timeout`` seconds (or a second signal) give up on it: an MTError then says
     how many requests were abandoned (a non-zero exit)."""
@@ -49,13 +51,14 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
     from mt.serve.models import load_models
 
     limits = limits or Limits()
-    check_options(limits, beam, max_output_tokens)
+    check_options(limits, beam, max_output_tokens, length_penalty)
     api_keys = read_api_keys(api_keys_file) if api_keys_file else None
     sock = bind(host, port)  # before the models load: a busy port fails at once
     models = load_models(specs, device=device, precision=precision, threads=threads, quantize=quantize,
                          max_queue=max_queue, gather_ms=gather_ms, gather_tokens=gather_tokens,
                          gather_window_ms=gather_window_ms, decoders=decoders, beam=beam,
-                         max_output_tokens=max_output_tokens, engine=engine, compute_type=compute_type)
+                         length_penalty=length_penalty, max_output_tokens=max_output_tokens, engine=engine,
+                         compute_type=compute_type)
     shown = f"[{host}]" if ":" in host else host
     server = make_server(App(models, limits, api_keys).starlette(), limits, f"http://{shown}:{sock.getsockname()[1]}",
                          log_level)
@@ -77,12 +80,15 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 5000, api_keys_
                       f"{server.abandoned} requests abandoned" + ("" if finished else ", a decoder still busy"))
 
 
-def check_options(limits: Limits, beam: int | None, max_output_tokens: int | None) -> None:
+def check_options(limits: Limits, beam: int | None, max_output_tokens: int | None,
+                  length_penalty: float | None = None) -> None:
     counts = [("--beam", beam), ("--max-output-tokens", max_output_tokens),
               ("--max-sentence-tokens", limits.max_sentence_tokens)]
     for option, value in counts:
         if value is not None and value < 1:
             raise MTError(f"{option}: must be at least 1, got {value}")
+    if length_penalty is not None and not math.isfinite(length_penalty):
+        raise MTError(f"--length-penalty: must be a finite number, got {length_penalty}")
     for name in ("header", "body", "keep_alive", "shutdown"):
         value = getattr(limits, f"{name}_timeout")
         if not value > 0:
