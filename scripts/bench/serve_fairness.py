@@ -4,7 +4,7 @@ With 2 decoders, one client sends 5,000-character lines without punctuation in a
 connections; another client sends one sentence at a time. The second client's median latency
 is measured alone (idle) and beside the first (loaded); the target is loaded <= 2x idle.
 
-    python scripts/bench/serve_fairness.py RUN_DIR [--requests 40] [--threads 2]
+    python scripts/bench/serve_fairness.py RUN_DIR [--requests 40] [--threads 2] [--engine torch]
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def long_line(chars: int = 5000) -> str:
     return " ".join(words)[:chars]
 
 
-def start_server(run: str, threads: int, decoders: int) -> tuple[subprocess.Popen, int]:
+def start_server(run: str, threads: int, decoders: int, engine: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mt", "serve", run, "--port", str(port), "--threads", str(threads),
-                             "--decoders", str(decoders)], stderr=subprocess.PIPE, text=True)
+                             "--decoders", str(decoders), "--engine", engine], stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # mt serve announces the address once it listens
         if "mt serve: listening on" in line:
             threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its pipe drained
@@ -78,9 +78,10 @@ def main() -> None:
     parser.add_argument("run", help="run directory to serve")
     parser.add_argument("--requests", type=int, default=40, help="one-sentence requests per measurement")
     parser.add_argument("--threads", type=int, default=2, help="mt serve --threads (default 2)")
+    parser.add_argument("--engine", default="auto", help="mt serve --engine (default auto: the run's tuned mode)")
     args = parser.parse_args()
     print(f"# {machine_line()} at start")
-    proc, port = start_server(args.run, args.threads, decoders=2)
+    proc, port = start_server(args.run, args.threads, decoders=2, engine=args.engine)
     try:
         translate(HTTPConnection("127.0.0.1", port, timeout=600), SENTENCE)  # warm up
         idle = p50_of_one_sentence(port, args.requests)
@@ -99,9 +100,9 @@ def main() -> None:
         proc.wait(120)
     statuses = sorted({status for status, _ in flooded})
     long_p50 = statistics.median(seconds for _, seconds in flooded)
-    print(f"mt serve --decoders 2 --threads {args.threads}, defaults otherwise; {args.run}")
+    print(f"mt serve --decoders 2 --threads {args.threads} --engine {args.engine}, defaults otherwise; {args.run}")
     print(f"| one sentence, p50 of {args.requests} | ms |\n|---|---|")
-    print(f"| idle | {1000 * idle:.0f} |\n| beside 2 connections of 5,000-character lines | {1000 * loaded:.0f} |")
+    print(f"| idle | {1000 * idle:.1f} |\n| beside 2 connections of 5,000-character lines | {1000 * loaded:.1f} |")
     print(f"ratio {loaded / idle:.2f}x (target <= 2x); the long lines: {len(flooded)} answered "
           f"(status {statuses}), p50 {long_p50:.1f} s; load average {os.getloadavg()[0]:.1f} at the end")
 

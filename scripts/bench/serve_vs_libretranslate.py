@@ -3,19 +3,23 @@
 Both servers run on this machine with the run's model: `mt serve RUN --engine ctranslate2
 --compute-type TYPE --beam B`, and LibreTranslate (its own virtual environment, given with
 --libretranslate) with the package of `mt export RUN --format argos`, installed into an isolated,
-offline Argos directory (ARGOS_COMPUTE_TYPE=TYPE, ARGOS_BEAM_SIZE=B; Argos's length penalty is its
-own 0.2, mt's is the run's decode.length_penalty). The same test2016 sentences are sent one
-sentence a request by 1, 8 and 32 clients (each its own keep-alive connection); the runs are
-interleaved (every round runs every client count on each server in turn) and each row reports the
-median sentences/s of its rounds, the p50 and p99 of all its requests' latencies, and the BLEU of
-the server's translations. Prints the CPU, its ISA and both command lines.
+offline Argos directory (ARGOS_COMPUTE_TYPE=TYPE, ARGOS_BEAM_SIZE=B). Lengths: Argos divides scores
+by length ** 0.2, mt serve by GNMT's ((5 + length) / 6) ** alpha, alpha the run's
+decode.length_penalty or --length-penalty. Argos's CTranslate2 threads: as LibreTranslate sets
+them, one worker of all the threads, or with --libretranslate-threads inter one worker per thread
+(as mt serve). The same test2016 sentences are sent one sentence a request by 1, 8 and 32 clients
+(each its own keep-alive connection); the runs are interleaved (every round runs every client count
+on each server in turn) and each row reports the median sentences/s of its rounds, the p50 and p99
+of all its requests' latencies, and the BLEU of the server's translations. Prints the CPU, its ISA
+and both command lines.
 
 LibreTranslate in a virtual environment of its own, with the CPU build of torch and spaCy:
 
     python3 -m venv lt-venv && lt-venv/bin/pip install libretranslate==1.9.6 spacy -c <(echo torch==2.13.0)
 
     python scripts/bench/serve_vs_libretranslate.py RUN --libretranslate /path/to/venv/bin/libretranslate \
-        [--sentences 400] [--clients 1 8 32] [--rounds 3] [--beam 4] [--threads 2]
+        [--sentences 400] [--clients 1 8 32] [--rounds 3] [--beam 4] [--threads 2] [--length-penalty 0.2] \
+        [--libretranslate-threads inter]
 """
 from __future__ import annotations
 
@@ -39,7 +43,14 @@ from mt.evaluate import bleu
 from mt.translate import run_of
 
 
-def isolated_argos(home: Path, compute_type: str, beam: int, threads: int) -> dict:
+def argos_threads(threads: int, layout: str) -> dict:
+    """CTranslate2's threads in Argos: ``intra`` is LibreTranslate's default (one worker of all the
+    threads), ``inter`` is mt serve's (one worker per thread, requests side by side)."""
+    intra, inter = (threads, 1) if layout == "intra" else (1, threads)
+    return {"ARGOS_INTRA_THREADS": str(intra), "ARGOS_INTER_THREADS": str(inter)}
+
+
+def isolated_argos(home: Path, compute_type: str, beam: int, threads: dict) -> dict:
     """Argos's and LibreTranslate's settings all inside ``home``, offline: an empty package index,
     spaCy's rule-based splitter (MiniSBD downloads a model)."""
     (home / "index").mkdir(parents=True, exist_ok=True)
@@ -47,7 +58,7 @@ def isolated_argos(home: Path, compute_type: str, beam: int, threads: int) -> di
     env = {**os.environ, "HOME": str(home / "home"), "ARGOS_PACKAGES_DIR": str(home / "packages"),
            "ARGOS_TRANSLATE_PACKAGE_DIR": str(home / "packages"), "ARGOS_PACKAGE_INDEX": (home / "index").as_uri() + "/",
            "ARGOS_CHUNK_TYPE": "SPACY", "ARGOS_DEVICE_TYPE": "cpu", "ARGOS_COMPUTE_TYPE": compute_type,
-           "ARGOS_BEAM_SIZE": str(beam), "ARGOS_INTRA_THREADS": str(threads), "ARGOS_INTER_THREADS": "1"}
+           "ARGOS_BEAM_SIZE": str(beam), **threads}
     for name in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
         env[name] = str(home / name.lower())
     # Argos tries to download spaCy's multilingual model unless this cache exists; the package brings its own
@@ -79,18 +90,21 @@ def servers(args, work: Path) -> list[tuple[str, int, subprocess.Popen]]:
     """mt serve and LibreTranslate, each listening on its own port."""
     package = work / "model.argosmodel"
     subprocess.run([sys.executable, "-m", "mt", "export", args.run, "--format", "argos", "-o", str(package)], check=True)
-    env = isolated_argos(work / "argos", args.compute_type, args.beam, args.threads)
+    threads = argos_threads(args.threads, args.libretranslate_threads)
+    env = isolated_argos(work / "argos", args.compute_type, args.beam, threads)
     lt_python = Path(args.libretranslate).parent / "python"
     subprocess.run([str(lt_python), "-c", "import sys, argostranslate.package as p; p.install_from_path(sys.argv[1])",
                     str(package)], check=True, env=env)
     mt_port, lt_port = free_port(), free_port()
     mt_command = [sys.executable, "-m", "mt", "serve", args.run, "--port", str(mt_port), "--engine", "ctranslate2",
                   "--compute-type", args.compute_type, "--beam", str(args.beam), "--threads", str(args.threads)]
+    if args.length_penalty is not None:
+        mt_command += ["--length-penalty", str(args.length_penalty)]
     lt_command = [args.libretranslate, "--host", "127.0.0.1", "--port", str(lt_port), "--load-only",
                   f"{args.source},{args.target}"]
     print(f"mt serve: mt {' '.join(mt_command[3:])}")
     print(f"LibreTranslate: {' '.join(lt_command)} with ARGOS_COMPUTE_TYPE={args.compute_type} "
-          f"ARGOS_BEAM_SIZE={args.beam} ARGOS_INTRA_THREADS={args.threads} ARGOS_INTER_THREADS=1 ARGOS_CHUNK_TYPE=SPACY")
+          f"ARGOS_BEAM_SIZE={args.beam} {' '.join(f'{k}={v}' for k, v in threads.items())} ARGOS_CHUNK_TYPE=SPACY")
     out = [("mt serve", mt_port, start("mt-serve", mt_command, mt_port))]
     out.append(("LibreTranslate", lt_port, start("libretranslate", lt_command, lt_port, env=env)))
     return out
@@ -147,7 +161,7 @@ def measure(args, running, sentences: list[str], refs: list[str]) -> None:
     print("|---|---|---|---|---|---|")
     for (name, clients), row in results.items():
         print(f"| {name} | {clients} | {median(row['rates']):.1f} | "
-              f"{1000 * percentile(row['latencies'], 50):.0f} | {1000 * percentile(row['latencies'], 99):.0f} | "
+              f"{1000 * percentile(row['latencies'], 50):.1f} | {1000 * percentile(row['latencies'], 99):.1f} | "
               f"{bleu(row['outputs'], refs):.2f} |")
 
 
@@ -163,6 +177,11 @@ def main() -> None:
     parser.add_argument("--compute-type", default=None,
                         help="CTranslate2 compute type of both (default: the run's tuned type, else float32)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of each server")
+    parser.add_argument("--length-penalty", type=float, default=None,
+                        help="mt serve's GNMT alpha (default: the run's; 0.2 decodes closest to Argos)")
+    parser.add_argument("--libretranslate-threads", choices=("intra", "inter"), default="intra",
+                        help="LibreTranslate's CTranslate2 threads: intra = one worker of all threads (its default), "
+                             "inter = one worker per thread (as mt serve)")
     args = parser.parse_args()
     config = load_config(run_of(Path(args.run))[0] / "config.yaml")
     args.source, args.target = config.data.src_lang, config.data.tgt_lang
