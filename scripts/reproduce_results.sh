@@ -119,6 +119,11 @@ from sacrebleu.metrics import BLEU, CHRF
 
 out, data, tgt, models = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 record = {"models": models}
+try:  # the papers' metric: Moses-tokenised, lower-cased (sacremoses comes with the argos extra)
+    from sacremoses import MosesTokenizer
+    moses = MosesTokenizer(lang=tgt)
+except ImportError:
+    moses = None
 for split in ("val", "test2016"):
     hyps = open(f"{out}.{split}.{tgt}", encoding="utf-8").read().splitlines()
     refs = [open(f"{data}/{split}.{tgt}", encoding="utf-8").read().splitlines()]
@@ -127,6 +132,11 @@ for split in ("val", "test2016"):
                      "bleu_lc": lc.corpus_score(hyps, refs).score,
                      "signature": str(bleu.get_signature()), "signature_lc": str(lc.get_signature()),
                      "signature_chrf": str(chrf.get_signature())}
+    if moses is not None:
+        tok = BLEU(lowercase=True, tokenize="none")
+        tokenized = [[moses.tokenize(line, escape=False, return_str=True) for line in lines] for lines in [hyps] + refs]
+        record[split]["bleu_moses_lc"] = tok.corpus_score(tokenized[0], tokenized[1:]).score
+        record[split]["signature_moses_lc"] = str(tok.get_signature()) + " (sacremoses tokenize -x)"
 json.dump(record, open(f"{out}.json", "w"), indent=1)
 print(f"{out}: test2016 BLEU {record['test2016']['bleu']:.1f} chrF {record['test2016']['chrf']:.1f} "
       f"(-lc {record['test2016']['bleu_lc']:.1f}); val BLEU {record['val']['bleu']:.1f}", file=sys.stderr)
