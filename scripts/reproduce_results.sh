@@ -133,7 +133,7 @@ for split in ("val", "test2016"):
                      "signature": str(bleu.get_signature()), "signature_lc": str(lc.get_signature()),
                      "signature_chrf": str(chrf.get_signature())}
     if moses is not None:
-        tok = BLEU(lowercase=True, tokenize="none")
+        tok = BLEU(lowercase=True, tokenize="none", force=True)  # the tokens are given: no warning about them
         tokenized = [[moses.tokenize(line, escape=False, return_str=True) for line in lines] for lines in [hyps] + refs]
         record[split]["bleu_moses_lc"] = tok.corpus_score(tokenized[0], tokenized[1:]).score
         record[split]["signature_moses_lc"] = str(tok.get_signature()) + " (sacremoses tokenize -x)"
