@@ -81,6 +81,28 @@ def wait_for_lines(path: Path, n: int, proc, what: str, timeout: float = 240) ->
         time.sleep(0.1)
 
 
+def interrupt_once_translating(proc: subprocess.Popen) -> bytes:
+    """SIGINT to an `mt translate` once its progress bar shows that decoding has begun (the bar
+    appears once the sentences are read); its whole stderr once it has stopped."""
+    import select
+    import signal
+
+    err = b""
+    try:
+        while b"translate:" not in err:
+            assert select.select([proc.stderr], [], [], 120)[0], "no progress bar within 120 s"
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"mt translate ended before translating: {err.decode()[-2000:]}"
+            err += chunk
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("mt translate did not stop within 120 s of SIGINT")
+    finally:
+        proc.kill()
+    return err + rest
+
+
 def pipe_with(data: bytes):
     """A readable file whose descriptor is a real pipe holding ``data`` (then end of input)."""
     read_fd, write_fd = os.pipe()

@@ -11,7 +11,7 @@ from mt.cli import main
 from mt.errors import MTError
 from mt.translate import Translator
 
-from helpers import run_cli
+from helpers import interrupt_once_translating, run_cli
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -262,10 +262,6 @@ def test_translate_streams_with_the_engine_and_stops_quietly_under_head(engine_r
 
 
 def test_ctrl_c_with_the_engine_leaves_no_partial_file(engine_run, tmp_path):
-    import os
-    import select
-    import signal
-
     run_dir, pairs = engine_run
     big = tmp_path / "big.de"
     big.write_text("".join(pairs[i % len(pairs)][0] + "\n" for i in range(100_000)), encoding="utf-8")
@@ -273,18 +269,7 @@ def test_ctrl_c_with_the_engine_leaves_no_partial_file(engine_run, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mt", "translate", str(run_dir), "-i", str(big), "-o", str(out),
                              "--beam", "5", "--threads", "1", "--engine", "ctranslate2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    err = b""
-    try:
-        while b"translate:" not in err:
-            assert select.select([proc.stderr], [], [], 120)[0], "no progress bar within 120 s"
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            assert chunk, f"mt translate ended before translating: {err.decode()[-2000:]}"
-            err += chunk
-        proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    err += rest
+    err = interrupt_once_translating(proc)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert err.decode().rstrip().endswith("interrupted") and not out.exists()
 

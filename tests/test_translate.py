@@ -13,7 +13,7 @@ from mt.errors import MTError
 from mt.kernels import PackedLinear
 from mt.translate import Translator, default_decoders
 
-from helpers import pipe_with, run_cli
+from helpers import interrupt_once_translating, pipe_with, run_cli
 
 
 def test_empty_lines_give_empty_lines_and_line_count_is_kept(trained_run):
@@ -326,9 +326,6 @@ def test_a_pipe_closed_by_head_ends_translation_quietly(trained_run, tmp_path, s
 def test_ctrl_c_while_translating_to_a_file_leaves_no_partial_file_and_exits_130(trained_run, tmp_path, existing):
     """SIGINT once the progress bar shows translation has begun (beam 5 over 20,000 lines takes
     far longer than a signal to arrive): exit 130, and the output is as before, or absent."""
-    import select
-    import signal
-
     run_dir, pairs, _, _ = trained_run
     big = big_input(tmp_path, pairs, 20_000)
     out = tmp_path / "out.en"
@@ -336,20 +333,7 @@ def test_ctrl_c_while_translating_to_a_file_leaves_no_partial_file_and_exits_130
         out.write_text("an earlier translation\n", encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "mt", "translate", str(run_dir), "-i", str(big), "-o", str(out),
                              "--beam", "5", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    err = b""
-    try:
-        while b"translate:" not in err:  # the bar appears once the sentences are read and decoding starts
-            assert select.select([proc.stderr], [], [], 120)[0], "no progress bar within 120 s"
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            assert chunk, f"mt translate ended before translating: {err.decode()[-2000:]}"
-            err += chunk
-        proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("mt translate did not stop within 120 s of SIGINT")
-    finally:
-        proc.kill()
-    err += rest
+    err = interrupt_once_translating(proc)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert err.decode().rstrip().endswith("interrupted") and b"Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big.de"] + (["out.en"] if existing else []))
