@@ -15,7 +15,7 @@ pytest.importorskip("starlette", reason="mt[serve] is not installed")
 import httpx  # noqa: E402
 
 from mt.serve import load_models  # noqa: E402
-from mt.serve.request import Limits  # noqa: E402
+from mt.serve.request import INLINE_TEXT, Limits  # noqa: E402
 from mt.serve.text import MAX_SENTENCE_CHARS, html_pieces, join_html, segment  # noqa: E402
 from mt.serve.worker import HEAVY_TOKENS, Job  # noqa: E402
 from serve_helpers import InProcessServer, ServerProcess, error_of, post  # noqa: E402
@@ -168,6 +168,35 @@ def test_request_work_runs_off_the_event_loop(server, run, monkeypatch):
         assert httpx.get(server.url + "/health", timeout=5).json() == {"status": "ok"}
         go.set()
         assert held.result().json() == {"translatedText": f"<b>{run[1][0][1]}</b>"}
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_only_short_plain_texts_are_cut_up_on_the_event_loop(server, run, monkeypatch, long):
+    """A short text costs the event loop less than a thread's round trip would; while a long
+    one is being cut into sentences, every route still answers."""
+    import mt.serve.libretranslate
+
+    src, tgt = run[1][0]
+    copies = INLINE_TEXT // (len(src) + 1) + 1 if long else 1
+    text = " ".join([src] * copies)
+    assert (len(text) > INLINE_TEXT) == long
+    threads, started, go = [], threading.Event(), threading.Event()
+
+    def held_segment(t):
+        threads.append(threading.current_thread())
+        started.set()
+        assert not long or go.wait(60)  # a long text blocks whatever thread cuts it up
+        return segment(t)
+
+    monkeypatch.setattr(mt.serve.libretranslate, "segment", held_segment)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(post, server.url, "/translate", json={"q": text, "source": "de", "target": "en"})
+        assert started.wait(60)
+        if long:
+            assert httpx.get(server.url + "/health", timeout=5).json() == {"status": "ok"}
+        go.set()
+        assert held.result().json() == {"translatedText": " ".join([tgt] * copies)}
+    assert (threads == [server.thread]) != long
 
 
 def test_detect_and_translate_count_characters_per_request(server):

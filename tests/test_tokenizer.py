@@ -4,7 +4,7 @@ import pytest
 
 from mt.config import TokenizerConfig
 from mt.errors import MTError
-from mt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, model_files, train_tokenizers
+from mt.tokenizer import BOS, EOS, PAD, SMALL_BATCH, UNK, Tokenizer, model_files, train_tokenizers
 
 LINES = [f"der hund {w} im park ." for w in ("läuft", "schläft", "springt", "singt")] * 10
 
@@ -19,6 +19,18 @@ def train(tmp_path: Path, lines=LINES, **options) -> Tokenizer:
 def test_special_ids_are_fixed(tmp_path):
     sp = train(tmp_path).sp
     assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (PAD, UNK, BOS, EOS)
+
+
+@pytest.mark.parametrize("lines", [[], [""], LINES[:1], LINES + LINES])
+def test_short_and_long_lists_encode_and_decode_as_one_sentencepiece_call(tmp_path, lines):
+    """Below SMALL_BATCH lines each line is its own call; the answers are the list call's (an empty
+    list decodes to no texts, where SentencePiece's call gives one empty text)."""
+    tok = train(tmp_path)
+    assert (len(lines) < SMALL_BATCH) == (len(lines) < len(LINES + LINES))
+    ids = tok.encode(lines)
+    assert ids == tok.sp.encode(lines, out_type=int)
+    assert tok.decode(ids) == lines
+    assert tok.sp.decode(ids) == (lines or "")
 
 
 def test_byte_fallback_spells_unknown_characters_in_bytes(tmp_path):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import asyncio
 
-from mt.serve.request import ApiError, check_texts, missing, read_params, text_param
+from mt.serve.request import INLINE_TEXT, ApiError, check_texts, missing, off_loop, read_params, text_param
 from mt.serve.text import detect_language, html_pieces, join_html, language_name, segment
 
 try:
@@ -83,7 +83,8 @@ async def translate_texts(app, request, model, req: TranslateRequest) -> tuple[l
     from mt.serve.worker import Job
 
     html = req.text_format == "html"
-    documents, segments, sentences, tokens = await asyncio.to_thread(prepare, app, model, req.texts, html)
+    short = not html and sum(map(len, req.texts)) <= INLINE_TEXT
+    documents, segments, sentences, tokens = await off_loop(prepare, app, model, req.texts, html, inline=short)
     job = Job("translate", sentences, tokens, nbest=1 + req.alternatives)
     hyps = await app.run_job(request, model, job) if sentences else []
     best, alts, at = [], [], 0
@@ -104,7 +105,7 @@ async def translate_texts(app, request, model, req: TranslateRequest) -> tuple[l
 
 def prepare(app, model, texts: list[str], html: bool) -> tuple:
     """The texts' html pieces (html only), their segments and sentences, and the sentences'
-    token count: the request's CPU work, done on a thread, off the event loop."""
+    token count: the request's CPU work (on a thread, off the event loop, unless the texts are short)."""
     documents = [html_pieces(t) for t in texts] if html else None
     if html:
         segments = [[segment(s) for is_text, s in doc if is_text] for doc in documents]

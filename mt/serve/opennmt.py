@@ -1,9 +1,7 @@
 """OpenNMT-py's REST server routes: ``/translator/translate`` and ``/translator/models``."""
 from __future__ import annotations
 
-import asyncio
-
-from mt.serve.request import ApiError, check_texts, parse_json, read_body
+from mt.serve.request import INLINE_TEXT, ApiError, check_texts, off_loop, parse_json, read_body
 from mt.serve.text import segment
 
 try:
@@ -39,7 +37,8 @@ async def translate(app, request):
     model = app.models[model_id]
     texts = [x["src"] for x in inputs]
     check_texts(texts, app.limits, batch=True)
-    segments, sentences, tokens = await asyncio.to_thread(prepare, app, model, texts)
+    segments, sentences, tokens = await off_loop(prepare, app, model, texts,
+                                                 inline=sum(map(len, texts)) <= INLINE_TEXT)
     hyps = await app.run_job(request, model, Job("translate", sentences, tokens)) if sentences else []
     out, at = [], 0
     for text, seg in zip(texts, segments):
@@ -50,7 +49,7 @@ async def translate(app, request):
 
 
 def prepare(app, model, texts: list[str]) -> tuple:
-    """The texts' segments, sentences and token count, on a thread (off the event loop)."""
+    """The texts' segments, sentences and token count (on a thread, off the event loop, unless the texts are short)."""
     segments = [segment(t) for t in texts]
     sentences = [s for seg in segments for s in seg.sentences]
     return segments, sentences, app.count_tokens(model, sentences)

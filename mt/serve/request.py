@@ -13,6 +13,9 @@ except ImportError:  # checked by require_web_stack before anything is served
     ClientDisconnect = ConnectionError
 
 INLINE_BODY = 16 << 10  # bytes: a larger body is parsed on a thread, off the event loop
+# characters: shorter plain texts are cut into sentences and tokenized on the event loop (tens of
+# microseconds; a thread's round trip costs more CPU, which many clients' requests take from decoding)
+INLINE_TEXT = 2000
 
 
 @dataclass
@@ -157,10 +160,10 @@ def parse_params(headers, query: str, body: bytes) -> tuple[dict, bool]:
     return params, False
 
 
-async def off_loop(fn, *args, size: int = INLINE_BODY + 1):
-    """``fn(*args)`` on a thread when its input is large (``size``), so that no request holds
+async def off_loop(fn, *args, inline: bool = False):
+    """``fn(*args)`` on a thread unless ``inline`` (its input is small), so that no request holds
     the event loop for long; small inputs run inline (a thread costs more than they do)."""
-    if size <= INLINE_BODY:
+    if inline:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
 
@@ -169,5 +172,5 @@ async def read_params(request, limit: int) -> tuple[dict, bool]:
     """The body read (at most ``limit`` bytes) and parsed (see ``parse_params``)."""
     body = await read_body(request, limit)
     multipart = "multipart/" in request.headers.get("content-type", "")  # parsed on its own event loop
-    size = INLINE_BODY + 1 if multipart else len(body)
-    return await off_loop(parse_params, request.headers, request.url.query, body, size=size)
+    return await off_loop(parse_params, request.headers, request.url.query, body,
+                          inline=not multipart and len(body) <= INLINE_BODY)
