@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -171,17 +172,27 @@ class CTranslate2Search:
     cannot (see the module docstring) and sets the length limits.
     """
 
-    # Batches of at most this many tokens (sentences x longest x beam) unless a size is given: with
-    # one worker per core, smaller batches share the work out evenly (test2016 greedy, int8, 2
-    # workers: 1.2x the sentences/s of decode.batch_tokens 6000; docs/performance.md)
-    batch_tokens = 750
+    # Batches of at most this many tokens (sentences x longest x beam) unless a size is given, by
+    # compute type: int8's products are fast at any size, and small batches share the work out
+    # evenly among the workers; float types need larger batches to run their products at speed
+    # (test2016, 2 workers: int8 at 750 tokens 1.06-1.35x greedy / 1.05-1.11x beam 5 the sentences/s
+    # of 3,000; float32 at 3,000 1.19x / 1.27x those of 750; docs/performance.md)
+    INT8_BATCH_TOKENS, FLOAT_BATCH_TOKENS = 750, 3000
+    # Threads calling it per CTranslate2 worker: while one converts its batch's results, the next
+    # batch already waits in CTranslate2's queue, so no worker idles between batches (test2016
+    # greedy, int8, 2 workers: 1.05x the sentences/s of one thread per worker; docs/performance.md)
+    callers_per_worker = 2
 
     def __init__(self, model_dir: Path, tokenizers: TokenizerPair, compute_type: str, device: str = "cpu",
                  threads: int = 1, decoders: int = 1, positions: int | None = None):
         ctranslate2 = import_ctranslate2()
         self.compute_type, self.model_dir, self.positions = compute_type, Path(model_dir), positions
+        self.workers = max(1, decoders)
+        self.batch_tokens = self.INT8_BATCH_TOKENS if compute_type.startswith("int8") else self.FLOAT_BATCH_TOKENS
+        # torch decodes what CTranslate2 cannot: one batch per worker at a time, not one per caller
+        self.torch_turns = threading.BoundedSemaphore(self.workers)
         self.translator = ctranslate2.Translator(str(model_dir), device=device, compute_type=compute_type,
-                                                 inter_threads=max(1, decoders),
+                                                 inter_threads=self.workers,
                                                  intra_threads=max(1, threads // max(1, decoders)))
         self.src_pieces = [tokenizers.src.sp.id_to_piece(i) for i in range(tokenizers.src.vocab_size)]
         self.tgt_ids = {tokenizers.tgt.sp.id_to_piece(i): i for i in range(tokenizers.tgt.vocab_size)}
@@ -204,12 +215,12 @@ class CTranslate2Search:
         if sampler is not None and (sampler.generators is not None or sampler.generator is not None):
             self.note("--sample with --seed decodes with the torch engine: CTranslate2 cannot give each line "
                       "its own random draws")
-            return reference.greedy_search(model, src, max_len_a, max_len_b, min_len, no_repeat_ngram, sampler,
-                                           max_tokens=max_tokens)
+            return self._torch(reference.greedy_search, model, src, max_len_a, max_len_b, min_len,
+                               no_repeat_ngram, sampler, max_tokens=max_tokens)
         limits = max_lengths(src, max_len_a, max_len_b, model.max_positions, max_tokens).tolist()
         if not self._fits(src, limits):
-            return reference.greedy_search(model, src, max_len_a, max_len_b, min_len, no_repeat_ngram, sampler,
-                                           max_tokens=max_tokens)
+            return self._torch(reference.greedy_search, model, src, max_len_a, max_len_b, min_len,
+                               no_repeat_ngram, sampler, max_tokens=max_tokens)
         sampling = {} if sampler is None else dict(sampling_temperature=sampler.temperature,
                                                    sampling_topk=sampler.top_k, sampling_topp=sampler.top_p)
         results = self._translate(src, limits, 1, 1, min_len, no_repeat_ngram, return_scores=False, **sampling)
@@ -233,10 +244,10 @@ class CTranslate2Search:
             if trace is None:
                 self.note("beam search with --min-len or --no-repeat-ngram decodes with the torch engine: "
                           "CTranslate2 renormalises the probabilities over the tokens left, mt does not")
-            return reference.beam_nbest(model, src, *args, trace=trace, max_tokens=max_tokens)
+            return self._torch(reference.beam_nbest, model, src, *args, trace=trace, max_tokens=max_tokens)
         limits = max_lengths(src, max_len_a, max_len_b, model.max_positions, max_tokens).tolist()
         if not self._fits(src, limits):
-            return reference.beam_nbest(model, src, *args, max_tokens=max_tokens)
+            return self._torch(reference.beam_nbest, model, src, *args, max_tokens=max_tokens)
         results = self._translate(src, limits, beam_size, beam_size, 0, 0, length_penalty=NEUTRAL_LENGTH_PENALTY)
         out, redo = [], []
         for i, (hyps, limit) in enumerate(zip(results, limits)):
@@ -248,9 +259,15 @@ class CTranslate2Search:
         if redo:
             self.note("a beam search that reaches its length limit decodes with the torch engine, which ends "
                       "hypotheses there as mt does")
-            for i, hyps in zip(redo, reference.beam_nbest(model, src[redo], *args, max_tokens=max_tokens)):
+            redone = self._torch(reference.beam_nbest, model, src[redo], *args, max_tokens=max_tokens)
+            for i, hyps in zip(redo, redone):
                 out[i] = hyps
         return out
+
+    def _torch(self, search, *args, **kwargs):
+        """``mt.search``'s ``search`` on a batch CTranslate2 cannot decode, in a torch turn."""
+        with self.torch_turns:
+            return search(*args, **kwargs)
 
     def _fits(self, src: torch.Tensor, limits: list[int]) -> bool:
         """Whether the exported position table covers the batch's sources and hypotheses."""

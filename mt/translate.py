@@ -72,9 +72,10 @@ class Translator:
         weights stored in int8, activations quantized on the fly. ``precision="auto"`` (without
         ``quantize``) loads the run's ``decode.mode``, measured by ``mt tune RUN --modes``, where
         this device has it, else fp32 (``mt.decode_mode.resolve``). ``decoders``: threads decoding
-        batches side by side, sharing the ``threads`` (``default_decoders``). ``engine``: torch, ctranslate2
-        (``compute_type``, else one from ``precision``) or auto: the engine of ``decode.mode``
-        (``mt.ctranslate2_engine.resolve``).
+        batches side by side, sharing the ``threads`` (``default_decoders``); with CTranslate2, its
+        workers, each fed by ``CTranslate2Search.callers_per_worker`` threads. ``engine``: torch,
+        ctranslate2 (``compute_type``, else one from ``precision``) or auto: the engine of
+        ``decode.mode`` (``mt.ctranslate2_engine.resolve``).
         """
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
         if not paths:
@@ -102,6 +103,8 @@ class Translator:
         searches = None if compute_type is None else ctranslate2_engine.load(
             run_dir, run_of(paths[0])[1], tokenizers, config, compute_type, torch_device, torch.get_num_threads(),
             decoders)
+        if searches is not None:  # CTranslate2's workers decode; more threads keep them fed
+            decoders = searches.workers * searches.callers_per_worker
         return cls(model.to(torch_device), tokenizers, config, torch_device, amp_dtype,
                    searches.mode if searches else mode, note or engine_note, decoders=decoders, searches=searches)
 

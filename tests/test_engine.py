@@ -50,20 +50,33 @@ def test_the_engine_translates_as_torch_does(both, engine_run, beam, settings):
                                                                                              **settings)
 
 
-def test_the_engine_decodes_smaller_batches_unless_a_size_is_given(both, engine_run, monkeypatch):
-    torch_translator, engine = both
-    assert torch_translator.batch_tokens == torch_translator.config.decode.batch_tokens == 6000
-    assert engine.batch_tokens == ctranslate2_engine.CTranslate2Search.batch_tokens == 750
+@pytest.mark.parametrize("compute_type, cap", [("float32", 3000), ("int8", 750)])
+def test_the_engine_decodes_smaller_batches_unless_a_size_is_given(engine_run, monkeypatch, compute_type, cap):
+    engine = Translator.from_pretrained(engine_run[0], device="cpu", threads=1, engine="ctranslate2",
+                                        compute_type=compute_type)
+    assert engine.config.decode.batch_tokens == 6000 and engine.batch_tokens == cap
     sizes = []
     real = engine.searches.greedy_search
     monkeypatch.setattr(engine.searches, "greedy_search", lambda model, src, **kw: sizes.append(src.numel()) or
                         real(model, src, **kw))
-    lines = [s for s, _ in engine_run[1]] * 20
+    lines = [s for s, _ in engine_run[1]] * (cap // 10)
     engine.translate(lines, beam_size=1)
-    assert len(sizes) > 1 and max(sizes) <= 750
+    assert len(sizes) > 1 and max(sizes) <= cap
     sizes.clear()
     engine.translate(lines, beam_size=1, batch_tokens=100_000)  # a size given is a size used
     assert len(sizes) == 1
+
+
+def test_two_threads_feed_each_engine_worker_and_translate_as_one(engine_run):
+    run_dir, pairs = engine_run
+    lines = [s for s, _ in pairs] * 5
+    fed = Translator.from_pretrained(run_dir, device="cpu", threads=2, engine="ctranslate2")
+    assert (fed.searches.workers, fed.decoders) == (2, 2 * ctranslate2_engine.CTranslate2Search.callers_per_worker)
+    assert fed.searches.translator.num_translators == 2
+    one = Translator.from_pretrained(run_dir, device="cpu", threads=1, engine="ctranslate2")
+    assert (one.searches.workers, one.decoders) == (1, ctranslate2_engine.CTranslate2Search.callers_per_worker)
+    for beam in (1, 3):
+        assert fed.translate(lines, beam_size=beam, batch_tokens=60) == one.translate(lines, beam_size=beam)
 
 
 def test_nbest_lists_and_scores_are_torchs(both, engine_run):
