@@ -191,9 +191,11 @@ class CTranslate2Search:
         self.batch_tokens = self.INT8_BATCH_TOKENS if compute_type.startswith("int8") else self.FLOAT_BATCH_TOKENS
         # torch decodes what CTranslate2 cannot: one batch per worker at a time, not one per caller
         self.torch_turns = threading.BoundedSemaphore(self.workers)
+        torch_threads = torch.get_num_threads()
         self.translator = ctranslate2.Translator(str(model_dir), device=device, compute_type=compute_type,
                                                  inter_threads=self.workers,
                                                  intra_threads=max(1, threads // max(1, decoders)))
+        torch.set_num_threads(torch_threads)  # CTranslate2 set the calling thread's OpenMP count, torch's too
         self.src_pieces = [tokenizers.src.sp.id_to_piece(i) for i in range(tokenizers.src.vocab_size)]
         self.tgt_ids = {tokenizers.tgt.sp.id_to_piece(i): i for i in range(tokenizers.tgt.vocab_size)}
         self.noted: set[str] = set()

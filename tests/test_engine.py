@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from mt.cli import main
@@ -71,6 +72,7 @@ def test_two_threads_feed_each_engine_worker_and_translate_as_one(engine_run):
     run_dir, pairs = engine_run
     lines = [s for s, _ in pairs] * 5
     fed = Translator.from_pretrained(run_dir, device="cpu", threads=2, engine="ctranslate2")
+    assert torch.get_num_threads() == 2  # loading CTranslate2 leaves torch's threads as they were
     assert (fed.searches.workers, fed.decoders) == (2, 2 * ctranslate2_engine.CTranslate2Search.callers_per_worker)
     assert fed.searches.translator.num_translators == 2
     one = Translator.from_pretrained(run_dir, device="cpu", threads=1, engine="ctranslate2")
