@@ -28,10 +28,8 @@ class Batch:
 
 def pad(seqs: list[list[int]]) -> torch.Tensor:
     """Right-pad id lists into a (len(seqs), longest) tensor."""
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+    longest = max(len(s) for s in seqs)
+    return torch.tensor([s + [PAD] * (longest - len(s)) for s in seqs], dtype=torch.long)
 
 
 def make_batch(src: list[list[int]], tgt: list[list[int]]) -> Batch:

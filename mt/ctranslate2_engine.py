@@ -173,11 +173,11 @@ class CTranslate2Search:
     """
 
     # Batches of at most this many tokens (sentences x longest x beam) unless a size is given, by
-    # compute type: int8's products are fast at any size, and small batches share the work out
-    # evenly among the workers; float types need larger batches to run their products at speed
-    # (test2016, 2 workers: int8 at 750 tokens 1.06-1.35x greedy / 1.05-1.11x beam 5 the sentences/s
-    # of 3,000; float32 at 3,000 1.19x / 1.27x those of 750; docs/performance.md)
-    INT8_BATCH_TOKENS, FLOAT_BATCH_TOKENS = 750, 3000
+    # compute type: int8 decodes small batches as fast, and they share the work out evenly among the
+    # workers; float types need larger batches to run their products at speed (test2016, 2 workers:
+    # int8 at 500 tokens 1.02-1.08x greedy the sentences/s of 750, beam 5 the same, 3,000 0.74-0.94x;
+    # float32 at 3,000 1.19x greedy / 1.27x beam 5 those of 750; docs/performance.md)
+    INT8_BATCH_TOKENS, FLOAT_BATCH_TOKENS = 500, 3000
     # Threads calling it per CTranslate2 worker: while one converts its batch's results, the next
     # batch already waits in CTranslate2's queue, so no worker idles between batches (test2016
     # greedy, int8, 2 workers: 1.05x the sentences/s of one thread per worker; docs/performance.md)
@@ -283,15 +283,15 @@ class CTranslate2Search:
                    no_repeat_ngram: int, return_scores: bool = True, **options) -> list[list[tuple[float, list[int]]]]:
         """CTranslate2's hypotheses (raw log-probability, ids) of each row of ``src`` (padded, EOS last);
         without ``return_scores`` (greedy needs none, and they cost a softmax a step) the scores are 0."""
-        rows = [[t for t in row if t != PAD] for row in src.tolist()]
+        rows = [row[:n] for row, n in zip(src.tolist(), (src != PAD).sum(1).tolist())]  # padded on the right
         # CTranslate2 adds the source </s> itself (add_source_eos at export)
-        pieces = [[self.src_pieces[t] for t in (r[:-1] if r and r[-1] == EOS else r)] for r in rows]
+        pieces = [list(map(self.src_pieces.__getitem__, r[:-1] if r and r[-1] == EOS else r)) for r in rows]
         longest = max(limits) + 1  # a hypothesis of `limit` tokens, then </s>
         results = self.translator.translate_batch(
             pieces, beam_size=beam_size, num_hypotheses=nbest, max_input_length=0,
             max_decoding_length=longest, min_decoding_length=min(min_len, longest),
             no_repeat_ngram_size=no_repeat_ngram, return_scores=return_scores, **options)
-        return [[(score, [self.tgt_ids[p] for p in hyp])
+        return [[(score, list(map(self.tgt_ids.__getitem__, hyp)))
                  for score, hyp in zip(r.scores or [0.0] * len(r.hypotheses), r.hypotheses)] for r in results]
 
 

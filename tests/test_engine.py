@@ -51,7 +51,7 @@ def test_the_engine_translates_as_torch_does(both, engine_run, beam, settings):
                                                                                              **settings)
 
 
-@pytest.mark.parametrize("compute_type, cap", [("float32", 3000), ("int8", 750)])
+@pytest.mark.parametrize("compute_type, cap", [("float32", 3000), ("int8", 500)])
 def test_the_engine_decodes_smaller_batches_unless_a_size_is_given(engine_run, monkeypatch, compute_type, cap):
     engine = Translator.from_pretrained(engine_run[0], device="cpu", threads=1, engine="ctranslate2",
                                         compute_type=compute_type)
